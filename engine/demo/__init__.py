@@ -1,0 +1,1 @@
+"""Tiny random-init models for `paintbridge serve --demo` and the tests."""

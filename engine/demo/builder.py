@@ -1,0 +1,120 @@
+"""Build tiny random-init SD1.5-shaped models, saved the way users have them.
+
+The checkpoint is a single-file `.safetensors` in the original (LDM/WebUI)
+key layout, so it loads through exactly the code that loads real models.
+Because its shapes are not SD1.5's, it carries a sidecar `<stem>.config/`
+folder (diffusers configs + tokenizer) that the loader prefers over the
+bundled SD1.5 configs. The pictures are noise: the weights are random.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from engine.paths import cache_dir
+from engine.tokenizers import write_tokenizer_files
+
+DEMO_VERSION = 1  # bump when the demo models change, so caches rebuild
+DEMO_CHECKPOINT = "paintbridge-demo"
+
+UNET = {
+    "_class_name": "UNet2DConditionModel",
+    "block_out_channels": [32, 64],
+    # Attention only at the lower resolution (as SDXL does): at 512x512 the
+    # UNet step is ~4.5x cheaper than with attention on the 64x64 latent.
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "sample_size": 64,
+}
+VAE = {
+    "_class_name": "AutoencoderKL",
+    # Four blocks, so it downsamples by 8 like SD's VAE (two would make the
+    # latent 4x larger per side and everything ~60x slower).
+    "block_out_channels": [32, 32, 32, 32],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+# A few merges on top of CLIP's byte alphabet: enough to exercise BPE.
+MERGES = [("a", "t</w>"), ("c", "at</w>"), ("o", "g</w>"), ("d", "og</w>"), ("t", "h"), ("th", "e</w>"), ("i", "n"), ("in", "g</w>")]
+
+
+def text_encoder_config(vocab_size: int) -> dict:
+    return {
+        "architectures": ["CLIPTextModel"],
+        "model_type": "clip_text_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 77,
+        "projection_dim": 32,
+        "vocab_size": vocab_size,
+        "hidden_act": "quick_gelu",
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": vocab_size - 1,
+    }
+
+
+def write_sidecar(folder: Path, sd15_config: Path) -> None:
+    """diffusers configs + tokenizer for the tiny checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sd15_config / "model_index.json", folder / "model_index.json")
+    (folder / "scheduler").mkdir(exist_ok=True)
+    shutil.copy(sd15_config / "scheduler" / "scheduler_config.json", folder / "scheduler" / "scheduler_config.json")
+    write_tokenizer_files(folder / "tokenizer", MERGES)
+    vocab_size = len(json.loads((folder / "tokenizer" / "vocab.json").read_text("utf-8")))
+    for sub, config in (("unet", UNET), ("vae", VAE), ("text_encoder", text_encoder_config(vocab_size))):
+        (folder / sub).mkdir(exist_ok=True)
+        (folder / sub / "config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+
+
+def build_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Write `path` (.safetensors, LDM layout) and its `<stem>.config/` sidecar."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.demo.ldm_layout import text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
+    from engine.families import SD15
+
+    sidecar = path.with_suffix(".config")
+    write_sidecar(sidecar, SD15.config_dir)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(json.loads((sidecar / "unet" / "config.json").read_text()))
+    vae = AutoencoderKL.from_config(json.loads((sidecar / "vae" / "config.json").read_text()))
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(str(sidecar / "text_encoder")))
+    state = {
+        **unet_to_ldm(unet.state_dict(), unet.config),
+        **vae_to_ldm(vae.state_dict(), vae.config),
+        **text_encoder_to_ldm(text.state_dict()),
+    }
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "paintbridge": "demo, random weights"})
+    tmp.replace(path)  # atomic: a half-written file never looks like a model
+    return path
+
+
+def demo_models_dir() -> Path:
+    """The demo models folder (WebUI layout), built once into the user cache."""
+    root = cache_dir() / f"demo-models-v{DEMO_VERSION}"
+    checkpoint = root / "Stable-diffusion" / f"{DEMO_CHECKPOINT}.safetensors"
+    if not checkpoint.is_file():
+        build_checkpoint(checkpoint)
+    return root

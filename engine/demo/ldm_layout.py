@@ -1,0 +1,122 @@
+"""diffusers state dicts -> the original (LDM / WebUI) single-file key layout.
+
+diffusers ships only the other direction (original -> diffusers, used by
+`from_single_file`); its reverse lives in an unshipped script hard-wired to
+SD's block counts. The demo and test models are tiny, so the mapping is
+derived from the model config instead. Writing checkpoints in the layout
+users actually have makes the demo load through the same code as real models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+
+
+def _unet_prefix_map(config: Mapping) -> dict[str, str]:
+    """diffusers module prefix -> LDM module prefix, for one UNet config."""
+    layers = config["layers_per_block"]
+    down, up = config["down_block_types"], config["up_block_types"]
+    pairs = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+        "mid_block.resnets.0": "middle_block.0",
+        "mid_block.attentions.0": "middle_block.1",
+        "mid_block.resnets.1": "middle_block.2",
+    }
+    for i, block in enumerate(down):
+        for j in range(layers):
+            k = 1 + i * (layers + 1) + j
+            pairs[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{k}.0"
+            if block.startswith("CrossAttn"):
+                pairs[f"down_blocks.{i}.attentions.{j}"] = f"input_blocks.{k}.1"
+        if i < len(down) - 1:
+            pairs[f"down_blocks.{i}.downsamplers.0.conv"] = f"input_blocks.{1 + i * (layers + 1) + layers}.0.op"
+    for i, block in enumerate(up):
+        attention = block.startswith("CrossAttn")
+        for j in range(layers + 1):
+            k = i * (layers + 1) + j
+            pairs[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{k}.0"
+            if attention:
+                pairs[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{k}.1"
+        if i < len(up) - 1:
+            last = i * (layers + 1) + layers
+            pairs[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{last}.{2 if attention else 1}.conv"
+    return pairs
+
+
+def _rename(key: str, prefixes: Mapping[str, str]) -> tuple[str, str] | None:
+    for src, dst in prefixes.items():
+        if key.startswith(src + "."):
+            return dst, key[len(src) + 1 :]
+    return None
+
+
+def unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    prefixes = _unet_prefix_map(config)
+    out = {}
+    for key, value in state.items():
+        hit = _rename(key, prefixes)
+        if hit is None:
+            raise KeyError(f"no LDM name for UNet key {key}")
+        dst, rest = hit
+        if "resnets" in key.split(".")[:4] or key.startswith("mid_block.resnets"):
+            head, _, tail = rest.partition(".")
+            rest = f"{_RESNET.get(head, head)}.{tail}"
+        out[f"model.diffusion_model.{dst}.{rest}"] = value
+    return out
+
+
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def vae_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    blocks = len(config["down_block_types"])
+    prefixes = {"encoder.conv_norm_out": "encoder.norm_out", "decoder.conv_norm_out": "decoder.norm_out"}
+    for side in ("encoder", "decoder"):
+        prefixes[f"{side}.mid_block.resnets.0"] = f"{side}.mid.block_1"
+        prefixes[f"{side}.mid_block.resnets.1"] = f"{side}.mid.block_2"
+        prefixes[f"{side}.mid_block.attentions.0"] = f"{side}.mid.attn_1"
+    for i in range(blocks):
+        for j in range(config["layers_per_block"] + 1):
+            prefixes[f"encoder.down_blocks.{i}.resnets.{j}"] = f"encoder.down.{i}.block.{j}"
+            # The LDM decoder numbers its up blocks from the bottom.
+            prefixes[f"decoder.up_blocks.{i}.resnets.{j}"] = f"decoder.up.{blocks - 1 - i}.block.{j}"
+        prefixes[f"encoder.down_blocks.{i}.downsamplers.0.conv"] = f"encoder.down.{i}.downsample.conv"
+        prefixes[f"decoder.up_blocks.{i}.upsamplers.0.conv"] = f"decoder.up.{blocks - 1 - i}.upsample.conv"
+    out = {}
+    for key, value in state.items():
+        hit = _rename(key, prefixes)
+        dst, rest = hit if hit else (None, key)
+        if dst and ".attn_1" in dst:
+            head = rest.rsplit(".", 1)[0]
+            rest = f"{_VAE_ATTENTION[head]}.{rest.rsplit('.', 1)[1]}"
+            if value.ndim == 2:  # LDM keeps the attention projections as 1x1 convs
+                value = value[:, :, None, None]
+        elif rest.startswith("conv_shortcut."):
+            rest = "nin_shortcut." + rest.split(".", 1)[1]
+        name = f"{dst}.{rest}" if dst else rest
+        out[f"first_stage_model.{name}"] = value
+    return out
+
+
+def text_encoder_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CLIP-L text model keys (SD1.x) under `cond_stage_model.transformer.text_model.`."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("text_model.")
+        out[f"cond_stage_model.transformer.text_model.{key}"] = value
+    return out

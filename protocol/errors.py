@@ -1,0 +1,54 @@
+"""Stable error codes shared by the server, the CLI and the plugin.
+
+The codes are part of the protocol: clients branch on them, so a code is never
+renamed. The human message may change freely.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(str, Enum):
+    BAD_MESSAGE = "bad_message"  # not msgpack, not a map, trailing bytes
+    UNKNOWN_MESSAGE = "unknown_message"  # a "type" this version does not know
+    INVALID_REQUEST = "invalid_request"  # a field missing, mistyped or out of range
+    VERSION_MISMATCH = "version_mismatch"
+    HELLO_REQUIRED = "hello_required"
+    UNAUTHORIZED = "unauthorized"
+    TOO_LARGE = "too_large"
+    NOT_FOUND = "not_found"  # unknown (or not your) job id
+    UNKNOWN_MODEL = "unknown_model"
+    UNKNOWN_SAMPLER = "unknown_sampler"
+    MODEL_LOAD_FAILED = "model_load_failed"
+    UNSAFE_FILE = "unsafe_file"  # a weights file that would need unpickling code
+    QUEUE_FULL = "queue_full"
+    CANCELLED = "cancelled"
+    OUT_OF_MEMORY = "out_of_memory"
+    JOB_LOST = "job_lost"  # the server restarted: the job is gone
+    INTERNAL = "internal_error"
+
+
+class ProtocolError(Exception):
+    """A typed failure that travels to the peer as an `error` message."""
+
+    def __init__(
+        self,
+        code: ErrorCode | str,
+        message: str,
+        *,
+        field: str = "",
+        job_id: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = message
+        self.field = field
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+
+def invalid(field: str, message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_REQUEST, message, field=field)

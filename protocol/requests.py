@@ -1,0 +1,76 @@
+"""The job request: one typed dataclass, WebUI names and defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from protocol.errors import invalid
+from protocol.fields import bounded, choice
+from protocol.images import RawImage
+
+MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
+MAX_GENERATE_SIDE = 8192
+
+
+class JobKind(str, Enum):
+    TXT2IMG = "txt2img"
+    IMG2IMG = "img2img"
+    INPAINT = "inpaint"
+
+
+@dataclass
+class HiresFix:
+    """Reserved for the high-resolution work (two-pass txt2img)."""
+
+    scale: float = bounded(2.0, 1.0, 4.0)
+    upscaler: str = "Latent"
+    steps: int = bounded(0, 0, 150)  # 0 = same as the first pass
+    denoise: float = bounded(0.45, 0.0, 1.0)
+
+
+@dataclass
+class JobRequest:
+    kind: str = choice("txt2img", tuple(k.value for k in JobKind))
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""  # "" = the server's default checkpoint
+    sampler: str = "Euler a"
+    steps: int = bounded(20, 1, 150)
+    cfg_scale: float = bounded(7.0, 0.0, 30.0)
+    seed: int = bounded(-1, -1, MAX_SEED)
+    # 0 = the model's native size (txt2img) or the input image's size.
+    width: int = bounded(0, 0, MAX_GENERATE_SIDE)
+    height: int = bounded(0, 0, MAX_GENERATE_SIDE)
+    strength: float = bounded(0.75, 0.0, 1.0)  # denoising strength (img2img, inpaint)
+    batch_size: int = bounded(1, 1, 16)
+    image: RawImage | None = None
+    mask: RawImage | None = None  # 8-bit gray, 255 = repaint
+    mask_blur: int = bounded(4, 0, 64)
+    inpaint_padding: int = bounded(32, 0, 1024)  # context around the mask, pixels
+    preview: bool = True
+
+    def validate(self) -> None:
+        """Cross-field rules that the per-field ranges cannot express."""
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value and (value < 64 or value % 8):
+                raise invalid(name, f"{name} must be 0 (default) or a multiple of 8 from 64 to {MAX_GENERATE_SIDE}, got {value}")
+        kind = JobKind(self.kind)
+        if kind in (JobKind.IMG2IMG, JobKind.INPAINT):
+            if self.image is None:
+                raise invalid("image", f"{kind.value} needs an image")
+            if self.image.channels == 1:
+                raise invalid("image.channels", "image must be RGB or RGBA")
+        if kind is JobKind.INPAINT:
+            if self.mask is None:
+                raise invalid("mask", "inpaint needs a mask (8-bit gray, 255 = repaint)")
+            if self.mask.channels != 1:
+                raise invalid("mask.channels", f"mask must have 1 channel, got {self.mask.channels}")
+            assert self.image is not None
+            if self.mask.size != self.image.size:
+                raise invalid("mask", f"mask is {self.mask.width}x{self.mask.height}, image is {self.image.width}x{self.image.height}")
+        elif self.mask is not None:
+            raise invalid("mask", f"{kind.value} takes no mask")
+        if kind is JobKind.TXT2IMG and self.image is not None:
+            raise invalid("image", "txt2img takes no image; use img2img")
