@@ -1,0 +1,207 @@
+"""Loading checkpoints into diffusers pipelines, fully offline, and caching.
+
+Single-file checkpoints go through diffusers' `from_single_file` with a
+local config folder: a `<stem>.config/` folder beside the file if present,
+else the configs shipped in `engine/configs/<family>/`. Tokenizers come from
+the same sidecar or are derived offline from CLIP's BPE table. Nothing here
+can reach a model hub.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import pickle
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+from engine.families import FAMILIES, detect
+from engine.paths import cache_dir
+from engine.registry import ModelEntry
+from engine.tokenizers import clip_tokenizer
+
+_PIPELINES = {
+    # family group -> task -> diffusers pipeline class name
+    "sd": {
+        "txt2img": "StableDiffusionPipeline",
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+    },
+    "sdxl": {
+        "txt2img": "StableDiffusionXLPipeline",
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+    },
+}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # freeing memory must never raise
+        pass
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+@dataclass
+class LoadedModel:
+    entry: ModelEntry
+    family: str
+    base: Any  # the txt2img pipeline; other tasks share its components
+    tasks: dict[str, Any] = field(default_factory=dict)
+
+    def pipeline(self, task: str):
+        if task not in self.tasks:
+            import diffusers
+
+            group = "sdxl" if self.family == "sdxl" else "sd"
+            cls = getattr(diffusers, _PIPELINES[group][task])
+            pipe = self.base if task == "txt2img" else cls.from_pipe(self.base)
+            pipe.set_progress_bar_config(disable=True)
+            self.tasks[task] = pipe
+        return self.tasks[task]
+
+
+def default_device() -> tuple[str, Any]:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.float16
+    return "cpu", torch.float32
+
+
+class ModelManager:
+    """Keeps one checkpoint resident; loads another on request."""
+
+    def __init__(self, device: str | None = None, dtype: Any = None) -> None:
+        auto_device, auto_dtype = default_device()
+        self.device = device or auto_device
+        self.dtype = dtype or (auto_dtype if self.device == auto_device else None)
+        if self.dtype is None:
+            import torch
+
+            self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        self.loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+
+    def get(self, entry: ModelEntry) -> LoadedModel:
+        with self._lock:
+            if self.loaded is not None and self.loaded.entry == entry:
+                return self.loaded
+            self.unload()
+            try:
+                self.loaded = self._load(entry)
+            except EngineError:
+                raise
+            except Exception as exc:
+                free_memory()
+                if is_out_of_memory(exc):
+                    raise EngineError("out_of_memory", f"not enough memory to load {entry.name}") from exc
+                raise EngineError("model_load_failed", f"could not load {entry.name}: {one_line(exc)}") from exc
+            return self.loaded
+
+    def unload(self) -> None:
+        self.loaded = None
+        free_memory()
+
+    # -- loading ----------------------------------------------------------------
+    def _load(self, entry: ModelEntry) -> LoadedModel:
+        import diffusers
+
+        # A server's log is for its own events, not per-load library chatter.
+        diffusers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+
+        family = entry.family.name if entry.family else self._detect_pickle(entry)
+        group = "sdxl" if family == "sdxl" else "sd"
+        cls = getattr(diffusers, _PIPELINES[group]["txt2img"])
+        extra: dict[str, Any] = {}
+        if group == "sd":
+            extra.update(safety_checker=None, requires_safety_checker=False)
+        if entry.format == "diffusers":
+            pipe = cls.from_pretrained(str(entry.path), local_files_only=True, torch_dtype=self.dtype, **extra)
+        else:
+            config = self._config_dir(entry, family)
+            extra.update(self._tokenizers(config, family))
+            pipe = cls.from_single_file(
+                str(entry.path), config=str(config), local_files_only=True, torch_dtype=self.dtype, **extra
+            )
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        return LoadedModel(entry, family, pipe)
+
+    def _detect_pickle(self, entry: ModelEntry) -> str:
+        """Family of a .ckpt: read its keys with the safe (weights-only) unpickler."""
+        import torch
+
+        try:
+            state = torch.load(entry.path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as exc:
+            raise EngineError(
+                "unsafe_file",
+                f"{entry.path.name} contains pickled code, which is never run; convert it to .safetensors ({one_line(exc, 120)})",
+            ) from exc
+        except Exception as exc:
+            raise EngineError("model_load_failed", f"could not read {entry.path.name}: {one_line(exc)}") from exc
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        shapes = {k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")} if isinstance(state, dict) else {}
+        detected = detect(shapes)
+        del state
+        if detected is None:
+            raise EngineError("model_load_failed", f"{entry.path.name} is not a Stable Diffusion checkpoint")
+        return detected.family.name
+
+    def _config_dir(self, entry: ModelEntry, family: str) -> Path:
+        sidecar = entry.path.with_suffix(".config")
+        if sidecar.is_dir():
+            return sidecar
+        bundled = FAMILIES[family].config_dir
+        if not entry.inpainting:
+            return bundled
+        # Inpainting checkpoints: the same configs with a 9-channel UNet input.
+        derived = cache_dir() / "configs" / f"{family}-inpainting"
+        if not (derived / "model_index.json").is_file():
+            tmp = derived.with_suffix(".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(bundled, tmp)
+            unet = json.loads((tmp / "unet" / "config.json").read_text("utf-8"))
+            unet["in_channels"] = 9
+            (tmp / "unet" / "config.json").write_text(json.dumps(unet, indent=2), "utf-8")
+            shutil.rmtree(derived, ignore_errors=True)
+            tmp.replace(derived)
+        return derived
+
+    @staticmethod
+    def _tokenizers(config: Path, family: str) -> dict[str, Any]:
+        from transformers import CLIPTokenizer
+
+        def local(sub: str, pad: str):
+            folder = config / sub
+            if (folder / "vocab.json").is_file():
+                return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, local_files_only=True)
+            return clip_tokenizer(pad)
+
+        # SD1.x pads with <|endoftext|>; OpenCLIP encoders (SD2, SDXL's second) pad with "!".
+        if family == "sdxl":
+            return {"tokenizer": local("tokenizer", "<|endoftext|>"), "tokenizer_2": local("tokenizer_2", "!")}
+        return {"tokenizer": local("tokenizer", "!" if family == "sd2" else "<|endoftext|>")}

@@ -1,0 +1,50 @@
+"""What a job asks for and what it returns, in the engine's own terms.
+
+The engine sits below the protocol, so it has its own request type: the
+server copies the protocol's validated `JobRequest` into `JobParams`, turning
+raw pixel buffers into numpy arrays (views, no copies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class JobParams:
+    kind: str = "txt2img"  # txt2img | img2img | inpaint
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""
+    sampler: str = "Euler a"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = -1
+    width: int = 0
+    height: int = 0
+    strength: float = 0.75
+    batch_size: int = 1
+    image: np.ndarray | None = None  # HxWx3 or HxWx4 uint8
+    mask: np.ndarray | None = None  # HxW uint8, 255 = repaint
+    mask_blur: int = 4
+    inpaint_padding: int = 32
+    preview: bool = True
+
+
+@dataclass
+class JobOutput:
+    images: list[np.ndarray]  # HxWx4 uint8 each
+    seeds: list[int]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    infotext: str = ""
+
+
+class ProgressFn(Protocol):
+    def __call__(self, step: int, total: int, stage: str, preview: np.ndarray | None) -> None: ...
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
