@@ -1,0 +1,255 @@
+"""The `paintbridge` command: run the server, or talk to one.
+
+Client commands print `job <id>` on stderr as soon as the server accepts the
+job, draw a progress bar on stderr, and on failure exit non-zero with one
+line saying what went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bridge_server import __version__
+from bridge_server.client import Client, ClientError
+
+DEFAULT_SERVER = "ws://127.0.0.1:8765"
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class CliError(Exception):
+    """A one-line failure for the user, with its stable code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- argument parsing ----------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paintbridge", description="AI painting for Krita: engine server and client.")
+    parser.add_argument("--version", action="version", version=f"paintbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the engine server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--models", type=Path, help="models folder (WebUI, ComfyUI or flat layout)")
+    serve.add_argument("--demo", action="store_true", help="DEMO: serve tiny random-init models (pictures are noise)")
+    serve.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""), help="require this token from clients")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help="allow a browser origin")
+    serve.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    serve.add_argument("--no-preload", action="store_true", help="load the default model on the first job, not at start")
+    serve.add_argument("-v", "--verbose", action="store_true")
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server", default=os.environ.get("PAINTBRIDGE_SERVER", DEFAULT_SERVER))
+        p.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""))
+
+    def job_args(p: argparse.ArgumentParser) -> None:
+        client_args(p)
+        p.add_argument("--prompt", default="")
+        p.add_argument("--negative", default="", help="negative prompt")
+        p.add_argument("--model", default="", help="checkpoint name (default: the server's)")
+        p.add_argument("--sampler", default="Euler a")
+        p.add_argument("--steps", type=int, default=20)
+        p.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
+        p.add_argument("--seed", type=int, default=-1, help="-1 = random")
+        p.add_argument("--width", type=int, default=0, help="0 = the model's native size / the image's size")
+        p.add_argument("--height", type=int, default=0)
+        p.add_argument("--batch", type=int, default=1, help="images in one batch")
+        p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
+
+    job_args(sub.add_parser("generate", help="text to image"))
+    img2img = sub.add_parser("img2img", help="image to image (refine)")
+    job_args(img2img)
+    img2img.add_argument("--image", type=Path, required=True)
+    img2img.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1")
+    inpaint = sub.add_parser("inpaint", help="repaint where the mask is white")
+    job_args(inpaint)
+    inpaint.add_argument("--image", type=Path, required=True)
+    inpaint.add_argument("--mask", type=Path, required=True, help="gray PNG, white = repaint")
+    inpaint.add_argument("--strength", type=float, default=0.75)
+    inpaint.add_argument("--mask-blur", type=int, default=4)
+    inpaint.add_argument("--padding", type=int, default=32, help="context around the mask, pixels")
+
+    result = sub.add_parser("result", help="wait for a job, or fetch its finished result")
+    client_args(result)
+    result.add_argument("--job", required=True)
+    result.add_argument("--out", type=Path, required=True)
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    client_args(cancel)
+    cancel.add_argument("--job", required=True)
+    models = sub.add_parser("models", help="list the server's models")
+    client_args(models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from bridge_server.serve import run_server
+
+            return run_server(args)
+        return run_client_command(args)
+    except (ClientError, CliError) as exc:
+        print(f"paintbridge: error: {exc.message if isinstance(exc, ClientError) else exc} [{exc.code}]", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- client commands -------------------------------------------------------------
+def client_id() -> str:
+    """A stable id per user, so `paintbridge result` can fetch jobs started earlier."""
+    from engine.paths import cache_dir
+
+    path = cache_dir() / "client-id"
+    try:
+        value = path.read_text("ascii").strip()
+        if len(value) == 32:
+            return value
+    except OSError:
+        pass
+    import uuid
+
+    value = uuid.uuid4().hex
+    path.write_text(value, "ascii")
+    return value
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    client = Client(args.server, token=args.token, client_id=client_id(), name=f"paintbridge-cli/{__version__}")
+    if args.command in ("generate", "img2img", "inpaint"):
+        request = build_request(args)  # bad input fails before connecting
+        with client:
+            result = client.run(request, on_progress=ProgressBar(), on_accepted=announce)
+        write_result(result, args.out)
+    elif args.command == "result":
+        with client:
+            result = client.fetch(args.job, on_progress=ProgressBar())
+        write_result(result, args.out)
+    elif args.command == "cancel":
+        with client:
+            client.cancel(args.job)
+            reply = client.status(args.job)
+            print(f"job {args.job}: {getattr(reply, 'state', None) or reply.type}")
+    elif args.command == "models":
+        with client:
+            listing = client.list_models()
+        for model in listing.models:
+            mark = "*" if model.name == listing.default_model else " "
+            detail = f"{model.family} {model.native_size}px" if model.family else ""
+            print(f"{mark} {model.kind:<10} {model.name}  {detail}".rstrip())
+    return 0
+
+
+def announce(accepted) -> None:
+    where = "next" if accepted.position == 0 else f"position {accepted.position}"
+    print(f"job {accepted.job_id}", file=sys.stderr, flush=True)
+    if accepted.position:
+        print(f"queued ({where})", file=sys.stderr, flush=True)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.active = False
+
+    def __call__(self, progress) -> None:
+        total = max(progress.total, 1)
+        filled = int(self.width * progress.step / total)
+        bar = "#" * filled + "-" * (self.width - filled)
+        end = "\n" if progress.step >= total else ""
+        print(f"\r{progress.stage:<9} [{bar}] {progress.step}/{total}", end=end, file=sys.stderr, flush=True)
+
+
+def build_request(args: argparse.Namespace):
+    from protocol import ProtocolError
+    from protocol.fields import from_wire
+    from protocol.requests import JobRequest
+
+    wire = {
+        "kind": {"generate": "txt2img"}.get(args.command, args.command),
+        "prompt": args.prompt,
+        "negative_prompt": args.negative,
+        "model": args.model,
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "cfg_scale": args.cfg,
+        "seed": args.seed,
+        "width": args.width,
+        "height": args.height,
+        "batch_size": args.batch,
+    }
+    if args.command in ("img2img", "inpaint"):
+        wire["image"] = read_image(args.image, "RGBA").to_wire()
+        wire["strength"] = args.strength
+    if args.command == "inpaint":
+        wire["mask"] = read_image(args.mask, "L").to_wire()
+        wire["mask_blur"] = args.mask_blur
+        wire["inpaint_padding"] = args.padding
+    try:
+        request = from_wire(JobRequest, wire)  # the server's own validation, before sending
+        request.validate()
+    except ProtocolError as exc:
+        raise CliError(exc.code.value, _cli_field_message(exc)) from None
+    return request
+
+
+_FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "--batch", "inpaint_padding": "--padding"}
+
+
+def _cli_field_message(exc) -> str:
+    name = exc.field.split(".")[0]
+    if not name:
+        return exc.message
+    flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+    return f"{flag}: {exc.message}"
+
+
+def read_image(path: Path, mode: str):
+    from PIL import Image, UnidentifiedImageError
+
+    from protocol import RawImage
+
+    try:
+        with Image.open(path) as image:  # Pillow's decompression-bomb limit stays on
+            image = image.convert(mode)
+            return RawImage(image.width, image.height, len(mode), image.tobytes())
+    except FileNotFoundError:
+        raise CliError("not_found", f"{path}: no such file") from None
+    except Image.DecompressionBombError as exc:
+        raise CliError("too_large", f"{path}: {exc}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CliError("invalid_request", f"{path}: not a readable image ({exc})") from None
+
+
+def write_result(result, out: Path) -> list[Path]:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    paths = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, raw in enumerate(result.images):
+        path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[raw.channels]
+        image = Image.frombytes(mode, (raw.width, raw.height), raw.data)
+        info = PngInfo()
+        text = result.infotext
+        if i < len(result.seeds) and i:
+            text = text.replace(f"Seed: {result.seeds[0]},", f"Seed: {result.seeds[i]},")
+        info.add_text("parameters", text)
+        image.save(path, pnginfo=info)
+        paths.append(path)
+        print(f"wrote {path} (seed {result.seeds[i] if i < len(result.seeds) else '?'})", file=sys.stderr)
+    return paths
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Server settings, with the safe defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# A 4096x4096 RGBA layer is 64 MiB and its mask 16 MiB; an 8192x8192 layer
+# (the largest generate size) is 256 MiB. Leave room for msgpack framing.
+DEFAULT_MAX_MESSAGE = 300 * 1024 * 1024
+
+
+@dataclass
+class ServerConfig:
+    models_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""  # required from every client when set
+    allow_origins: list[str] = field(default_factory=list)  # browser origins allowed besides loopback
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE
+    max_queue: int = 32  # queued + running jobs, all clients
+    result_retention: int = 32  # finished jobs kept for fetch_result, oldest dropped
+    result_retention_bytes: int = 2 * 1024**3  # ...and at most this many bytes of images
+    max_connections: int = 64
+    max_pending_frames: int = 8  # per connection; beyond it previews are dropped
+    hello_timeout_s: float = 10.0
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    preload: bool = True  # load the default model at start, so the first job is quick
+    demo: bool = False

@@ -1,0 +1,42 @@
+"""Protocol <-> engine: the only place the two vocabularies meet."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+
+from engine.params import JobOutput, JobParams
+from protocol import RawImage, Result
+from protocol.requests import JobRequest
+
+_SHARED = [f.name for f in fields(JobParams) if f.name not in ("image", "mask")]
+
+
+def array_view(image: RawImage) -> np.ndarray:
+    """A read-only numpy view over the received bytes (no copy)."""
+    shape = (image.height, image.width) if image.channels == 1 else (image.height, image.width, image.channels)
+    return np.frombuffer(image.data, dtype=np.uint8).reshape(shape)
+
+
+def to_params(request: JobRequest) -> JobParams:
+    params = JobParams(**{name: getattr(request, name) for name in _SHARED})
+    params.image = array_view(request.image) if request.image is not None else None
+    params.mask = array_view(request.mask) if request.mask is not None else None
+    return params
+
+
+def to_raw(array: np.ndarray) -> RawImage:
+    h, w = array.shape[:2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    return RawImage(w, h, channels, np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def to_result(job_id: str, output: JobOutput) -> Result:
+    return Result(
+        job_id=job_id,
+        images=[to_raw(im) for im in output.images],
+        seeds=list(output.seeds),
+        parameters=dict(output.parameters),
+        infotext=output.infotext,
+    )

@@ -1,0 +1,57 @@
+"""Job records and the bounded store of finished results."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from protocol import Message
+from protocol.requests import JobRequest
+
+if TYPE_CHECKING:
+    from bridge_server.server import Session
+
+QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", "cancelled"
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    owner: str  # client_id of the submitter; only it may follow, fetch or cancel
+    request: JobRequest
+    state: str = QUEUED
+    cancel: threading.Event = field(default_factory=threading.Event)
+    subscribers: set[Session] = field(default_factory=set)
+    outcome: Message | None = None  # Result | Error | Cancelled, once done
+    frame: bytes = b""  # the outcome, encoded once for every subscriber
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> bool:
+        return self.state in (FINISHED, FAILED, CANCELLED)
+
+
+class ResultStore:
+    """Finished jobs by id, oldest dropped beyond `count` jobs or `max_bytes`."""
+
+    def __init__(self, count: int, max_bytes: int) -> None:
+        self.count = count
+        self.max_bytes = max_bytes
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._bytes = 0
+
+    def add(self, job: Job) -> None:
+        self._jobs[job.id] = job
+        self._bytes += len(job.frame)
+        while len(self._jobs) > self.count or (self._bytes > self.max_bytes and len(self._jobs) > 1):
+            _, old = self._jobs.popitem(last=False)
+            self._bytes -= len(old.frame)
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def __len__(self) -> int:
+        return len(self._jobs)

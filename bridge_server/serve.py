@@ -1,0 +1,91 @@
+"""`paintbridge serve`: build the engine, then run the server until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from bridge_server.config import ServerConfig
+from bridge_server.security import is_loopback
+
+log = logging.getLogger("paintbridge")
+
+
+def run_server(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    from bridge_server.cli import CliError
+
+    token = args.token
+    if not is_loopback(args.host) and not token:
+        # Reachable from other machines: never without a token.
+        token = secrets.token_urlsafe(24)
+        print(f"--host {args.host} is reachable from other machines; clients must send this token:\n  {token}", file=sys.stderr)
+    if args.demo and args.models:
+        raise CliError("invalid_request", "use either --models DIR or --demo, not both")
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import Registry
+
+    if args.demo:
+        from engine.demo.builder import demo_models_dir
+
+        print("DEMO MODE: tiny random-init models; the pictures are noise. Use --models DIR for real models.", file=sys.stderr)
+        models_dir = demo_models_dir()
+    elif args.models:
+        models_dir = args.models.expanduser()
+    else:
+        raise CliError("invalid_request", "give --models DIR (your SD models folder) or --demo")
+    if not Path(models_dir).is_dir():
+        raise CliError("not_found", f"models folder {models_dir} does not exist")
+    registry = Registry(Path(models_dir)).scan()
+    if registry.default_checkpoint() is None:
+        log.warning("no checkpoint found in %s; put a .safetensors into Stable-diffusion/ or checkpoints/", models_dir)
+    config = ServerConfig(
+        models_dir=Path(models_dir),
+        host=args.host,
+        port=args.port,
+        token=token,
+        allow_origins=list(args.allow_origin),
+        preload=not args.no_preload,
+        demo=args.demo,
+    )
+    engine = Engine(registry, ModelManager(device=args.device))
+    return asyncio.run(_serve(config, engine))
+
+
+async def _serve(config: ServerConfig, engine) -> int:
+    from bridge_server.server import PaintBridgeServer
+
+    server = PaintBridgeServer(config, engine)
+    try:
+        await server.start()
+    except OSError as exc:
+        from bridge_server.cli import CliError
+
+        raise CliError("unreachable", f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    names = ", ".join(e.name for e in engine.registry.list("checkpoint")) or "none"
+    log.info("PaintBridge listening on ws://%s:%d (models: %s; checkpoints: %s; device: %s)",
+             host, server.port, config.models_dir, names, engine.models.device)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows
+            pass
+    await stop.wait()
+    log.info("shutting down")
+    await server.close()
+    return 0

@@ -1,0 +1,414 @@
+"""The asyncio websocket server: sessions, a FIFO job queue, streaming.
+
+I/O lives here; the message rules live in `protocol`, the compute in
+`engine`. Jobs run one at a time on a single worker thread, so the event
+loop keeps answering pings, cancels and new clients during a long job.
+Progress is handed back to the loop with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import itertools
+import logging
+import secrets
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from bridge_server import __version__, security
+from bridge_server.config import ServerConfig
+from bridge_server.convert import to_params, to_raw, to_result
+from bridge_server.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, ResultStore
+from engine.errors import EngineError, JobCancelled
+from engine.jobs import Engine
+from engine.registry import CHECKPOINT, UPSCALER, check_name
+from engine.samplers import SAMPLER_NAMES, lookup
+from protocol import (
+    PROTOCOL_VERSION,
+    Accepted,
+    Cancel,
+    Cancelled,
+    Capabilities,
+    Error,
+    ErrorCode,
+    FetchResult,
+    Hello,
+    JobStatus,
+    ListModels,
+    Message,
+    ModelInfo,
+    Models,
+    Progress,
+    ProtocolError,
+    Submit,
+    Welcome,
+    decode,
+    encode,
+)
+from protocol.requests import MAX_GENERATE_SIDE
+
+log = logging.getLogger("paintbridge")
+
+
+class Session:
+    """One connection: its client identity and a bounded outbox.
+
+    Results and errors are always queued; previews are dropped when the
+    client reads slower than we produce, so a slow reader cannot make the
+    server buffer without bound.
+    """
+
+    def __init__(self, ws: ServerConnection, max_pending: int) -> None:
+        self.ws = ws
+        self.client_id = ""
+        self.max_pending = max_pending
+        self._outbox: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self.closed = False
+
+    def send(self, message: Message | bytes, droppable: bool = False) -> None:
+        if self.closed:
+            return
+        if droppable and len(self._outbox) >= self.max_pending:
+            return
+        self._outbox.append(message if isinstance(message, bytes) else encode(message))
+        self._wake.set()
+
+    async def pump(self) -> None:
+        """Write the outbox to the socket, in order, until the connection ends."""
+        try:
+            while not self.closed:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox:
+                    await self.ws.send(self._outbox.popleft())
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed = True
+
+
+def _error(exc: ProtocolError | EngineError, job_id: str = "") -> Error:
+    code = exc.code.value if isinstance(exc.code, ErrorCode) else str(exc.code)
+    return Error(code=code, message=exc.message, job_id=job_id or getattr(exc, "job_id", ""), field=exc.field)
+
+
+class PaintBridgeServer:
+    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.boot = secrets.token_hex(3)  # in every job id: tells "lost in a restart" from "never existed"
+        self._ids = itertools.count(1)
+        self.jobs: dict[str, Job] = {}  # queued and running
+        self.pending: deque[Job] = deque()
+        self.results = ResultStore(config.result_retention, config.result_retention_bytes)
+        self.sessions: set[Session] = set()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paintbridge-engine")
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ws_server: WsServer | None = None
+        self._worker: asyncio.Task | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._ws_server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._check_handshake,
+            max_size=self.config.max_message_bytes,
+            compression=None,  # no permessage-deflate: no inflate bombs, raw pixels barely compress
+            ping_interval=self.config.ping_interval_s,
+            ping_timeout=self.config.ping_timeout_s,
+            max_queue=4,
+            server_header=f"PaintBridge/{__version__}",
+        )
+        self._worker = asyncio.create_task(self._run_jobs())
+        if self.config.preload:
+            default = self.engine.registry.default_checkpoint()
+            if default is not None:
+                self._loop.run_in_executor(self.executor, self._preload, default)
+
+    @property
+    def port(self) -> int:
+        assert self._ws_server is not None
+        return self._ws_server.sockets[0].getsockname()[1]
+
+    async def serve_forever(self) -> None:
+        assert self._ws_server is not None
+        await self._ws_server.serve_forever()
+
+    async def close(self) -> None:
+        if self._ws_server is not None:
+            self._ws_server.close()
+            await self._ws_server.wait_closed()
+        if self._worker is not None:
+            self._worker.cancel()
+        for job in self.jobs.values():
+            job.cancel.set()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _preload(self, entry) -> None:
+        try:
+            started = time.monotonic()
+            self.engine.models.get(entry)
+            log.info("loaded %s in %.1fs", entry.name, time.monotonic() - started)
+        except Exception as exc:  # the first job will report it properly
+            log.warning("could not preload %s: %s", entry.name, exc)
+
+    # -- handshake ---------------------------------------------------------------
+    def _check_handshake(self, connection: ServerConnection, request: Any):
+        reason = security.check_origin(request.headers.get("Origin"), self.config.allow_origins)
+        reason = reason or security.check_host(request.headers.get("Host"), self.config.host)
+        if reason is None and len(self.sessions) >= self.config.max_connections:
+            log.warning("refused a connection: %d connections open", len(self.sessions))
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        if reason is not None:
+            log.warning("refused a websocket handshake from %s: %s", connection.remote_address, reason)
+            return connection.respond(http.HTTPStatus.FORBIDDEN, reason + "\n")
+        return None
+
+    # -- connections -------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = Session(ws, self.config.max_pending_frames)
+        self.sessions.add(session)
+        pump = asyncio.create_task(session.pump())
+        try:
+            if await self._hello(session):
+                async for frame in ws:
+                    self._on_frame(session, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            session.closed = True
+            session._wake.set()
+            self.sessions.discard(session)
+            for job in self.jobs.values():
+                job.subscribers.discard(session)
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await pump
+
+    async def _hello(self, session: Session) -> bool:
+        try:
+            frame = await asyncio.wait_for(session.ws.recv(), self.config.hello_timeout_s)
+        except asyncio.TimeoutError:
+            await self._refuse(session, Error(ErrorCode.HELLO_REQUIRED.value, "no hello received in time"))
+            return False
+        try:
+            hello = decode(frame)
+        except ProtocolError as exc:
+            await self._refuse(session, _error(exc))
+            return False
+        if not isinstance(hello, Hello):
+            await self._refuse(session, Error(ErrorCode.HELLO_REQUIRED.value, "the first message must be hello"))
+            return False
+        if hello.protocol != PROTOCOL_VERSION:
+            await self._refuse(
+                session,
+                Error(
+                    ErrorCode.VERSION_MISMATCH.value,
+                    f"this server speaks protocol {PROTOCOL_VERSION}, the client {hello.protocol}; "
+                    "update the older of the two",
+                ),
+            )
+            return False
+        if not security.token_ok(hello.token, self.config.token):
+            log.warning("refused a client from %s: wrong or missing token", session.ws.remote_address)
+            await self._refuse(session, Error(ErrorCode.UNAUTHORIZED.value, "wrong or missing token"))
+            return False
+        session.client_id = hello.client_id or secrets.token_hex(16)
+        session.send(
+            Welcome(
+                protocol=PROTOCOL_VERSION,
+                server=f"paintbridge/{__version__}",
+                client_id=session.client_id,
+                capabilities=self.capabilities(),
+            )
+        )
+        return True
+
+    async def _refuse(self, session: Session, error: Error) -> None:
+        session.send(error)
+        session.closed = True
+        with contextlib.suppress(ConnectionClosed):
+            while session._outbox:
+                await session.ws.send(session._outbox.popleft())
+            await session.ws.close(1008, error.code)
+
+    def capabilities(self) -> Capabilities:
+        registry = self.engine.registry
+        default = registry.default_checkpoint()
+        return Capabilities(
+            models=self._model_infos(),
+            default_model=default.name if default else "",
+            samplers=list(SAMPLER_NAMES),
+            upscalers=[e.name for e in registry.list(UPSCALER)],
+            max_message_bytes=self.config.max_message_bytes,
+            max_image_side=MAX_GENERATE_SIDE,
+            max_batch=16,
+            max_queue=self.config.max_queue,
+            result_retention=self.config.result_retention,
+        )
+
+    def _model_infos(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(e.name, e.kind, e.family.name if e.family else "", e.native_size) for e in self.engine.registry.list()
+        ]
+
+    # -- messages ----------------------------------------------------------------
+    def _on_frame(self, session: Session, frame: Any) -> None:
+        try:
+            message = decode(frame)
+            if isinstance(message, Submit):
+                self._submit(session, message)
+            elif isinstance(message, Cancel):
+                self._cancel(session, message.job_id)
+            elif isinstance(message, FetchResult):
+                self._fetch(session, message.job_id)
+            elif isinstance(message, ListModels):
+                self.engine.registry.scan()
+                default = self.engine.registry.default_checkpoint()
+                session.send(Models(self._model_infos(), default.name if default else ""))
+            elif isinstance(message, Hello):
+                session.send(Error(ErrorCode.BAD_MESSAGE.value, "hello was already received"))
+            else:
+                session.send(Error(ErrorCode.UNKNOWN_MESSAGE.value, f"a client does not send {message.type!r}"))
+        except (ProtocolError, EngineError) as exc:
+            session.send(_error(exc))
+        except Exception:  # a bug must not take the connection down
+            log.exception("error handling a message")
+            session.send(Error(ErrorCode.INTERNAL.value, "internal error while handling the message"))
+
+    def _submit(self, session: Session, message: Submit) -> None:
+        request = message.request
+        # Cheap engine-level checks now, so bad input fails before queueing.
+        lookup(request.sampler)
+        if request.model:
+            check_name(request.model)
+            self.engine.registry.get(request.model, CHECKPOINT)
+        elif self.engine.registry.default_checkpoint() is None:
+            raise EngineError("unknown_model", "the server's models folder has no checkpoint", field="model")
+        if len(self.jobs) >= self.config.max_queue:
+            raise EngineError("queue_full", f"the queue is full ({self.config.max_queue} jobs); try again later")
+        job = Job(id=f"{self.boot}-{next(self._ids):06d}", owner=session.client_id, request=request)
+        job.subscribers.add(session)
+        self.jobs[job.id] = job
+        self.pending.append(job)
+        session.send(Accepted(job_id=job.id, position=self._position(job), ref=message.ref))
+        log.info("job %s queued (%s, position %d)", job.id, request.kind, self._position(job))
+        assert self._wake is not None
+        self._wake.set()
+
+    def _position(self, job: Job) -> int:
+        """Jobs ahead of this one (0 = runs next, or is running)."""
+        if job.state == RUNNING:
+            return 0
+        running = any(j.state == RUNNING for j in self.jobs.values())
+        return self.pending.index(job) + int(running) if job in self.pending else 0
+
+    def _owned(self, session: Session, job_id: str) -> Job | None:
+        job = self.jobs.get(job_id) or self.results.get(job_id)
+        if job is None or job.owner != session.client_id:
+            # Someone else's job is reported exactly like a missing one.
+            lost = job is None and job_id.split("-", 1)[0] != self.boot and "-" in job_id
+            code = ErrorCode.JOB_LOST if lost else ErrorCode.NOT_FOUND
+            text = "the server restarted since this job was submitted; it is lost" if lost else f"no job {job_id!r}"
+            if not lost and job is None:
+                text += " (unknown, or its result was dropped from the bounded store)"
+            session.send(Error(code.value, text, job_id=job_id))
+            return None
+        return job
+
+    def _cancel(self, session: Session, job_id: str) -> None:
+        job = self._owned(session, job_id)
+        if job is None:
+            return
+        if job.state == QUEUED:
+            self.pending.remove(job)
+            job.subscribers.add(session)
+            self._finish(job, CANCELLED, Cancelled(job.id))
+        elif job.state == RUNNING:
+            if job.cancel.is_set():
+                session.send(JobStatus(job.id, "cancelling"))
+            job.cancel.set()  # the worker stops within one sampling step
+            job.subscribers.add(session)
+        else:
+            session.send(JobStatus(job.id, job.state))  # already over: nothing to cancel
+
+    def _fetch(self, session: Session, job_id: str) -> None:
+        job = self._owned(session, job_id)
+        if job is None:
+            return
+        if job.done:
+            session.send(job.frame)
+        else:
+            job.subscribers.add(session)
+            session.send(JobStatus(job.id, job.state, self._position(job)))
+
+    # -- the worker --------------------------------------------------------------
+    async def _run_jobs(self) -> None:
+        assert self._wake is not None and self._loop is not None
+        while True:
+            if not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            job = self.pending.popleft()
+            job.state = RUNNING
+            started = time.monotonic()
+            log.info("job %s running", job.id)
+            state, outcome, frame = await self._loop.run_in_executor(self.executor, self._execute, job)
+            job.frame = frame
+            self._finish(job, state, outcome)
+            log.info("job %s %s in %.2fs", job.id, state, time.monotonic() - started)
+
+    def _execute(self, job: Job) -> tuple[str, Message, bytes]:
+        """On the worker thread: run the job and encode its outcome once."""
+        try:
+            output = self.engine.run(to_params(job.request), self._progress_fn(job), job.cancel)
+            outcome: Message = to_result(job.id, output)
+            state = FINISHED
+        except JobCancelled:
+            outcome, state = Cancelled(job.id), CANCELLED
+        except EngineError as exc:
+            outcome, state = _error(exc, job.id), FAILED
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            outcome, state = Error(ErrorCode.INTERNAL.value, f"internal error: {exc}", job.id), FAILED
+        return state, outcome, encode(outcome)
+
+    def _progress_fn(self, job: Job):
+        loop = self._loop
+        assert loop is not None
+
+        def report(step: int, total: int, stage: str, preview: np.ndarray | None) -> None:
+            message = Progress(job.id, step, total, stage, to_raw(preview) if preview is not None else None)
+            loop.call_soon_threadsafe(self._broadcast, job, encode(message))
+
+        return report
+
+    def _broadcast(self, job: Job, frame: bytes) -> None:
+        for session in list(job.subscribers):
+            session.send(frame, droppable=True)
+
+    def _finish(self, job: Job, state: str, outcome: Message) -> None:
+        job.state = state
+        job.outcome = outcome
+        if not job.frame:
+            job.frame = encode(outcome)
+        self.jobs.pop(job.id, None)
+        self.results.add(job)  # kept by id, even if every subscriber has left
+        for session in job.subscribers:
+            session.send(job.frame)
+        job.subscribers.clear()
