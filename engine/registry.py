@@ -18,7 +18,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from engine.errors import EngineError
 from engine.families import FAMILIES, Detected, Family, detect, looks_like_lora, looks_like_upscaler, looks_like_vae
@@ -87,7 +87,7 @@ def check_name(name: str, field: str = "model") -> None:
         or "\\" in name
         or name.startswith("/")
         or (len(name) > 1 and name[1] == ":")
-        or any(part in ("..", ".") for part in PurePosixPath(name).parts)
+        or any(part in ("..", ".", "") for part in name.split("/"))
     )
     if bad:
         raise EngineError(

@@ -1,0 +1,149 @@
+"""The jobs, on the tiny demo checkpoint loaded through the users' loading code."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from engine.errors import EngineError, JobCancelled
+from engine.params import JobParams
+
+FAST = {"steps": 3, "prompt": "a cat", "negative_prompt": "blurry"}
+
+
+def test_demo_checkpoint_is_a_single_file_in_ldm_layout(demo_models):
+    from engine.registry import read_safetensors_shapes
+
+    path = demo_models / "Stable-diffusion" / "paintbridge-demo.safetensors"
+    keys = read_safetensors_shapes(path)
+    assert "model.diffusion_model.input_blocks.0.0.weight" in keys
+    assert any(k.startswith("first_stage_model.decoder.") for k in keys)
+    assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in keys)
+
+
+def test_single_file_load_reproduces_the_weights(engine, demo_models):
+    """The LDM-layout file, converted back by diffusers, equals what was saved."""
+    import json
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from engine.registry import CHECKPOINT
+
+    model = engine.models.get(engine.registry.list(CHECKPOINT)[0])
+    sidecar = demo_models / "Stable-diffusion" / "paintbridge-demo.config"
+    torch.manual_seed(0)  # the builder's seed: the UNet is built first
+    unet = UNet2DConditionModel.from_config(json.loads((sidecar / "unet" / "config.json").read_text()))
+    loaded = model.base.unet.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in unet.state_dict().items())
+
+
+def test_txt2img_size_and_determinism(engine):
+    a = engine.run(JobParams(width=128, height=96, seed=1234, **FAST))
+    b = engine.run(JobParams(width=128, height=96, seed=1234, **FAST))
+    c = engine.run(JobParams(width=128, height=96, seed=1235, **FAST))
+    assert a.images[0].shape == (96, 128, 4) and a.images[0].dtype == np.uint8
+    assert a.seeds == [1234]
+    assert np.array_equal(a.images[0], b.images[0])
+    assert not np.array_equal(a.images[0], c.images[0])
+    assert "Seed: 1234" in a.infotext and "Size: 128x96" in a.infotext and "Negative prompt: blurry" in a.infotext
+
+
+def test_default_size_is_native_and_random_seed_is_reported(engine):
+    out = engine.run(JobParams(seed=-1, steps=1))
+    assert out.images[0].shape[:2] == (512, 512)
+    assert 0 <= out.seeds[0] < 2**32 and out.parameters["seed"] == out.seeds[0]
+
+
+def test_batch_gets_consecutive_seeds(engine):
+    out = engine.run(JobParams(width=64, height=64, seed=7, batch_size=2, **FAST))
+    assert out.seeds == [7, 8] and len(out.images) == 2
+    single = engine.run(JobParams(width=64, height=64, seed=8, **FAST))
+    assert np.abs(out.images[1].astype(int) - single.images[0].astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"])
+def test_required_samplers(engine, sampler):
+    out = engine.run(JobParams(width=64, height=64, seed=3, sampler=sampler, **FAST))
+    assert out.parameters["sampler"] == sampler and out.images[0].shape == (64, 64, 4)
+
+
+def test_img2img_keeps_the_layer_size_and_strength_matters(engine):
+    image = np.random.default_rng(0).integers(0, 256, (70, 90, 4), dtype=np.uint8)
+    weak = engine.run(JobParams(kind="img2img", image=image, strength=0.3, seed=5, steps=10, prompt="x"))
+    strong = engine.run(JobParams(kind="img2img", image=image, strength=0.9, seed=5, steps=10, prompt="x"))
+    assert weak.images[0].shape == (70, 90, 4)
+    assert weak.parameters["denoising_strength"] == 0.3
+    assert not np.array_equal(weak.images[0], strong.images[0])
+
+
+def test_inpaint_leaves_mask_zero_pixels_byte_identical(engine):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (120, 160, 4), dtype=np.uint8)
+    image[..., 3] = 255
+    mask = np.zeros((120, 160), np.uint8)
+    mask[40:80, 50:110] = 255
+    mask[60, 30] = 128  # a soft pixel far from the rest
+    out = engine.run(JobParams(kind="inpaint", image=image, mask=mask, strength=1.0, seed=9, mask_blur=4, **FAST))
+    result = out.images[0]
+    assert result.shape == image.shape
+    assert np.array_equal(result[mask == 0], image[mask == 0])
+    inside = mask == 255
+    assert (result[inside] != image[inside]).any(axis=1).mean() > 0.5
+
+
+def test_inpaint_with_empty_mask_returns_the_input(engine):
+    image = np.full((64, 64, 3), 90, np.uint8)
+    out = engine.run(JobParams(kind="inpaint", image=image, mask=np.zeros((64, 64), np.uint8), **FAST))
+    assert np.array_equal(out.images[0][..., :3], image)
+
+
+def test_progress_every_step_and_previews(engine):
+    events = []
+    engine.run(JobParams(width=64, height=64, seed=1, **FAST), lambda s, t, stage, p: events.append((s, t, p)))
+    assert [(s, t) for s, t, _ in events] == [(1, 3), (2, 3), (3, 3)]
+    assert events[0][2] is not None and events[0][2].shape == (8, 8, 4)
+
+
+def test_cancel_is_checked_every_step(engine):
+    flag = threading.Event()
+    steps = []
+
+    def progress(step, total, stage, preview):
+        steps.append(step)
+        flag.set()
+
+    with pytest.raises(JobCancelled):
+        engine.run(JobParams(width=64, height=64, steps=20), progress, flag)
+    assert steps == [1]
+
+
+def test_unknown_sampler_and_model_fail_before_loading(engine):
+    with pytest.raises(EngineError) as caught:
+        engine.run(JobParams(sampler="Eular"))
+    assert caught.value.code == "unknown_sampler" and "DPM++ 2M Karras" in caught.value.message
+    with pytest.raises(EngineError) as caught:
+        engine.run(JobParams(model="../../etc/passwd"))
+    assert caught.value.code == "invalid_request" and caught.value.field == "model"
+    with pytest.raises(EngineError) as caught:
+        engine.run(JobParams(model="nope"))
+    assert caught.value.code == "unknown_model" and "paintbridge-demo" in caught.value.message
+
+
+def test_out_of_memory_is_typed_and_the_next_job_runs(engine, monkeypatch):
+    import engine.jobs as jobs
+
+    real = jobs._generate
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(jobs, "_generate", explode)
+    with pytest.raises(EngineError) as caught:
+        engine.run(JobParams(width=64, height=64, **FAST))
+    assert caught.value.code == "out_of_memory"
+    assert engine.models.loaded is None  # freed
+    monkeypatch.setattr(jobs, "_generate", real)
+    assert engine.run(JobParams(width=64, height=64, **FAST)).images

@@ -1,0 +1,96 @@
+"""Pure pieces: tokenizer derivation, mask geometry, samplers, previews."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import masks
+from engine.errors import EngineError
+from engine.samplers import SAMPLER_NAMES, lookup, make_scheduler
+
+
+def test_clip_tokenizer_matches_openai_ids():
+    from engine.tokenizers import clip_tokenizer
+
+    tok = clip_tokenizer()
+    assert len(tok) == 49408
+    assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert tok.pad_token == "<|endoftext|>"
+    assert clip_tokenizer("!").pad_token_id == 0
+
+
+def test_feather_stays_inside_the_mask():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    alpha = masks.feather(mask, 6)
+    assert alpha[mask == 0].max() == 0.0
+    assert alpha[32, 32] == pytest.approx(1.0, abs=1e-3)
+    assert 0.0 < alpha[16, 32] < 1.0  # soft at the inner edge
+
+
+def test_composite_keeps_mask_zero_pixels_byte_identical():
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    generated = rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:28, 2:30] = 255
+    out = masks.composite(original, generated, masks.feather(mask, 2))
+    assert np.array_equal(out[mask == 0], original[mask == 0])
+    assert np.array_equal(out[14, 10:20], generated[14, 10:20])
+
+
+@pytest.mark.parametrize(("w", "h", "native", "expect"), [(100, 100, 512, (512, 512)), (2000, 1000, 512, (728, 360)), (64, 640, 768, (240, 2432))])
+def test_working_size(w, h, native, expect):
+    ww, wh = masks.working_size(w, h, native)
+    assert (ww, wh) == expect and ww % 8 == 0 and wh % 8 == 0
+
+
+def test_mask_box_and_padding():
+    mask = np.zeros((50, 80), np.uint8)
+    mask[10:20, 30:35] = 1
+    assert masks.mask_box(mask) == (30, 10, 35, 20)
+    assert masks.expand_box((30, 10, 35, 20), 16, 80, 50) == (14, 0, 51, 36)
+    assert masks.mask_box(np.zeros((4, 4), np.uint8)) is None
+
+
+BASE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "v_prediction",
+    "steps_offset": 1,
+}
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_every_sampler_builds_and_keeps_the_model_schedule(name):
+    scheduler = make_scheduler(name, BASE)
+    assert scheduler.config.prediction_type == "v_prediction"
+    scheduler.set_timesteps(10)
+    assert len(scheduler.timesteps) >= 10
+
+
+def test_karras_variant_uses_karras_sigmas():
+    assert make_scheduler("DPM++ 2M Karras", BASE).config.use_karras_sigmas
+    assert not make_scheduler("DPM++ 2M", BASE).config.use_karras_sigmas
+    assert make_scheduler("DPM++ 2M", BASE).config.algorithm_type == "dpmsolver++"
+
+
+def test_unknown_sampler_lists_the_valid_ones():
+    with pytest.raises(EngineError) as caught:
+        lookup("Eular a")
+    assert caught.value.code == "unknown_sampler" and caught.value.field == "sampler"
+    for required in ("Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"):
+        assert required in caught.value.message
+    assert lookup("dpm++ 2m karras").name == "DPM++ 2M Karras"
+
+
+def test_preview_is_small_rgba():
+    import torch
+
+    from engine.preview import latent_preview
+
+    out = latent_preview(torch.randn(4, 8, 12), "sd15")
+    assert out.shape == (8, 12, 4) and out.dtype == np.uint8 and (out[..., 3] == 255).all()
