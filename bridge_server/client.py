@@ -116,7 +116,7 @@ class Client:
     def submit(self, request: JobRequest) -> Accepted:
         ref = uuid.uuid4().hex[:8]
         self._send(Submit(request=request, ref=ref))
-        reply = self._wait(lambda m: isinstance(m, Accepted) and m.ref == ref or isinstance(m, Error) and not m.job_id)
+        reply = self._wait(lambda m: (isinstance(m, Accepted) and m.ref == ref) or (isinstance(m, Error) and not m.job_id))
         if isinstance(reply, Error):
             raise ClientError(reply.code, reply.message, field=reply.field)
         assert isinstance(reply, Accepted)

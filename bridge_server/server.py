@@ -169,8 +169,12 @@ class PaintBridgeServer:
 
     # -- handshake ---------------------------------------------------------------
     def _check_handshake(self, connection: ServerConnection, request: Any):
-        reason = security.check_origin(request.headers.get("Origin"), self.config.allow_origins)
-        reason = reason or security.check_host(request.headers.get("Host"), self.config.host)
+        origins, hosts = request.headers.get_all("Origin"), request.headers.get_all("Host")
+        if len(origins) > 1 or len(hosts) > 1:
+            reason: str | None = "duplicate Origin or Host header"
+        else:
+            reason = security.check_origin(origins[0] if origins else None, self.config.allow_origins)
+            reason = reason or security.check_host(hosts[0] if hosts else None, self.config.host)
         if reason is None and len(self.sessions) >= self.config.max_connections:
             log.warning("refused a connection: %d connections open", len(self.sessions))
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")

@@ -103,7 +103,7 @@ def _rgb(image: np.ndarray) -> Image.Image:
 def _to_rgba(images: np.ndarray) -> list[np.ndarray]:
     """Pipeline output (N x H x W x 3 floats in 0..1) -> opaque RGBA uint8."""
     rgb = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    alpha = np.full(rgb.shape[:3] + (1,), 255, np.uint8)
+    alpha = np.full((*rgb.shape[:3], 1), 255, np.uint8)
     return list(np.concatenate([rgb, alpha], axis=3))
 
 

@@ -25,7 +25,7 @@ def expand_box(box: Box, padding: int, width: int, height: int) -> Box:
 
 
 def round8(value: float) -> int:
-    return max(64, int(round(value / 8)) * 8)
+    return max(64, round(value / 8) * 8)
 
 
 def working_size(width: int, height: int, native: int) -> tuple[int, int]:

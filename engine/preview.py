@@ -27,5 +27,5 @@ def latent_preview(latent, family: str) -> np.ndarray:
         lat = lat[:4]
     rgb = np.einsum("chw,cr->hwr", lat, COEFFICIENTS.get(family, _SD15))
     rgb = np.clip((rgb + 1.0) * 127.5, 0, 255).astype(np.uint8)
-    alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+    alpha = np.full((*rgb.shape[:2], 1), 255, np.uint8)
     return np.concatenate([rgb, alpha], axis=2)

@@ -31,7 +31,7 @@ def bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=False))
 
 
 def write_tokenizer_files(folder: Path, merges: list[tuple[str, str]]) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from protocol.fields import bounded
 from protocol.images import RawImage
 from protocol.requests import JobRequest
-from protocol.fields import bounded
 
 
 @dataclass

@@ -1,0 +1,224 @@
+"""The real server as a subprocess on a free port, driven by the CLI and client."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+from PIL import Image
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from bridge_server.client import Client, ClientError
+from protocol import PROTOCOL_VERSION, Error, Hello, JobRequest, Progress, Welcome, decode, encode
+from tests.conftest import ServerProcess, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_cli_generate_img2img_inpaint_models_result(server, tmp_path):
+    out = tmp_path / "gen.png"
+    done = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--steps", "3", "--seed", "11",
+                   "--width", "128", "--height", "96", "--sampler", "DPM++ 2M Karras", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    job_id = done.stderr.split("job ", 1)[1].split()[0]
+    assert "3/3" in done.stderr
+    image = Image.open(out)
+    assert image.size == (128, 96)
+    assert "Seed: 11" in image.info["parameters"] and "Sampler: DPM++ 2M Karras" in image.info["parameters"]
+
+    again = run_cli("result", "--server", server.url, "--job", job_id, "--out", str(tmp_path / "again.png"))
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(image))
+
+    refined = run_cli("img2img", "--server", server.url, "--image", str(out), "--strength", "0.5", "--steps", "4",
+                      "--out", str(tmp_path / "refined.png"))
+    assert refined.returncode == 0, refined.stderr
+    assert Image.open(tmp_path / "refined.png").size == (128, 96)
+
+    mask = np.zeros((96, 128), np.uint8)
+    mask[20:60, 30:90] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    painted = run_cli("inpaint", "--server", server.url, "--image", str(out), "--mask", str(tmp_path / "mask.png"),
+                      "--steps", "3", "--strength", "1", "--out", str(tmp_path / "inpaint.png"))
+    assert painted.returncode == 0, painted.stderr
+    before, after = np.asarray(image.convert("RGBA")), np.asarray(Image.open(tmp_path / "inpaint.png"))
+    assert np.array_equal(after[mask == 0], before[mask == 0])
+    assert not np.array_equal(after[mask == 255], before[mask == 255])
+
+    listing = run_cli("models", "--server", server.url)
+    assert listing.returncode == 0 and "paintbridge-demo" in listing.stdout and "sd15" in listing.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--sampler", "Nope"], "unknown sampler 'Nope'"),
+        (["--steps", "0"], "--steps"),
+        (["--cfg", "nan"], "--cfg"),
+        (["--width", "100"], "--width"),
+        (["--model", "../../x"], "not a plain name"),
+    ],
+)
+def test_cli_errors_are_one_line(server, tmp_path, args, needle):
+    done = run_cli("generate", "--server", server.url, *args, "--out", str(tmp_path / "x.png"))
+    assert done.returncode == 1
+    assert needle in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_no_server(tmp_path):
+    done = run_cli("generate", "--server", "ws://127.0.0.1:9", "--out", str(tmp_path / "x.png"))
+    assert done.returncode == 1 and "paintbridge serve" in done.stderr and "[unreachable]" in done.stderr
+
+
+def test_cancel_a_running_job_within_a_step(server):
+    with Client(server.url) as client:
+        accepted = client.submit(JobRequest(width=512, height=512, steps=150, seed=1))
+        steps = []
+
+        def on_progress(p: Progress) -> None:
+            steps.append(p.step)
+            if len(steps) == 1:
+                client.cancel(accepted.job_id)
+
+        with pytest.raises(ClientError) as caught:
+            client.follow(accepted.job_id, on_progress)
+        assert caught.value.code == "cancelled"
+        assert max(steps) <= 3  # stopped within a step or two, not 150
+        # cancel after the end, and of an unknown id: clean answers
+        assert client.status(accepted.job_id).type == "cancelled"
+        client.cancel(accepted.job_id)
+        with pytest.raises(ClientError) as caught:
+            client.status("nope")
+        assert caught.value.code == "not_found"
+        # the server goes on
+        assert client.run(JobRequest(width=64, height=64, steps=2)).images
+
+
+def test_cancel_a_queued_job(server):
+    with Client(server.url) as client:
+        first = client.submit(JobRequest(width=512, height=512, steps=30))
+        second = client.submit(JobRequest(width=64, height=64, steps=2))
+        assert second.position >= 1
+        client.cancel(second.job_id)
+        client.cancel(first.job_id)
+        for job in (second, first):
+            with pytest.raises(ClientError) as caught:
+                client.follow(job.job_id)
+            assert caught.value.code == "cancelled"
+
+
+def test_disconnect_mid_job_then_fetch_by_id(server):
+    client = Client(server.url)
+    client.connect()
+    accepted = client.submit(JobRequest(width=256, height=256, steps=12, seed=77))
+    client.follow  # noqa: B018 - first progress, then vanish
+    while not isinstance(client._recv(), Progress):
+        pass
+    client.close()
+
+    other = Client(server.url)  # another client id cannot see it
+    with other, pytest.raises(ClientError) as caught:
+        other.fetch(accepted.job_id)
+    assert caught.value.code == "not_found"
+
+    again = Client(server.url, client_id=client.client_id)
+    with again:
+        result = again.fetch(accepted.job_id)
+    assert result.seeds == [77] and result.images[0].width == 256
+
+
+def test_two_clients_fifo_and_isolated_progress(server):
+    a, b = Client(server.url), Client(server.url)
+    with a, b:
+        job_a = a.submit(JobRequest(width=128, height=128, steps=6, seed=1))
+        job_b = b.submit(JobRequest(width=64, height=64, steps=2, seed=2))
+        seen_a = []
+        a.follow(job_a.job_id, lambda p: seen_a.append(p.job_id))
+        b_messages = []
+        result_b = b.follow(job_b.job_id, lambda p: b_messages.append(p.job_id))
+        assert set(seen_a) == {job_a.job_id} and set(b_messages) <= {job_b.job_id}
+        assert result_b.seeds == [2]
+        assert job_a.job_id < job_b.job_id  # ids are issued in order
+
+
+def test_malformed_frames_get_typed_errors_and_the_connection_goes_on(server):
+    with connect(server.url) as ws:
+        ws.send(encode(Hello(protocol=PROTOCOL_VERSION)))
+        assert isinstance(decode(ws.recv()), Welcome)
+        for raw in (b"\xc1", msgpack.packb({"type": "submit", "request": {"steps": 0}}), msgpack.packb({"type": "x"})):
+            ws.send(raw)
+            reply = decode(ws.recv())
+            assert isinstance(reply, Error) and reply.code in ("bad_message", "invalid_request", "unknown_message")
+        ws.send("text frame")
+        assert decode(ws.recv()).code == "bad_message"
+        ws.send(msgpack.packb({"type": "list_models"}))
+        assert decode(ws.recv()).type == "models"
+
+
+def test_hello_required_and_version_mismatch(server):
+    with connect(server.url) as ws:
+        ws.send(msgpack.packb({"type": "list_models"}))
+        assert decode(ws.recv()).code == "hello_required"
+    with connect(server.url) as ws:
+        ws.send(encode(Hello(protocol=PROTOCOL_VERSION + 1)))
+        reply = decode(ws.recv())
+        assert reply.code == "version_mismatch" and str(PROTOCOL_VERSION) in reply.message
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://localhost.evil.example"])
+def test_browser_origins_are_refused(server, origin):
+    with pytest.raises(InvalidStatus) as caught:
+        connect(server.url, additional_headers={"Origin": origin})
+    assert caught.value.response.status_code == 403
+
+
+def test_loopback_origin_and_no_origin_are_allowed(server):
+    with connect(server.url, additional_headers={"Origin": "http://localhost:3000"}) as ws:
+        ws.send(encode(Hello(protocol=PROTOCOL_VERSION)))
+        assert isinstance(decode(ws.recv()), Welcome)
+
+
+def test_foreign_host_header_is_refused(server):
+    # DNS rebinding: a hostile name resolving to 127.0.0.1
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.putrequest("GET", "/", skip_host=True)
+    for name, value in {
+        "Host": f"rebind.evil.example:{server.port}",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 403 and b"Host" in response.read()
+
+
+def test_token_is_required_when_set(demo_models):
+    proc = ServerProcess("--demo", "--token", "s3cret", "--no-preload")
+    try:
+        with pytest.raises(ClientError) as caught:
+            Client(proc.url).connect()
+        assert caught.value.code == "unauthorized"
+        with pytest.raises(ClientError):
+            Client(proc.url, token="wrong").connect()
+        with Client(proc.url, token="s3cret") as client:
+            assert client.welcome.capabilities.default_model == "paintbridge-demo"
+    finally:
+        proc.stop()
+
+
+def test_pings_flow_during_a_long_job(server):
+    with Client(server.url) as client:
+        accepted = client.submit(JobRequest(width=512, height=512, steps=25))
+        started = time.monotonic()
+        latency = client._ws.ping().wait(5)  # answered by the event loop mid-job
+        assert latency is True and time.monotonic() - started < 5
+        client.follow(accepted.job_id)
