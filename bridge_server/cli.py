@@ -62,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch", type=int, default=1, help="images in one batch")
         p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
 
-    job_args(sub.add_parser("generate", help="text to image"))
+    generate = sub.add_parser("generate", help="text to image")
+    job_args(generate)
+    hires = generate.add_argument_group("hires fix (two passes: generate, upscale, img2img at the new size)")
+    hires.add_argument("--hires-scale", type=float, default=0, help="upscale by (e.g. 2); 0 = no hires fix")
+    hires.add_argument("--hires-upscaler", default="Latent", help="Latent, Lanczos or an upscaler model name")
+    hires.add_argument("--hires-steps", type=int, default=0, help="0 = same as --steps")
+    hires.add_argument("--hires-denoise", type=float, default=0.45, help="denoising strength (above 0.5 repaints a lot)")
     img2img = sub.add_parser("img2img", help="image to image (refine)")
     job_args(img2img)
     img2img.add_argument("--image", type=Path, required=True)
@@ -74,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--strength", type=float, default=0.75)
     inpaint.add_argument("--mask-blur", type=int, default=4)
     inpaint.add_argument("--padding", type=int, default=32, help="context around the mask, pixels")
+
+    upscale = sub.add_parser("upscale", help="upscale an image: upscaler model, then optional tiled diffusion")
+    job_args(upscale)
+    upscale.add_argument("--image", type=Path, required=True)
+    upscale.add_argument("--scale", type=float, default=2.0, help="upscale by, any factor 1..8")
+    upscale.add_argument("--upscaler", default="", help="upscaler model name, or Lanczos (default: the first model)")
+    upscale.add_argument("--denoise", type=float, default=0.35, help="tiled diffusion strength; 0 = the upscaler only")
+    upscale.add_argument("--tile", type=int, default=64, help="latent tile size (x8 pixels)")
+    upscale.add_argument("--overlap", type=int, default=16, help="latent tile overlap")
+    upscale.add_argument("--tile-batch", type=int, default=4, help="tiles per UNet batch")
+    upscale.add_argument("--vae-tile", type=int, default=512, help="VAE tile size in pixels (halved on out-of-memory)")
 
     result = sub.add_parser("result", help="wait for a job, or fetch its finished result")
     client_args(result)
@@ -123,7 +140,7 @@ def client_id() -> str:
 
 def run_client_command(args: argparse.Namespace) -> int:
     client = Client(args.server, token=args.token, client_id=client_id(), name=f"paintbridge-cli/{__version__}")
-    if args.command in ("generate", "img2img", "inpaint"):
+    if args.command in ("generate", "img2img", "inpaint", "upscale"):
         request = build_request(args)  # bad input fails before connecting
         with client:
             result = client.run(request, on_progress=ProgressBar(), on_accepted=announce)
@@ -159,14 +176,15 @@ class ProgressBar:
 
     def __init__(self, width: int = 30) -> None:
         self.width = width
-        self.active = False
 
     def __call__(self, progress) -> None:
         total = max(progress.total, 1)
         filled = int(self.width * progress.step / total)
         bar = "#" * filled + "-" * (self.width - filled)
-        end = "\n" if progress.step >= total else ""
-        print(f"\r{progress.stage:<9} [{bar}] {progress.step}/{total}", end=end, file=sys.stderr, flush=True)
+        tiles = f" tiles {progress.tile}/{progress.tiles}" if progress.tiles else ""
+        last = progress.step >= total and progress.tile >= progress.tiles
+        line = f"\r{progress.stage:<15} [{bar}] {progress.step}/{total}{tiles}"
+        print(line, end="\n" if last else "", file=sys.stderr, flush=True)
 
 
 def build_request(args: argparse.Namespace):
@@ -187,9 +205,16 @@ def build_request(args: argparse.Namespace):
         "height": args.height,
         "batch_size": args.batch,
     }
-    if args.command in ("img2img", "inpaint"):
+    if args.command in ("img2img", "inpaint", "upscale"):
         wire["image"] = read_image(args.image, "RGBA").to_wire()
+    if args.command in ("img2img", "inpaint"):
         wire["strength"] = args.strength
+    if args.command == "generate" and args.hires_scale:
+        wire["hires"] = {"scale": args.hires_scale, "upscaler": args.hires_upscaler, "steps": args.hires_steps,
+                         "denoise": args.hires_denoise}
+    if args.command == "upscale":
+        wire["upscale"] = {"scale": args.scale, "upscaler": args.upscaler, "denoise": args.denoise, "tile": args.tile,
+                           "overlap": args.overlap, "tile_batch": args.tile_batch, "vae_tile": args.vae_tile}
     if args.command == "inpaint":
         wire["mask"] = read_image(args.mask, "L").to_wire()
         wire["mask_blur"] = args.mask_blur
@@ -206,7 +231,8 @@ _FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "
 
 
 def _cli_field_message(exc) -> str:
-    name = exc.field.split(".")[0]
+    parts = exc.field.split(".")
+    name = "-".join(parts[:2]) if parts[0] == "hires" else parts[1] if parts[0] == "upscale" and len(parts) > 1 else parts[0]
     if not name:
         return exc.message
     flag = _FLAGS.get(name, "--" + name.replace("_", "-"))

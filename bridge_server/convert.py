@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 import numpy as np
 
-from engine.params import JobOutput, JobParams
+from engine.params import HiresParams, JobOutput, JobParams, UpscaleParams
 from protocol import RawImage, Result
 from protocol.requests import JobRequest
 
-_SHARED = [f.name for f in fields(JobParams) if f.name not in ("image", "mask")]
+_SHARED = [f.name for f in fields(JobParams) if f.name not in ("image", "mask", "hires", "upscale")]
 
 
 def array_view(image: RawImage) -> np.ndarray:
@@ -23,6 +23,10 @@ def to_params(request: JobRequest) -> JobParams:
     params = JobParams(**{name: getattr(request, name) for name in _SHARED})
     params.image = array_view(request.image) if request.image is not None else None
     params.mask = array_view(request.mask) if request.mask is not None else None
+    if request.hires is not None:
+        params.hires = HiresParams(**asdict(request.hires))
+    if request.kind == "upscale":
+        params.upscale = UpscaleParams(**asdict(request.upscale)) if request.upscale else UpscaleParams()
     return params
 
 

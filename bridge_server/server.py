@@ -30,7 +30,7 @@ from bridge_server.convert import to_params, to_raw, to_result
 from bridge_server.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, ResultStore
 from engine.errors import EngineError, JobCancelled
 from engine.jobs import Engine
-from engine.registry import CHECKPOINT, UPSCALER, check_name
+from engine.registry import CHECKPOINT, check_name
 from engine.samplers import SAMPLER_NAMES, lookup
 from protocol import (
     PROTOCOL_VERSION,
@@ -257,7 +257,7 @@ class PaintBridgeServer:
             models=self._model_infos(),
             default_model=default.name if default else "",
             samplers=list(SAMPLER_NAMES),
-            upscalers=[e.name for e in registry.list(UPSCALER)],
+            upscalers=self.engine.upscalers.names() if self.engine.upscalers else [],
             max_message_bytes=self.config.max_message_bytes,
             max_image_side=MAX_GENERATE_SIDE,
             max_batch=16,
@@ -298,10 +298,17 @@ class PaintBridgeServer:
         request = message.request
         # Cheap engine-level checks now, so bad input fails before queueing.
         lookup(request.sampler)
+        upscalers = self.engine.upscalers
+        assert upscalers is not None
+        if request.hires is not None and request.hires.upscaler != "Latent":
+            upscalers.resolve(request.hires.upscaler, "hires.upscaler")
+        if request.kind == "upscale":
+            upscalers.resolve(request.upscale.upscaler if request.upscale else "", "upscale.upscaler")
+        needs_checkpoint = not (request.kind == "upscale" and request.upscale is not None and request.upscale.denoise == 0)
         if request.model:
             check_name(request.model)
             self.engine.registry.get(request.model, CHECKPOINT)
-        elif self.engine.registry.default_checkpoint() is None:
+        elif needs_checkpoint and self.engine.registry.default_checkpoint() is None:
             raise EngineError("unknown_model", "the server's models folder has no checkpoint", field="model")
         if len(self.jobs) >= self.config.max_queue:
             raise EngineError("queue_full", f"the queue is full ({self.config.max_queue} jobs); try again later")
@@ -396,8 +403,10 @@ class PaintBridgeServer:
         loop = self._loop
         assert loop is not None
 
-        def report(step: int, total: int, stage: str, preview: np.ndarray | None) -> None:
-            message = Progress(job.id, step, total, stage, to_raw(preview) if preview is not None else None)
+        def report(
+            step: int, total: int, stage: str, preview: np.ndarray | None, tile: int = 0, tiles: int = 0
+        ) -> None:
+            message = Progress(job.id, step, total, stage, to_raw(preview) if preview is not None else None, tile, tiles)
             loop.call_soon_threadsafe(self._broadcast, job, encode(message))
 
         return report

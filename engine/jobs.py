@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import masks
+from engine import masks, tiled
 from engine.errors import EngineError, JobCancelled
 from engine.models import LoadedModel, ModelManager, free_memory, is_out_of_memory
-from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn
+from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
 from engine.preview import latent_preview
 from engine.registry import CHECKPOINT, Registry
 from engine.samplers import lookup, make_scheduler
+from engine.upscalers import Upscalers
 
 PREVIEW_INTERVAL_S = 0.25  # at most four previews a second
 
@@ -33,6 +34,12 @@ class Engine:
 
     registry: Registry
     models: ModelManager
+    upscalers: Upscalers | None = None
+
+    def __post_init__(self) -> None:
+        if self.upscalers is None:
+            cuda = self.models.device.startswith("cuda")
+            self.upscalers = Upscalers(self.registry, self.models.device, half=cuda)
 
     def run(self, params: JobParams, progress: ProgressFn | None = None, cancel: CancelFlag | None = None) -> JobOutput:
         return run_job(self, params, progress, cancel)
@@ -41,19 +48,38 @@ class Engine:
 def run_job(
     engine: Engine, params: JobParams, progress: ProgressFn | None = None, cancel: CancelFlag | None = None
 ) -> JobOutput:
-    lookup(params.sampler)  # unknown sampler: fail before loading anything
+    lookup(params.sampler)  # unknown sampler / upscaler: fail before loading anything
+    assert engine.upscalers is not None
+    if params.hires is not None and params.hires.upscaler != "Latent":
+        engine.upscalers.resolve(params.hires.upscaler, "hires.upscaler")
+    if params.kind == "upscale":
+        options = params.upscale or UpscaleParams()
+        engine.upscalers.resolve(options.upscaler, "upscale.upscaler")
+        if options.denoise == 0:  # the upscaler alone: no checkpoint needed
+            return _guarded(engine, lambda: _upscale(engine, None, params, progress, cancel))
     entry = engine.registry.get(params.model, CHECKPOINT) if params.model else engine.registry.default_checkpoint()
     if entry is None:
         raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint", field="model")
     if entry.inpainting and params.kind != "inpaint":
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
     _check_cancel(cancel)
-    try:
+
+    def work() -> JobOutput:
         model = engine.models.get(entry)
         _check_cancel(cancel)
         if params.kind == "inpaint":
             return _inpaint(model, params, progress, cancel)
-        return _generate(model, params, progress, cancel)
+        if params.kind == "upscale":
+            return _upscale(engine, model, params, progress, cancel)
+        return _generate(engine, model, params, progress, cancel)
+
+    return _guarded(engine, work)
+
+
+def _guarded(engine: Engine, work) -> JobOutput:
+    """Typed out-of-memory errors; caches freed so the next job can run."""
+    try:
+        return work()
     except (EngineError, JobCancelled):
         raise
     except Exception as exc:
@@ -116,6 +142,10 @@ class _StepReporter:
         self.progress = progress
         self.cancel = cancel
         self.last_preview = 0.0
+        # Two-pass jobs (hires fix) count both passes in one progress bar.
+        self.stage = "sampling"
+        self.offset = 0
+        self.grand_total = 0
 
     def __call__(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         _check_cancel(self.cancel)
@@ -126,7 +156,8 @@ class _StepReporter:
             if self.want_preview and step + 1 < total and now - self.last_preview >= PREVIEW_INTERVAL_S:
                 self.last_preview = now
                 preview = latent_preview(kwargs["latents"][0], self.family)
-            self.progress(step + 1, total, "sampling", preview)
+            grand = max(self.grand_total, self.offset + total)
+            self.progress(self.offset + step + 1, grand, self.stage, preview)
         return {}
 
 
@@ -153,10 +184,12 @@ def _prepare(model: LoadedModel, task: str, sampler: str):
     return pipe
 
 
-def _generate(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutput:
+def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, cancel) -> JobOutput:
     width, height = _size(params, model.entry.native_size)
     seeds = resolve_seeds(params.seed, params.batch_size)
     kwargs = _common(model, params, seeds, progress, cancel)
+    if params.hires is not None:
+        return _hires(engine, model, params, seeds, kwargs, width, height)
     if params.kind == "img2img":
         assert params.image is not None
         pipe = _prepare(model, "img2img", params.sampler)
@@ -172,6 +205,92 @@ def _generate(model: LoadedModel, params: JobParams, progress, cancel) -> JobOut
         if (w, h) != (width, height):
             images = [np.asarray(Image.fromarray(im).resize((w, h), Image.LANCZOS)) for im in images]
     return _output(model, params, images, seeds, width, height)
+
+
+def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[int], kwargs: dict[str, Any],
+           width: int, height: int) -> JobOutput:
+    """WebUI hires fix: txt2img at the base size, upscale, img2img at the target size."""
+    import torch
+
+    hires = params.hires
+    assert hires is not None and engine.upscalers is not None
+    target_w, target_h = masks.round8(width * hires.scale), masks.round8(height * hires.scale)
+    hires_steps = hires.steps or params.steps
+    second = min(max(1, int(hires_steps * hires.denoise)), hires_steps)
+    reporter: _StepReporter = kwargs["callback_on_step_end"]
+    reporter.grand_total = params.steps + second
+    latent = hires.upscaler == "Latent"
+    first = _prepare(model, "txt2img", params.sampler)(
+        **{**kwargs, "output_type": "latent" if latent else "np"}, width=width, height=height
+    ).images
+    reporter.offset, reporter.stage = params.steps, "hires"
+    if latent:
+        # "Latent" upscales the latent itself (bilinear, as the WebUI's default).
+        init: Any = torch.nn.functional.interpolate(first, size=(target_h // 8, target_w // 8), mode="bilinear")
+    else:
+        images = [engine.upscalers.upscale(im[..., :3], (target_w, target_h), hires.upscaler) for im in _to_rgba(first)]
+        init = [Image.fromarray(im) for im in images]
+    pipe = _prepare(model, "img2img", params.sampler)
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
+    out = pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
+               image=init, strength=hires.denoise).images
+    result = _output(model, params, _to_rgba(out), seeds, width, height)
+    result.parameters.update(hires_upscale=hires.scale, hires_upscaler=hires.upscaler, hires_steps=hires.steps,
+                             hires_denoise=hires.denoise, hires_width=target_w, hires_height=target_h)
+    result.infotext = infotext(result.parameters)
+    return result
+
+
+def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progress, cancel) -> JobOutput:
+    """Upscaler model to the exact target, then optional tiled img2img (MultiDiffusion)."""
+    assert params.image is not None and engine.upscalers is not None
+    options = params.upscale or UpscaleParams()
+    h, w = params.image.shape[:2]
+    base_w, base_h = (w, h) if options.keep_size or not params.width else (params.width, params.height or h)
+    target = (max(1, round(base_w * options.scale)), max(1, round(base_h * options.scale)))
+    rgb = np.asarray(_rgb(params.image))
+
+    def tiles_done(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done, total, "upscaling", None, done, total)
+
+    upscaled = engine.upscalers.upscale(rgb, target, options.upscaler, progress=tiles_done, cancel=cancel)
+    seeds = resolve_seeds(params.seed, 1)
+    if options.denoise > 0:
+        assert model is not None
+        work = (max(64, target[0] // 8 * 8), max(64, target[1] // 8 * 8))
+        source = upscaled if work == target else np.asarray(Image.fromarray(upscaled).resize(work, Image.LANCZOS))
+
+        def report(step: int, steps: int, tile: int, tiles: int) -> None:
+            if progress is not None:
+                progress(step, steps, "tiled diffusion", None, tile, tiles)
+
+        upscaled = tiled.tiled_img2img(
+            model, make_scheduler(params.sampler, model.base.scheduler.config), source, params.prompt,
+            params.negative_prompt, params.steps, options.denoise, params.cfg_scale, seeds[0], options.tile,
+            options.overlap, options.tile_batch, options.vae_tile, report, cancel,
+        )
+        if work != target:
+            upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
+    alpha = None
+    if params.image.shape[2] == 4:
+        alpha = np.asarray(Image.fromarray(np.ascontiguousarray(params.image[..., 3])).resize(target, Image.LANCZOS))
+    rgba = np.dstack([upscaled, alpha if alpha is not None else np.full(upscaled.shape[:2], 255, np.uint8)])
+    parameters: dict[str, Any] = {
+        "kind": "upscale", "prompt": params.prompt, "negative_prompt": params.negative_prompt,
+        "steps": params.steps, "sampler": lookup(params.sampler).name, "cfg_scale": params.cfg_scale,
+        "seed": seeds[0], "width": target[0], "height": target[1],
+        "model": model.entry.name if model else "", "upscale_by": options.scale,
+        "upscaler": options.upscaler or _default_upscaler(engine), "denoising_strength": options.denoise,
+        "tile": options.tile, "overlap": options.overlap, "tile_batch": options.tile_batch,
+    }
+    return JobOutput([rgba], seeds, parameters, infotext(parameters))
+
+
+def _default_upscaler(engine: Engine) -> str:
+    assert engine.upscalers is not None
+    which = engine.upscalers.resolve("")
+    return which if isinstance(which, str) else which.name
 
 
 def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutput:
@@ -229,6 +348,8 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
 
 def infotext(p: dict[str, Any]) -> str:
     """The WebUI's `parameters` text, so PNGs read back in WebUI tools."""
+    if p["kind"] == "upscale" and not p["denoising_strength"]:
+        return f"Size: {p['width']}x{p['height']}, Upscale by: {p['upscale_by']:g}, Upscaler: {p['upscaler']}"
     fields = [
         f"Steps: {p['steps']}",
         f"Sampler: {p['sampler']}",
@@ -241,6 +362,15 @@ def infotext(p: dict[str, Any]) -> str:
         fields.append(f"Denoising strength: {p['denoising_strength']:g}")
     if "mask_blur" in p:
         fields.append(f"Mask blur: {p['mask_blur']}")
+    if "hires_upscale" in p:
+        fields.append(f"Hires upscale: {p['hires_upscale']:g}")
+        if p["hires_steps"]:
+            fields.append(f"Hires steps: {p['hires_steps']}")
+        fields.append(f"Hires upscaler: {p['hires_upscaler']}")
+    if "upscale_by" in p:
+        fields += [f"Upscale by: {p['upscale_by']:g}", f"Upscaler: {p['upscaler']}"]
+        if p["denoising_strength"]:
+            fields.append(f"Tiled Diffusion: MultiDiffusion, tile {p['tile']}, overlap {p['overlap']}")
     lines = [p["prompt"]]
     if p["negative_prompt"]:
         lines.append(f"Negative prompt: {p['negative_prompt']}")

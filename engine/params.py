@@ -14,6 +14,26 @@ import numpy as np
 
 
 @dataclass
+class HiresParams:
+    scale: float = 2.0
+    upscaler: str = "Latent"
+    steps: int = 0  # 0 = same as the first pass
+    denoise: float = 0.45
+
+
+@dataclass
+class UpscaleParams:
+    scale: float = 2.0
+    upscaler: str = ""
+    denoise: float = 0.35
+    tile: int = 64  # latent pixels
+    overlap: int = 16
+    tile_batch: int = 4
+    vae_tile: int = 512  # image pixels
+    keep_size: bool = True
+
+
+@dataclass
 class JobParams:
     kind: str = "txt2img"  # txt2img | img2img | inpaint
     prompt: str = ""
@@ -32,6 +52,8 @@ class JobParams:
     mask_blur: int = 4
     inpaint_padding: int = 32
     preview: bool = True
+    hires: HiresParams | None = None
+    upscale: UpscaleParams | None = None
 
 
 @dataclass
@@ -43,7 +65,9 @@ class JobOutput:
 
 
 class ProgressFn(Protocol):
-    def __call__(self, step: int, total: int, stage: str, preview: np.ndarray | None) -> None: ...
+    def __call__(
+        self, step: int, total: int, stage: str, preview: np.ndarray | None, tile: int = 0, tiles: int = 0
+    ) -> None: ...
 
 
 class CancelFlag(Protocol):

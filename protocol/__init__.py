@@ -25,7 +25,7 @@ from protocol.messages import (
     Submit,
     Welcome,
 )
-from protocol.requests import HiresFix, JobKind, JobRequest
+from protocol.requests import HiresFix, JobKind, JobRequest, Upscale
 from protocol.version import PROTOCOL_VERSION
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "RawImage",
     "Result",
     "Submit",
+    "Upscale",
     "Welcome",
     "decode",
     "encode",

@@ -89,8 +89,10 @@ class Progress(Message):
     job_id: str
     step: int
     total: int
-    stage: str = "sampling"
+    stage: str = "sampling"  # sampling | hires | upscaling | tiled diffusion | decoding
     preview: RawImage | None = None
+    tile: int = 0  # tiled stages: tiles done in this step, of `tiles`
+    tiles: int = 0
 
 
 @dataclass

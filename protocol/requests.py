@@ -17,16 +17,31 @@ class JobKind(str, Enum):
     TXT2IMG = "txt2img"
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
+    UPSCALE = "upscale"
 
 
 @dataclass
 class HiresFix:
-    """Reserved for the high-resolution work (two-pass txt2img)."""
+    """WebUI "Hires. fix" on txt2img: generate, upscale, img2img at the new size."""
 
-    scale: float = bounded(2.0, 1.0, 4.0)
-    upscaler: str = "Latent"
-    steps: int = bounded(0, 0, 150)  # 0 = same as the first pass
-    denoise: float = bounded(0.45, 0.0, 1.0)
+    scale: float = bounded(2.0, 1.0, 4.0)  # "Upscale by"
+    upscaler: str = "Latent"  # "Latent", "Lanczos", "Nearest" or an upscaler model name
+    steps: int = bounded(0, 0, 150)  # "Hires steps"; 0 = same as the first pass
+    denoise: float = bounded(0.45, 0.0, 1.0)  # "Denoising strength"; above 0.5 repaints a lot
+
+
+@dataclass
+class Upscale:
+    """The `upscale` job: upscaler model, then optional tiled diffusion (MultiDiffusion)."""
+
+    scale: float = bounded(2.0, 1.0, 8.0)
+    upscaler: str = ""  # "" = the first upscaler model, else "Lanczos"
+    denoise: float = bounded(0.35, 0.0, 1.0)  # 0 = the upscaler only
+    tile: int = bounded(64, 16, 256)  # latent tile size (x8 pixels)
+    overlap: int = bounded(16, 0, 128)  # latent tile overlap
+    tile_batch: int = bounded(4, 1, 64)  # tiles through the UNet at once
+    vae_tile: int = bounded(512, 128, 4096)  # VAE encoder/decoder tile, pixels; halved on out-of-memory
+    keep_size: bool = True  # scale the input image's size (else width/height x scale)
 
 
 @dataclass
@@ -49,6 +64,8 @@ class JobRequest:
     mask_blur: int = bounded(4, 0, 64)
     inpaint_padding: int = bounded(32, 0, 1024)  # context around the mask, pixels
     preview: bool = True
+    hires: HiresFix | None = None  # txt2img only
+    upscale: Upscale | None = None  # upscale only (defaults when absent)
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
@@ -57,7 +74,24 @@ class JobRequest:
             if value and (value < 64 or value % 8):
                 raise invalid(name, f"{name} must be 0 (default) or a multiple of 8 from 64 to {MAX_GENERATE_SIDE}, got {value}")
         kind = JobKind(self.kind)
-        if kind in (JobKind.IMG2IMG, JobKind.INPAINT):
+        if self.hires is not None and kind is not JobKind.TXT2IMG:
+            raise invalid("hires", "hires fix applies to txt2img only")
+        if self.upscale is not None and kind is not JobKind.UPSCALE:
+            raise invalid("upscale", f"{kind.value} takes no upscale options")
+        if kind is JobKind.UPSCALE:
+            if self.image is None:
+                raise invalid("image", "upscale needs an image")
+            options = self.upscale or Upscale()
+            if options.overlap >= options.tile:
+                raise invalid("upscale.overlap", f"overlap ({options.overlap}) must be smaller than the tile ({options.tile})")
+            base_w, base_h = (self.image.width, self.image.height) if options.keep_size or not self.width else (self.width, self.height or self.image.height)
+            if max(base_w, base_h) * options.scale > MAX_GENERATE_SIDE:
+                raise invalid("upscale.scale", f"the result would be larger than {MAX_GENERATE_SIDE} pixels on a side")
+        if self.hires is not None:
+            side = max(self.width or 1024, self.height or 1024) * self.hires.scale
+            if side > MAX_GENERATE_SIDE:
+                raise invalid("hires.scale", f"the result would be larger than {MAX_GENERATE_SIDE} pixels on a side")
+        if kind in (JobKind.IMG2IMG, JobKind.INPAINT, JobKind.UPSCALE):
             if self.image is None:
                 raise invalid("image", f"{kind.value} needs an image")
             if self.image.channels == 1:

@@ -16,8 +16,9 @@ from pathlib import Path
 from engine.paths import cache_dir
 from engine.tokenizers import write_tokenizer_files
 
-DEMO_VERSION = 1  # bump when the demo models change, so caches rebuild
+DEMO_VERSION = 2  # bump when the demo models change, so caches rebuild
 DEMO_CHECKPOINT = "paintbridge-demo"
+DEMO_UPSCALER = "paintbridge-demo-x4"
 
 UNET = {
     "_class_name": "UNet2DConditionModel",
@@ -111,10 +112,59 @@ def build_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def rrdbnet_state_dict(features: int = 16, blocks: int = 1, growth: int = 32, seed: int = 0) -> dict:
+    """Random weights in Real-ESRGAN's RRDBNet x4 key layout (as its .pth files).
+
+    spandrel reads the growth channels as 32, as in every released ESRGAN.
+
+    Small random weights plus the skip connections keep the output near a
+    nearest-neighbour upscale, so the demo's upscales still look like the input.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def conv(prefix: str, out_ch: int, in_ch: int) -> dict:
+        return {
+            f"{prefix}.weight": torch.randn(out_ch, in_ch, 3, 3, generator=gen) * 0.02,
+            f"{prefix}.bias": torch.zeros(out_ch),
+        }
+
+    state = conv("conv_first", features, 3)
+    for b in range(blocks):
+        for r in range(1, 4):
+            for c in range(1, 6):
+                out_ch = features if c == 5 else growth
+                state |= conv(f"body.{b}.rdb{r}.conv{c}", out_ch, features + (c - 1) * growth)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        state |= conv(name, features, features)
+    state |= conv("conv_last", 3, features)
+    # Identity-like first/last convs: features 0..2 carry the RGB input through.
+    for i in range(3):
+        state["conv_first.weight"][i, i, 1, 1] = 1.0
+        for name in ("conv_up1", "conv_up2", "conv_hr"):
+            state[f"{name}.weight"][i, i, 1, 1] = 1.0
+        state["conv_last.weight"][i, i, 1, 1] = 1.0
+    return state
+
+
+def build_upscaler(path: Path, seed: int = 0) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(rrdbnet_state_dict(seed=seed), str(tmp), metadata={"paintbridge": "demo, random weights"})
+    tmp.replace(path)
+    return path
+
+
 def demo_models_dir() -> Path:
     """The demo models folder (WebUI layout), built once into the user cache."""
     root = cache_dir() / f"demo-models-v{DEMO_VERSION}"
     checkpoint = root / "Stable-diffusion" / f"{DEMO_CHECKPOINT}.safetensors"
     if not checkpoint.is_file():
         build_checkpoint(checkpoint)
+    upscaler = root / "ESRGAN" / f"{DEMO_UPSCALER}.safetensors"
+    if not upscaler.is_file():
+        build_upscaler(upscaler)
     return root

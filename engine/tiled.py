@@ -1,0 +1,221 @@
+"""Tiled diffusion (MultiDiffusion) and tiled VAE: any size in fixed memory.
+
+diffusers has no tiled img2img for Stable Diffusion (its MultiDiffusion
+pipeline is txt2img panoramas only), so the sampling loop is written here:
+at every step the latent is cut into overlapping square tiles, the UNet
+predicts each tile's noise (several tiles per batch), the predictions are
+blended with smooth weights into one full-size prediction, and the
+scheduler takes one step on the whole latent. One global image emerges, with
+no seams, while peak memory depends on the tile size and batch only.
+
+The VAE runs tiled through diffusers' own tiling, with a colour fix for the
+encoder: tiles normalise their statistics separately, so the tiled latent's
+per-channel mean and spread are matched to those of a small whole-image
+encode (the "fast encoder colour fix" idea, done on the latent).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.errors import JobCancelled
+from engine.models import LoadedModel, free_memory, is_out_of_memory
+from engine.params import CancelFlag
+
+MIN_VAE_TILE = 128
+Report = Callable[[int, int, int, int], None]  # step, steps, tile, tiles
+
+
+@dataclass(frozen=True)
+class View:
+    y: int
+    x: int
+    size_h: int
+    size_w: int
+
+
+def views(height: int, width: int, tile: int, overlap: int) -> list[View]:
+    """Overlapping tiles covering a latent; edge tiles are aligned to the edge."""
+    stride = max(1, tile - overlap)
+
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        count = math.ceil((length - tile) / stride) + 1
+        return sorted({min(i * stride, length - tile) for i in range(count)})
+
+    th, tw = min(tile, height), min(tile, width)
+    return [View(y, x, th, tw) for y in starts(height) for x in starts(width)]
+
+
+def tile_weights(h: int, w: int, device, dtype):
+    """A smooth bump (Gaussian, as in Mixture of Diffusers) so tile edges count less."""
+    import torch
+
+    def axis(n: int):
+        x = torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype)
+        return torch.exp(-(x**2) / (2 * 0.5**2))
+
+    return axis(h)[:, None] * axis(w)[None, :]
+
+
+# -- tiled VAE -------------------------------------------------------------------
+def _with_vae_tiles(vae, tile: int, fn):
+    """Run fn() with diffusers' VAE tiling at `tile` pixels; halve on OOM."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    while True:
+        vae.enable_tiling()
+        vae.tile_sample_min_size = tile
+        vae.tile_latent_min_size = tile // factor
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_out_of_memory(exc) or tile // 2 < MIN_VAE_TILE:
+                raise
+            free_memory()
+            tile //= 2
+        finally:
+            vae.disable_tiling()
+
+
+def encode(vae, image: np.ndarray, tile: int, generator, device, dtype):
+    """HxWx3 uint8 -> scaled latent (1x4xh/8xw/8), tiled, with the colour fix."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1.0
+    vae_dtype = next(vae.parameters()).dtype
+    x = x.to(vae_dtype)
+    with torch.inference_mode():
+        latent = _with_vae_tiles(vae, tile, lambda: vae.encode(x).latent_dist.sample(generator))
+        if max(x.shape[2:]) > tile:
+            # Colour fix: a whole-image encode at tile size sets the statistics.
+            scale = tile / max(x.shape[2:])
+            small = F.interpolate(x, scale_factor=scale, mode="area")
+            reference = vae.encode(small).latent_dist.mean
+            mean, std = latent.mean(dim=(2, 3), keepdim=True), latent.std(dim=(2, 3), keepdim=True)
+            ref_mean, ref_std = reference.mean(dim=(2, 3), keepdim=True), reference.std(dim=(2, 3), keepdim=True)
+            latent = (latent - mean) / std.clamp_min(1e-6) * ref_std + ref_mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((latent - shift) * vae.config.scaling_factor).to(dtype)
+
+
+def decode(vae, latent, tile: int) -> np.ndarray:
+    """Scaled latent -> HxWx3 uint8, tiled."""
+    import torch
+
+    vae_dtype = next(vae.parameters()).dtype
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = (latent / vae.config.scaling_factor + shift).to(vae_dtype)
+    with torch.inference_mode():
+        image = _with_vae_tiles(vae, tile, lambda: vae.decode(z).sample)
+    image = ((image[0].float().clamp(-1, 1) + 1.0) * 127.5).round().byte()
+    return image.permute(1, 2, 0).cpu().numpy()
+
+
+# -- tiled diffusion ---------------------------------------------------------------
+def _conditioning(model: LoadedModel, pipe, prompt: str, negative: str, cfg: bool):
+    """Text embeddings (+ SDXL's pooled embeddings) for cond and uncond."""
+    device = pipe._execution_device
+    if model.family == "sdxl":
+        cond, uncond, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=prompt, device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg, negative_prompt=negative,
+        )
+        return cond, uncond, pooled, neg_pooled
+    cond, uncond = pipe.encode_prompt(prompt, device, 1, cfg, negative)
+    return cond, uncond, None, None
+
+
+def tiled_img2img(
+    model: LoadedModel,
+    scheduler,
+    image: np.ndarray,
+    prompt: str,
+    negative: str,
+    steps: int,
+    strength: float,
+    cfg_scale: float,
+    seed: int,
+    tile: int,
+    overlap: int,
+    tile_batch: int,
+    vae_tile: int,
+    report: Report | None = None,
+    cancel: CancelFlag | None = None,
+) -> np.ndarray:
+    """img2img of an image of any size (multiple of 8) by MultiDiffusion."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    pipe = model.pipeline("img2img")
+    unet, vae = pipe.unet, pipe.vae
+    device, dtype = pipe._execution_device, unet.dtype
+    generator = torch.Generator("cpu").manual_seed(seed)
+    latents = encode(vae, image, vae_tile, generator, device, dtype)
+    use_cfg = cfg_scale > 1.0
+    cond, uncond, pooled, neg_pooled = _conditioning(model, pipe, prompt, negative, use_cfg)
+
+    scheduler.set_timesteps(steps, device=device)
+    start = steps - min(max(1, int(steps * strength)), steps)
+    timesteps = scheduler.timesteps[start * scheduler.order :]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start * scheduler.order)
+    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)
+    latents = scheduler.add_noise(latents, noise, timesteps[:1])
+
+    _, _, lh, lw = latents.shape
+    grid = views(lh, lw, tile, overlap)
+    batches = [grid[i : i + tile_batch] for i in range(0, len(grid), tile_batch)]
+    weight = tile_weights(min(tile, lh), min(tile, lw), device, torch.float32)
+    coverage = torch.zeros((lh, lw), device=device, dtype=torch.float32)
+    for v in grid:
+        coverage[v.y : v.y + v.size_h, v.x : v.x + v.size_w] += weight
+
+    with torch.inference_mode():
+        for i, t in enumerate(timesteps):
+            model_input = scheduler.scale_model_input(latents, t)
+            prediction = torch.zeros(latents.shape, device=device, dtype=torch.float32)
+            for b, batch in enumerate(batches):
+                if cancel is not None and cancel.is_set():
+                    raise JobCancelled()
+                tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
+                eps = _predict(model, unet, tiles, t, batch, cond, uncond, pooled, neg_pooled, use_cfg, cfg_scale, (lh, lw))
+                for j, v in enumerate(batch):
+                    prediction[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] += eps[j : j + 1].float() * weight
+                if report is not None:
+                    report(i + 1, len(timesteps), min((b + 1) * tile_batch, len(grid)), len(grid))
+            prediction /= coverage
+            latents = scheduler.step(prediction.to(dtype), t, latents, generator=generator).prev_sample
+    return decode(vae, latents, vae_tile)
+
+
+def _predict(model, unet, tiles, t, batch, cond, uncond, pooled, neg_pooled, use_cfg, cfg_scale, latent_size):
+    import torch
+
+    n = tiles.shape[0]
+    hidden = cond.expand(n, -1, -1)
+    if use_cfg:
+        tiles = torch.cat([tiles, tiles])
+        hidden = torch.cat([uncond.expand(n, -1, -1), hidden])
+    added: dict[str, Any] | None = None
+    if model.family == "sdxl":
+        lh, lw = latent_size
+        # SDXL's size conditioning: the full image size, this tile's crop offset, the tile size.
+        ids = [[lh * 8, lw * 8, v.y * 8, v.x * 8, v.size_h * 8, v.size_w * 8] for v in batch]
+        time_ids = torch.tensor(ids, device=tiles.device, dtype=cond.dtype)
+        text = pooled.expand(n, -1)
+        if use_cfg:
+            time_ids = torch.cat([time_ids, time_ids])
+            text = torch.cat([neg_pooled.expand(n, -1), text])
+        added = {"text_embeds": text, "time_ids": time_ids}
+    eps = unet(tiles, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+    if use_cfg:
+        eps_uncond, eps_cond = eps.chunk(2)
+        eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+    return eps
