@@ -88,7 +88,7 @@ def encode(vae, image: np.ndarray, tile: int, generator, device, dtype):
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1.0
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1.0
     vae_dtype = next(vae.parameters()).dtype
     x = x.to(vae_dtype)
     with torch.inference_mode():

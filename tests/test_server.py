@@ -222,3 +222,22 @@ def test_pings_flow_during_a_long_job(server):
         latency = client._ws.ping().wait(5)  # answered by the event loop mid-job
         assert latency is True and time.monotonic() - started < 5
         client.follow(accepted.job_id)
+
+
+def test_cli_upscale_and_hires(server, tmp_path):
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(source)
+    done = run_cli("upscale", "--server", server.url, "--image", str(source), "--scale", "1.5", "--denoise", "0",
+                   "--out", str(tmp_path / "up.png"))
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "up.png").size == (90, 60)
+    assert "Upscaler: paintbridge-demo-x4" in Image.open(tmp_path / "up.png").info["parameters"]
+    done = run_cli("upscale", "--server", server.url, "--image", str(source), "--scale", "2", "--denoise", "0.3",
+                   "--steps", "6", "--tile", "16", "--overlap", "4", "--out", str(tmp_path / "up2.png"))
+    assert done.returncode == 0, done.stderr
+    assert "tiled diffusion" in done.stderr and "tiles" in done.stderr
+    assert Image.open(tmp_path / "up2.png").size == (120, 80)
+    done = run_cli("generate", "--server", server.url, "--width", "64", "--height", "64", "--steps", "2",
+                   "--hires-scale", "2", "--hires-upscaler", "Lanczos", "--out", str(tmp_path / "h.png"))
+    assert done.returncode == 0, done.stderr
+    assert Image.open(tmp_path / "h.png").size == (128, 128) and "hires" in done.stderr
