@@ -8,6 +8,7 @@ callback, and format the WebUI-style record of what was done.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -126,6 +127,22 @@ def _rgb(image: np.ndarray) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
+def _opaque(image: np.ndarray) -> np.ndarray:
+    """An HxWx3/4 image as RGBA with its alpha kept (or opaque)."""
+    if image.shape[2] == 4:
+        return image.copy()
+    return np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
+
+
+def _decode_latents(model: LoadedModel, latents) -> np.ndarray:
+    import torch
+
+    vae = model.base.vae
+    with torch.inference_mode():
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return ((decoded.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def _to_rgba(images: np.ndarray) -> list[np.ndarray]:
     """Pipeline output (N x H x W x 3 floats in 0..1) -> opaque RGBA uint8."""
     rgb = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -178,6 +195,17 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
     return pipe_kwargs
 
 
+def denoise_steps(steps: int, strength: float) -> int:
+    """Steps to request so that a partial denoise runs at least one step.
+
+    diffusers runs int(steps * strength) steps and fails on zero; the WebUI
+    always runs at least one.
+    """
+    if strength <= 0 or int(steps * strength) >= 1:
+        return steps
+    return math.ceil(1.0 / strength)
+
+
 def _prepare(model: LoadedModel, task: str, sampler: str):
     pipe = model.pipeline(task)
     pipe.scheduler = make_scheduler(sampler, model.base.scheduler.config)
@@ -192,9 +220,13 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
         return _hires(engine, model, params, seeds, kwargs, width, height)
     if params.kind == "img2img":
         assert params.image is not None
+        if params.strength == 0:  # nothing to denoise: the layer comes back as it is
+            images = [_opaque(params.image)] * len(seeds)
+            return _output(model, params, images, seeds, *params.image.shape[1::-1])
         pipe = _prepare(model, "img2img", params.sampler)
         init = _rgb(params.image).resize((width, height), Image.LANCZOS)
-        kwargs.update(image=init, strength=params.strength)
+        kwargs.update(image=init, strength=params.strength,
+                      num_inference_steps=denoise_steps(params.steps, params.strength))
     else:
         pipe = _prepare(model, "txt2img", params.sampler)
         kwargs.update(width=width, height=height)
@@ -215,8 +247,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     hires = params.hires
     assert hires is not None and engine.upscalers is not None
     target_w, target_h = masks.round8(width * hires.scale), masks.round8(height * hires.scale)
-    hires_steps = hires.steps or params.steps
-    second = min(max(1, int(hires_steps * hires.denoise)), hires_steps)
+    hires_steps = denoise_steps(hires.steps or params.steps, hires.denoise)
+    second = int(hires_steps * hires.denoise)
     reporter: _StepReporter = kwargs["callback_on_step_end"]
     reporter.grand_total = params.steps + second
     latent = hires.upscaler == "Latent"
@@ -230,11 +262,14 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     else:
         images = [engine.upscalers.upscale(im[..., :3], (target_w, target_h), hires.upscaler) for im in _to_rgba(first)]
         init = [Image.fromarray(im) for im in images]
-    pipe = _prepare(model, "img2img", params.sampler)
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
-    out = pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
-               image=init, strength=hires.denoise).images
-    result = _output(model, params, _to_rgba(out), seeds, width, height)
+    if second == 0:  # denoise 0: the upscaled first pass is the result
+        out = _to_rgba(_decode_latents(model, init)) if latent else [np.asarray(im.convert("RGBA")) for im in init]
+    else:
+        pipe = _prepare(model, "img2img", params.sampler)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
+        out = _to_rgba(pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
+                            image=init, strength=hires.denoise).images)
+    result = _output(model, params, out, seeds, width, height)
     result.parameters.update(hires_upscale=hires.scale, hires_upscaler=hires.upscaler, hires_steps=hires.steps,
                              hires_denoise=hires.denoise, hires_width=target_w, hires_height=target_h)
     result.infotext = infotext(result.parameters)
@@ -308,7 +343,10 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
     crop_mask = Image.fromarray(np.ascontiguousarray(mask[y0:y1, x0:x1]), "L").resize((work_w, work_h), Image.LANCZOS)
     pipe = _prepare(model, "inpaint", params.sampler)
     kwargs = _common(model, params, seeds, progress, cancel)
-    kwargs.update(image=crop, mask_image=crop_mask, strength=params.strength, width=work_w, height=work_h)
+    if params.strength == 0:  # nothing to repaint
+        return _output(model, params, [_opaque(image) for _ in seeds], seeds, w, h)
+    kwargs.update(image=crop, mask_image=crop_mask, strength=params.strength, width=work_w, height=work_h,
+                  num_inference_steps=denoise_steps(params.steps, params.strength))
     generated = _to_rgba(pipe(**kwargs).images)
     alpha = masks.feather(mask, params.mask_blur)
     original = image if image.shape[2] == 4 else np.dstack([image, np.full((h, w), 255, np.uint8)])

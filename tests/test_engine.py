@@ -147,3 +147,16 @@ def test_out_of_memory_is_typed_and_the_next_job_runs(engine, monkeypatch):
     assert engine.models.loaded is None  # freed
     monkeypatch.setattr(jobs, "_generate", real)
     assert engine.run(JobParams(width=64, height=64, **FAST)).images
+
+
+@pytest.mark.parametrize(("steps", "strength"), [(2, 0.3), (1, 0.01), (5, 0.0)])
+def test_low_strength_runs_at_least_one_step(engine, steps, strength):
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    events = []
+    out = engine.run(JobParams(kind="img2img", image=image, steps=steps, strength=strength),
+                     lambda *a: events.append(a[0]))
+    assert out.images[0].shape == (64, 64, 4)
+    if strength == 0:
+        assert np.array_equal(out.images[0], image) and events == []
+    else:
+        assert events == [1]

@@ -159,8 +159,9 @@ def test_tiled_diffusion_reports_tiles_and_cancels_between_batches(engine):
 
 
 def test_hires_fix_size_and_both_passes(engine):
+    events: list[tuple] = []
     for upscaler in ("Latent", "paintbridge-demo-x4"):
-        events = []
+        events.clear()
         hires = HiresParams(scale=2, upscaler=upscaler, steps=0, denoise=0.5)
         out = engine.run(
             JobParams(width=96, height=64, steps=4, seed=2, hires=hires),
