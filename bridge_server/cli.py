@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--job", required=True)
     models = sub.add_parser("models", help="list the server's models")
     client_args(models)
+
+    build = sub.add_parser("build-plugin", help="write the Krita plugin zip (Tools > Scripts > Import Python Plugin)")
+    build.add_argument("--out", type=Path, default=Path("dist/paintbridge-krita.zip"))
+    install = sub.add_parser("install-plugin", help="install (or update) the Krita plugin and enable it")
+    install.add_argument("--krita-dir", type=Path, help="Krita's resource folder (the one holding pykrita/)")
+    install.add_argument("--kritarc", type=Path, help="Krita's kritarc settings file")
     return parser
 
 
@@ -111,12 +117,28 @@ def main(argv: list[str] | None = None) -> int:
             from bridge_server.serve import run_server
 
             return run_server(args)
+        if args.command in ("build-plugin", "install-plugin"):
+            return plugin_command(args)
         return run_client_command(args)
     except (ClientError, CliError) as exc:
         print(f"paintbridge: error: {exc.message if isinstance(exc, ClientError) else exc} [{exc.code}]", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+
+
+def plugin_command(args: argparse.Namespace) -> int:
+    from bridge_server import plugin_package
+
+    if args.command == "build-plugin":
+        out = plugin_package.build_zip(args.out)
+        print(f"wrote {out}: in Krita, Tools > Scripts > Import Python Plugin from File, then restart Krita")
+        return 0
+    krita_dir, kritarc = plugin_package.default_locations()
+    target = plugin_package.install(args.krita_dir or krita_dir, args.kritarc or kritarc)
+    print(f"installed the plugin in {target} and enabled it in {args.kritarc or kritarc}; restart Krita, "
+          "then Settings > Dockers > PaintBridge")
+    return 0
 
 
 # -- client commands -------------------------------------------------------------

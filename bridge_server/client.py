@@ -116,7 +116,7 @@ class Client:
     def submit(self, request: JobRequest) -> Accepted:
         ref = uuid.uuid4().hex[:8]
         self._send(Submit(request=request, ref=ref))
-        reply = self._wait(lambda m: (isinstance(m, Accepted) and m.ref == ref) or (isinstance(m, Error) and not m.job_id))
+        reply = self._wait(lambda m: isinstance(m, (Accepted, Error)) and m.ref == ref)
         if isinstance(reply, Error):
             raise ClientError(reply.code, reply.message, field=reply.field)
         assert isinstance(reply, Accepted)
@@ -166,6 +166,31 @@ class Client:
         assert isinstance(reply, Models)
         return reply
 
+    # -- non-blocking use (the Krita plugin's worker thread) ----------------------
+    def send(self, message: Message) -> None:
+        self._send(message)
+
+    def poll(self, timeout: float | None) -> Message | None:
+        """The next message, or None if none arrives within `timeout` seconds."""
+        from websockets.exceptions import ConnectionClosed
+
+        if self._ws is None:
+            raise ClientError(UNREACHABLE, "not connected")
+        try:
+            frame = self._ws.recv(timeout=timeout)
+        except TimeoutError:
+            return None
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from None
+        try:
+            return decode(frame)
+        except ProtocolError as exc:
+            raise ClientError(exc.code.value, f"the server sent a bad message: {exc.message}") from None
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
     # -- plumbing ----------------------------------------------------------------
     def _send(self, message: Message) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -178,18 +203,9 @@ class Client:
             raise self._closed(exc) from None
 
     def _recv(self) -> Message:
-        from websockets.exceptions import ConnectionClosed
-
-        if self._ws is None:
-            raise ClientError(UNREACHABLE, "not connected")
-        try:
-            frame = self._ws.recv()
-        except ConnectionClosed as exc:
-            raise self._closed(exc) from None
-        try:
-            return decode(frame)
-        except ProtocolError as exc:
-            raise ClientError(exc.code.value, f"the server sent a bad message: {exc.message}") from None
+        message = self.poll(None)
+        assert message is not None
+        return message
 
     def _wait(self, match: Callable[[Message], bool]) -> Message:
         while True:

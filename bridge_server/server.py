@@ -272,6 +272,7 @@ class PaintBridgeServer:
 
     # -- messages ----------------------------------------------------------------
     def _on_frame(self, session: Session, frame: Any) -> None:
+        message: Message | None = None
         try:
             message = decode(frame)
             if isinstance(message, Submit):
@@ -289,7 +290,10 @@ class PaintBridgeServer:
             else:
                 session.send(Error(ErrorCode.UNKNOWN_MESSAGE.value, f"a client does not send {message.type!r}"))
         except (ProtocolError, EngineError) as exc:
-            session.send(_error(exc))
+            error = _error(exc)
+            if isinstance(message, Submit):
+                error.ref = message.ref
+            session.send(error)
         except Exception:  # a bug must not take the connection down
             log.exception("error handling a message")
             session.send(Error(ErrorCode.INTERNAL.value, "internal error while handling the message"))

@@ -116,6 +116,7 @@ class Error(Message):
     message: str
     job_id: str = ""
     field: str = ""
+    ref: str = ""  # the `ref` of a refused `submit`
 
 
 @dataclass

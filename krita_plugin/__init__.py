@@ -1,0 +1,1 @@
+"""The Krita plugin's sources; `paintbridge build-plugin` packages `paintbridge/`."""
