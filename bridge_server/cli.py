@@ -17,6 +17,7 @@ from bridge_server.client import Client, ClientError
 
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
 EXIT_FAILED, EXIT_USAGE = 1, 2
+RECONNECT_S = float(os.environ.get("PAINTBRIDGE_RECONNECT_S", "30"))  # how long to wait for a lost server
 
 
 class CliError(Exception):
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help="allow a browser origin")
     serve.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     serve.add_argument("--no-preload", action="store_true", help="load the default model on the first job, not at start")
+    serve.add_argument("--max-message-mib", type=int, default=300, help="largest accepted message (default 300 MiB)")
     serve.add_argument("-v", "--verbose", action="store_true")
 
     def client_args(p: argparse.ArgumentParser) -> None:
@@ -165,11 +167,11 @@ def run_client_command(args: argparse.Namespace) -> int:
     if args.command in ("generate", "img2img", "inpaint", "upscale"):
         request = build_request(args)  # bad input fails before connecting
         with client:
-            result = client.run(request, on_progress=ProgressBar(), on_accepted=announce)
+            result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
         write_result(result, args.out)
     elif args.command == "result":
         with client:
-            result = client.fetch(args.job, on_progress=ProgressBar())
+            result = client.wait(args.job, on_progress=ProgressBar(), reconnect_s=RECONNECT_S, fetch=True)
         write_result(result, args.out)
     elif args.command == "cancel":
         with client:

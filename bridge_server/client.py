@@ -6,6 +6,7 @@ thread), so it depends only on `protocol` and a websocket client.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -137,11 +138,37 @@ class Client:
                 raise ClientError(message.code, message.message, job_id, message.field)
 
     def run(self, request: JobRequest, on_progress: ProgressCallback | None = None,
-            on_accepted: Callable[[Accepted], None] | None = None) -> Result:
+            on_accepted: Callable[[Accepted], None] | None = None, reconnect_s: float = 0.0) -> Result:
         accepted = self.submit(request)
         if on_accepted is not None:
             on_accepted(accepted)
-        return self.follow(accepted.job_id, on_progress)
+        return self.wait(accepted.job_id, on_progress, reconnect_s)
+
+    def wait(self, job_id: str, on_progress: ProgressCallback | None = None, reconnect_s: float = 0.0,
+             fetch: bool = False) -> Result:
+        """Follow a job to its end; if the connection drops, reconnect for up to
+        `reconnect_s` seconds and pick the job up again by id (a server that
+        restarted meanwhile answers `job_lost`)."""
+        deadline = None
+        while True:
+            try:
+                return self.fetch(job_id, on_progress) if fetch else self.follow(job_id, on_progress)
+            except ClientError as exc:
+                if exc.code not in ("connection_lost", UNREACHABLE) or reconnect_s <= 0:
+                    raise
+                deadline = deadline or time.monotonic() + reconnect_s
+                self._ws = None
+                while True:
+                    if time.monotonic() > deadline:
+                        raise ClientError(exc.code, f"{exc.message}; gave up reconnecting after {reconnect_s:g}s", job_id) from None
+                    time.sleep(0.5)
+                    try:
+                        self.connect()
+                        break
+                    except ClientError as again:
+                        if again.code not in ("connection_lost", UNREACHABLE):
+                            raise
+                fetch = True
 
     def fetch(self, job_id: str, on_progress: ProgressCallback | None = None) -> Result:
         """A finished job's result, or wait for a queued/running one."""

@@ -21,7 +21,8 @@ class ServerConfig:
     max_queue: int = 32  # queued + running jobs, all clients
     result_retention: int = 32  # finished jobs kept for fetch_result, oldest dropped
     result_retention_bytes: int = 2 * 1024**3  # ...and at most this many bytes of images
-    max_connections: int = 64
+    max_connections: int = 64  # clients past hello
+    max_waiting: int = 32  # sockets that have not sent hello yet; the oldest is dropped beyond
     max_pending_frames: int = 8  # per connection; beyond it previews are dropped
     hello_timeout_s: float = 10.0
     ping_interval_s: float = 20.0

@@ -58,6 +58,7 @@ def run_server(args: argparse.Namespace) -> int:
         token=token,
         allow_origins=list(args.allow_origin),
         preload=not args.no_preload,
+        max_message_bytes=args.max_message_mib * 1024 * 1024,
         demo=args.demo,
     )
     engine = Engine(registry, ModelManager(device=args.device))

@@ -111,12 +111,14 @@ class PaintBridgeServer:
         self.jobs: dict[str, Job] = {}  # queued and running
         self.pending: deque[Job] = deque()
         self.results = ResultStore(config.result_retention, config.result_retention_bytes)
-        self.sessions: set[Session] = set()
+        self.sessions: set[Session] = set()  # past hello
+        self.waiting: dict[Session, None] = {}  # connected, no hello yet (oldest first)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paintbridge-engine")
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ws_server: WsServer | None = None
         self._worker: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -167,6 +169,11 @@ class PaintBridgeServer:
         except Exception as exc:  # the first job will report it properly
             log.warning("could not preload %s: %s", entry.name, exc)
 
+    def _background(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
     # -- handshake ---------------------------------------------------------------
     def _check_handshake(self, connection: ServerConnection, request: Any):
         origins, hosts = request.headers.get_all("Origin"), request.headers.get_all("Host")
@@ -175,8 +182,9 @@ class PaintBridgeServer:
         else:
             reason = security.check_origin(origins[0] if origins else None, self.config.allow_origins)
             reason = reason or security.check_host(hosts[0] if hosts else None, self.config.host)
+        # Only clients past hello count: idle sockets cannot lock real clients out.
         if reason is None and len(self.sessions) >= self.config.max_connections:
-            log.warning("refused a connection: %d connections open", len(self.sessions))
+            log.warning("refused a connection: %d clients connected", len(self.sessions))
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         if reason is not None:
             log.warning("refused a websocket handshake from %s: %s", connection.remote_address, reason)
@@ -186,10 +194,19 @@ class PaintBridgeServer:
     # -- connections -------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         session = Session(ws, self.config.max_pending_frames)
-        self.sessions.add(session)
+        self.waiting[session] = None
+        while len(self.waiting) > self.config.max_waiting:
+            # Too many sockets that never said hello: drop the oldest of them.
+            oldest = next(iter(self.waiting))
+            del self.waiting[oldest]
+            oldest.closed = True
+            self._background(oldest.ws.close(1013, "too many connections waiting for hello"))
         pump = asyncio.create_task(session.pump())
         try:
-            if await self._hello(session):
+            hello_ok = await self._hello(session)
+            self.waiting.pop(session, None)
+            if hello_ok and not session.closed:
+                self.sessions.add(session)
                 async for frame in ws:
                     self._on_frame(session, frame)
         except ConnectionClosed:
@@ -197,6 +214,7 @@ class PaintBridgeServer:
         finally:
             session.closed = True
             session._wake.set()
+            self.waiting.pop(session, None)
             self.sessions.discard(session)
             for job in self.jobs.values():
                 job.subscribers.discard(session)

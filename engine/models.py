@@ -43,7 +43,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     name = type(exc).__name__
-    return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    text = str(exc).lower()
+    # CUDA: "CUDA out of memory"; the CPU allocator: "can't allocate memory" / "not enough memory".
+    markers = ("out of memory", "not enough memory", "can't allocate memory")
+    return name == "OutOfMemoryError" or (isinstance(exc, RuntimeError) and any(m in text for m in markers))
 
 
 def free_memory() -> None:
@@ -154,7 +157,13 @@ class ModelManager:
         import torch
 
         try:
-            state = torch.load(entry.path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(entry.path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                # Legacy (non-zip) files cannot be memory-mapped; same safe unpickler.
+                state = torch.load(entry.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise EngineError(
                 "unsafe_file",
