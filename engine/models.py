@@ -95,7 +95,7 @@ def default_device() -> tuple[str, Any]:
 class ModelManager:
     """Keeps one checkpoint resident; loads another on request."""
 
-    def __init__(self, device: str | None = None, dtype: Any = None) -> None:
+    def __init__(self, device: str | None = None, dtype: Any = None, keep_spare: bool = True) -> None:
         auto_device, auto_dtype = default_device()
         self.device = device or auto_device
         self.dtype = dtype or (auto_dtype if self.device == auto_device else None)
@@ -104,18 +104,33 @@ class ModelManager:
 
             self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         self.loaded: LoadedModel | None = None
+        # The previously used model, kept in CPU RAM, so switching back is cheap
+        # (as the WebUI's "checkpoints to cache in RAM": one).
+        self.spare: LoadedModel | None = None
+        self.keep_spare = keep_spare
         self._lock = threading.Lock()
 
     def get(self, entry: ModelEntry) -> LoadedModel:
         with self._lock:
             if self.loaded is not None and self.loaded.entry == entry:
                 return self.loaded
-            self.unload()
+            previous, self.loaded = self.loaded, None
+            if self.spare is not None and self.spare.entry == entry:
+                self.loaded, self.spare = self.spare, None
+                self.loaded.base.to(self.device)
+            if previous is not None and self.keep_spare:
+                if not self.device.startswith("cpu"):
+                    previous.base.to("cpu")
+                self.spare = previous
+            free_memory()
+            if self.loaded is not None:
+                return self.loaded
             try:
                 self.loaded = self._load(entry)
             except EngineError:
                 raise
             except Exception as exc:
+                self.spare = None  # make room: a failed load may be short of memory
                 free_memory()
                 if is_out_of_memory(exc):
                     raise EngineError("out_of_memory", f"not enough memory to load {entry.name}") from exc
@@ -123,7 +138,8 @@ class ModelManager:
             return self.loaded
 
     def unload(self) -> None:
-        self.loaded = None
+        """Drop every model (after out-of-memory): the next job reloads."""
+        self.loaded = self.spare = None
         free_memory()
 
     # -- loading ----------------------------------------------------------------
@@ -149,6 +165,10 @@ class ModelManager:
                 str(entry.path), config=str(config), local_files_only=True, torch_dtype=self.dtype, **extra
             )
         pipe.to(self.device)
+        if self.device.startswith("cuda"):
+            import torch
+
+            pipe.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
         pipe.set_progress_bar_config(disable=True)
         return LoadedModel(entry, family, pipe)
 

@@ -160,3 +160,25 @@ def test_low_strength_runs_at_least_one_step(engine, steps, strength):
         assert np.array_equal(out.images[0], image) and events == []
     else:
         assert events == [1]
+
+
+def test_switching_back_to_the_previous_model_does_not_reload(demo_models, tmp_path):
+    import shutil
+
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import Registry
+
+    source = demo_models / "Stable-diffusion"
+    for name in ("a", "b"):
+        shutil.copy(source / "paintbridge-demo.safetensors", tmp_path / f"{name}.safetensors")
+        shutil.copytree(source / "paintbridge-demo.config", tmp_path / f"{name}.config")
+    manager = ModelManager(device="cpu")
+    engine = Engine(Registry(tmp_path).scan(), manager)
+    loads = []
+    real_load = manager._load
+    manager._load = lambda entry: loads.append(entry.name) or real_load(entry)
+    for name in ("a", "b", "a", "b"):
+        out = engine.run(JobParams(model=name, width=64, height=64, steps=1, seed=1))
+        assert out.parameters["model"] == name
+    assert loads == ["a", "b"]
