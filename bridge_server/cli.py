@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--width", type=int, default=0, help="0 = the model's native size / the image's size")
         p.add_argument("--height", type=int, default=0)
         p.add_argument("--batch", type=int, default=1, help="images in one batch")
+        p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
         p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
 
     generate = sub.add_parser("generate", help="text to image")
@@ -228,6 +229,7 @@ def build_request(args: argparse.Namespace):
         "width": args.width,
         "height": args.height,
         "batch_size": args.batch,
+        "clip_skip": args.clip_skip,
     }
     if args.command in ("img2img", "inpaint", "upscale"):
         wire["image"] = read_image(args.image, "RGBA").to_wire()

@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import masks, tiled
+from engine import loras, masks, tiled
+from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.models import LoadedModel, ModelManager, free_memory, is_out_of_memory
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
 from engine.preview import latent_preview
-from engine.registry import CHECKPOINT, Registry
+from engine.prompts import extract_loras
+from engine.registry import CHECKPOINT, LORA, Registry
 from engine.samplers import lookup, make_scheduler
 from engine.upscalers import Upscalers
 
@@ -65,8 +67,13 @@ def run_job(
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
     _check_cancel(cancel)
 
+    _, wanted_loras = extract_loras(params.prompt)
+    for name, _ in wanted_loras:
+        engine.registry.get(name, LORA, field="prompt")  # unknown LoRA: fail before loading
+
     def work() -> JobOutput:
         model = engine.models.get(entry)
+        loras.activate(model, engine.registry, wanted_loras)
         _check_cancel(cancel)
         if params.kind == "inpaint":
             return _inpaint(model, params, progress, cancel)
@@ -181,9 +188,10 @@ class _StepReporter:
 def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, cancel) -> dict[str, Any]:
     import torch
 
+    text, _ = extract_loras(params.prompt)
+    conditioning = encode_prompts(model, text, params.negative_prompt, params.clip_skip)
     pipe_kwargs: dict[str, Any] = {
-        "prompt": [params.prompt] * len(seeds),
-        "negative_prompt": [params.negative_prompt] * len(seeds),
+        **conditioning.pipeline_kwargs(len(seeds)),
         "num_inference_steps": params.steps,
         "guidance_scale": params.cfg_scale,
         # Noise is drawn on the CPU, so a seed gives the same image on any device.
@@ -206,9 +214,9 @@ def denoise_steps(steps: int, strength: float) -> int:
     return math.ceil(1.0 / strength)
 
 
-def _prepare(model: LoadedModel, task: str, sampler: str):
+def _prepare(model: LoadedModel, task: str, sampler: str, seed: int = 0):
     pipe = model.pipeline(task)
-    pipe.scheduler = make_scheduler(sampler, model.base.scheduler.config)
+    pipe.scheduler = make_scheduler(sampler, model.base.scheduler.config, seed)
     return pipe
 
 
@@ -223,12 +231,12 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
         if params.strength == 0:  # nothing to denoise: the layer comes back as it is
             images = [_opaque(params.image)] * len(seeds)
             return _output(model, params, images, seeds, *params.image.shape[1::-1])
-        pipe = _prepare(model, "img2img", params.sampler)
+        pipe = _prepare(model, "img2img", params.sampler, seeds[0])
         init = _rgb(params.image).resize((width, height), Image.LANCZOS)
         kwargs.update(image=init, strength=params.strength,
                       num_inference_steps=denoise_steps(params.steps, params.strength))
     else:
-        pipe = _prepare(model, "txt2img", params.sampler)
+        pipe = _prepare(model, "txt2img", params.sampler, seeds[0])
         kwargs.update(width=width, height=height)
     images = _to_rgba(pipe(**kwargs).images)
     if params.kind == "img2img" and params.image is not None and not (params.width or params.height):
@@ -252,7 +260,7 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     reporter: _StepReporter = kwargs["callback_on_step_end"]
     reporter.grand_total = params.steps + second
     latent = hires.upscaler == "Latent"
-    first = _prepare(model, "txt2img", params.sampler)(
+    first = _prepare(model, "txt2img", params.sampler, seeds[0])(
         **{**kwargs, "output_type": "latent" if latent else "np"}, width=width, height=height
     ).images
     reporter.offset, reporter.stage = params.steps, "hires"
@@ -265,7 +273,7 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     if second == 0:  # denoise 0: the upscaled first pass is the result
         out = _to_rgba(_decode_latents(model, init)) if latent else [np.asarray(im.convert("RGBA")) for im in init]
     else:
-        pipe = _prepare(model, "img2img", params.sampler)
+        pipe = _prepare(model, "img2img", params.sampler, seeds[0])
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
         out = _to_rgba(pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
                             image=init, strength=hires.denoise).images)
@@ -301,9 +309,9 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
                 progress(step, steps, "tiled diffusion", None, tile, tiles)
 
         upscaled = tiled.tiled_img2img(
-            model, make_scheduler(params.sampler, model.base.scheduler.config), source, params.prompt,
+            model, make_scheduler(params.sampler, model.base.scheduler.config, seeds[0]), source, params.prompt,
             params.negative_prompt, params.steps, options.denoise, params.cfg_scale, seeds[0], options.tile,
-            options.overlap, options.tile_batch, options.vae_tile, report, cancel,
+            options.overlap, options.tile_batch, options.vae_tile, report, cancel, params.clip_skip,
         )
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
@@ -341,7 +349,7 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
     work_w, work_h = masks.working_size(x1 - x0, y1 - y0, model.entry.native_size)
     crop = _rgb(np.ascontiguousarray(image[y0:y1, x0:x1])).resize((work_w, work_h), Image.LANCZOS)
     crop_mask = Image.fromarray(np.ascontiguousarray(mask[y0:y1, x0:x1]), "L").resize((work_w, work_h), Image.LANCZOS)
-    pipe = _prepare(model, "inpaint", params.sampler)
+    pipe = _prepare(model, "inpaint", params.sampler, seeds[0])
     kwargs = _common(model, params, seeds, progress, cancel)
     if params.strength == 0:  # nothing to repaint
         return _output(model, params, [_opaque(image) for _ in seeds], seeds, w, h)
@@ -376,6 +384,7 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
         "model": model.entry.name,
         "model_family": model.family,
         "batch_size": len(seeds),
+        "clip_skip": params.clip_skip,
     }
     if params.kind != "txt2img":
         parameters["denoising_strength"] = params.strength
@@ -396,6 +405,8 @@ def infotext(p: dict[str, Any]) -> str:
         f"Size: {p['width']}x{p['height']}",
         f"Model: {p['model']}",
     ]
+    if p.get("clip_skip", 1) > 1:
+        fields.append(f"Clip skip: {p['clip_skip']}")
     if "denoising_strength" in p:
         fields.append(f"Denoising strength: {p['denoising_strength']:g}")
     if "mask_blur" in p:

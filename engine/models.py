@@ -71,6 +71,7 @@ class LoadedModel:
     family: str
     base: Any  # the txt2img pipeline; other tasks share its components
     tasks: dict[str, Any] = field(default_factory=dict)
+    adapters: set[str] = field(default_factory=set)  # LoRA adapters loaded so far
 
     def pipeline(self, task: str):
         if task not in self.tasks:

@@ -52,6 +52,7 @@ class JobParams:
     mask_blur: int = 4
     inpaint_padding: int = 32
     preview: bool = True
+    clip_skip: int = 1  # 1 = the last CLIP layer, 2 = the one before
     hires: HiresParams | None = None
     upscale: UpscaleParams | None = None
 

@@ -42,6 +42,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         *_k("DPM2 a", "KDPM2AncestralDiscreteScheduler"),
         *_k("DPM++ 2M", "DPMSolverMultistepScheduler", **_DPMPP),
         *_k("DPM++ 2M SDE", "DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_order=2),
+        *_k("DPM++ SDE", "DPMSolverSDEScheduler"),
         SamplerSpec("DDIM", "DDIMScheduler", {"timestep_spacing": "leading", "set_alpha_to_one": False}),
         SamplerSpec("PLMS", "PNDMScheduler", {"timestep_spacing": "leading", "skip_prk_steps": True}),
         SamplerSpec("UniPC", "UniPCMultistepScheduler", {"timestep_spacing": "linspace"}),
@@ -64,7 +65,7 @@ def lookup(name: str) -> SamplerSpec:
     return spec
 
 
-def make_scheduler(name: str, base_config: Mapping[str, Any]):
+def make_scheduler(name: str, base_config: Mapping[str, Any], seed: int = 0):
     """A fresh scheduler for `name`, keeping the model's training schedule
     (betas, prediction type) from `base_config`."""
     import diffusers
@@ -72,4 +73,7 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]):
     spec = lookup(name)
     cls = getattr(diffusers, spec.scheduler)
     config = {k: v for k, v in base_config.items() if k not in _RESET}
-    return cls.from_config(config, **spec.options)
+    options = dict(spec.options)
+    if spec.scheduler == "DPMSolverSDEScheduler":
+        options["noise_sampler_seed"] = seed  # its Brownian noise would otherwise be unseeded
+    return cls.from_config(config, **options)

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.conditioning import encode_prompts
 from engine.errors import JobCancelled
 from engine.models import LoadedModel, free_memory, is_out_of_memory
 from engine.params import CancelFlag
+from engine.prompts import extract_loras
 
 MIN_VAE_TILE = 128
 Report = Callable[[int, int, int, int], None]  # step, steps, tile, tiles
@@ -119,19 +121,6 @@ def decode(vae, latent, tile: int) -> np.ndarray:
 
 
 # -- tiled diffusion ---------------------------------------------------------------
-def _conditioning(model: LoadedModel, pipe, prompt: str, negative: str, cfg: bool):
-    """Text embeddings (+ SDXL's pooled embeddings) for cond and uncond."""
-    device = pipe._execution_device
-    if model.family == "sdxl":
-        cond, uncond, pooled, neg_pooled = pipe.encode_prompt(
-            prompt=prompt, device=device, num_images_per_prompt=1,
-            do_classifier_free_guidance=cfg, negative_prompt=negative,
-        )
-        return cond, uncond, pooled, neg_pooled
-    cond, uncond = pipe.encode_prompt(prompt, device, 1, cfg, negative)
-    return cond, uncond, None, None
-
-
 def tiled_img2img(
     model: LoadedModel,
     scheduler,
@@ -148,6 +137,7 @@ def tiled_img2img(
     vae_tile: int,
     report: Report | None = None,
     cancel: CancelFlag | None = None,
+    clip_skip: int = 1,
 ) -> np.ndarray:
     """img2img of an image of any size (multiple of 8) by MultiDiffusion."""
     import torch
@@ -159,7 +149,10 @@ def tiled_img2img(
     generator = torch.Generator("cpu").manual_seed(seed)
     latents = encode(vae, image, vae_tile, generator, device, dtype)
     use_cfg = cfg_scale > 1.0
-    cond, uncond, pooled, neg_pooled = _conditioning(model, pipe, prompt, negative, use_cfg)
+    text, _ = extract_loras(prompt)
+    conditioning = encode_prompts(model, text, negative, clip_skip)
+    cond, uncond = conditioning.cond, conditioning.uncond
+    pooled, neg_pooled = conditioning.pooled, conditioning.uncond_pooled
 
     scheduler.set_timesteps(steps, device=device)
     start = steps - min(max(1, int(steps * strength)), steps)

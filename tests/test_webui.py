@@ -1,0 +1,143 @@
+"""WebUI vocabulary: prompt emphasis, long prompts, BREAK, LoRA, CLIP skip, samplers."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from engine.conditioning import encode_prompts
+from engine.errors import EngineError
+from engine.params import JobParams
+from engine.prompts import chunk_tokens, extract_loras, parse_attention
+from engine.registry import CHECKPOINT
+from engine.samplers import SAMPLER_NAMES
+
+# The WebUI's documented examples (modules/prompt_parser.py, parse_prompt_attention).
+WEBUI_EXAMPLES = {
+    "normal text": [("normal text", 1.0)],
+    "an (important) word": [("an ", 1.0), ("important", 1.1), (" word", 1.0)],
+    "(unbalanced": [("unbalanced", 1.1)],
+    "\\(literal\\]": [("(literal]", 1.0)],
+    "(unnecessary)(parens)": [("unnecessaryparens", 1.1)],
+    "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).": [
+        ("a ", 1.0), ("house", 1.5730000000000004), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55),
+        (", sun, ", 1.1), ("sky", 1.4641000000000006), (".", 1.1),
+    ],
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), list(WEBUI_EXAMPLES.items()))
+def test_emphasis_matches_the_webui(text, expected):
+    assert parse_attention(text) == expected
+
+
+def test_nested_square_brackets_break_and_literal_colon():
+    assert parse_attention("[[x]]") == [("x", 1 / 1.1 / 1.1)]
+    assert parse_attention("((word))") == [("word", 1.1 * 1.1)]
+    assert parse_attention("a BREAK b") == [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]
+    assert parse_attention("time: 5pm") == [("time: 5pm", 1.0)]
+
+
+def test_lora_tags_are_removed_from_the_text():
+    text, loras = extract_loras("a cat <lora:styles/ink:0.7>, <LORA:b> <lora:c:-0.5>")
+    assert "<" not in text and loras == [("styles/ink", 0.7), ("b", 1.0), ("c", -0.5)]
+
+
+def test_chunks_of_75_with_comma_backtrack_and_break():
+    words = [(f"w{i}", 1.0) for i in range(1)]
+    ids = list(range(100))
+    chunks = chunk_tokens(words, lambda text: ids, comma_id=None)
+    assert [len(c.tokens) for c in chunks] == [75, 25]
+    with_comma = [*range(70), 999, *range(10)]  # a comma at 70
+    chunks = chunk_tokens(words, lambda text: with_comma, comma_id=999)
+    assert [len(c.tokens) for c in chunks] == [71, 10]  # the phrase after the comma moved on
+    chunks = chunk_tokens([("a", 1.0), ("BREAK", -1.0), ("b", 2.0)], lambda text: [1], comma_id=None)
+    assert [(c.tokens, c.weights) for c in chunks] == [([1], [1.0]), ([1], [2.0])]
+
+
+@pytest.fixture(scope="module")
+def model(engine):
+    return engine.models.get(engine.registry.list(CHECKPOINT)[0])
+
+
+def test_long_prompts_are_not_truncated(model):
+    long = ", ".join(["a red cat on a mat"] * 20)  # well over 75 tokens
+    from engine.conditioning import _chunks
+
+    chunks = len(_chunks(model.base.tokenizer, long))
+    assert chunks >= 3
+    cond = encode_prompts(model, long, "")
+    assert cond.cond.shape[1] == 77 * chunks and cond.uncond.shape == cond.cond.shape
+    short = encode_prompts(model, "a cat", "")
+    assert short.cond.shape[1] == 77
+
+
+def test_emphasis_changes_the_conditioning(model):
+    plain = encode_prompts(model, "a cat", "").cond
+    assert torch.equal(encode_prompts(model, "a (cat:1.0)", "").cond, plain)
+    assert not torch.allclose(encode_prompts(model, "a (cat:1.5)", "").cond, plain)
+    assert not torch.allclose(encode_prompts(model, "a [cat]", "").cond, plain)
+
+
+def test_clip_skip_changes_the_image(engine):
+    base = JobParams(prompt="a cat", width=64, height=64, steps=3, seed=4)
+    one = engine.run(base).images[0]
+    two = engine.run(JobParams(**{**vars(base), "clip_skip": 2})).images[0]
+    assert not np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ SDE", "DPM++ SDE Karras", "DPM++ 2M SDE", "Heun", "LMS", "PLMS", "UniPC"])
+def test_more_samplers_are_deterministic_and_distinct(engine, sampler):
+    a = engine.run(JobParams(prompt="x", width=64, height=64, steps=4, seed=8, sampler=sampler)).images[0]
+    b = engine.run(JobParams(prompt="x", width=64, height=64, steps=4, seed=8, sampler=sampler)).images[0]
+    euler = engine.run(JobParams(prompt="x", width=64, height=64, steps=4, seed=8, sampler="Euler")).images[0]
+    assert np.array_equal(a, b) and not np.array_equal(a, euler)
+
+
+def test_sampler_table_covers_the_webui_names():
+    for name in ("Euler", "Euler a", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ SDE", "LMS Karras",
+                 "DPM2 Karras", "DPM2 a Karras", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "UniPC"):
+        assert name in SAMPLER_NAMES
+
+
+def write_kohya_lora(path, unet, rank: int = 4, seed: int = 0) -> None:
+    """A LoRA in kohya's key layout for every attention projection of a UNet."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        if name.split(".")[-1] in ("to_q", "to_k", "to_v") or name.endswith("to_out.0"):
+            key = "lora_unet_" + name.replace(".", "_")
+            out_f, in_f = module.weight.shape
+            state[f"{key}.lora_down.weight"] = torch.randn(rank, in_f, generator=gen) * 0.5
+            state[f"{key}.lora_up.weight"] = torch.randn(out_f, rank, generator=gen) * 0.5
+            state[f"{key}.alpha"] = torch.tensor(float(rank))
+    save_file(state, str(path))
+
+
+def test_lora_from_the_prompt_without_leaking(demo_models, tmp_path, model):
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import Registry
+
+    source = demo_models / "Stable-diffusion"
+    (tmp_path / "Stable-diffusion").mkdir()
+    shutil.copy(source / "paintbridge-demo.safetensors", tmp_path / "Stable-diffusion" / "m.safetensors")
+    shutil.copytree(source / "paintbridge-demo.config", tmp_path / "Stable-diffusion" / "m.config")
+    (tmp_path / "Lora").mkdir()
+    write_kohya_lora(tmp_path / "Lora" / "ink.safetensors", model.base.unet)
+    engine = Engine(Registry(tmp_path).scan(), ModelManager(device="cpu"))
+    params = {"width": 64, "height": 64, "steps": 3, "seed": 2}
+    baseline = engine.run(JobParams(prompt="a cat", **params)).images[0]
+    styled = engine.run(JobParams(prompt="a cat <lora:ink:1>", **params)).images[0]
+    half = engine.run(JobParams(prompt="a cat <lora:ink:0.5>", **params)).images[0]
+    after = engine.run(JobParams(prompt="a cat", **params)).images[0]
+    assert not np.array_equal(styled, baseline) and not np.array_equal(half, styled)
+    assert np.abs(after.astype(int) - baseline.astype(int)).max() <= 1  # nothing leaked
+    with pytest.raises(EngineError) as caught:
+        engine.run(JobParams(prompt="a cat <lora:nope:1>", **params))
+    assert caught.value.code == "unknown_model" and caught.value.field == "prompt" and "ink" in caught.value.message
