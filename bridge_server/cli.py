@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paintbridge", description="AI painting for Krita: engine server and client.")
     parser.add_argument("--version", action="version", version=f"paintbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices  # type: ignore[attr-defined]
 
     serve = sub.add_parser("serve", help="run the engine server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="text to image")
     job_args(generate)
+    generate.add_argument("--from-png", type=Path, metavar="PNG",
+                          help="take the settings from a PNG's WebUI 'parameters' text (other flags override)")
     hires = generate.add_argument_group("hires fix (two passes: generate, upscale, img2img at the new size)")
     hires.add_argument("--hires-scale", type=float, default=0, help="upscale by (e.g. 2); 0 = no hires fix")
     hires.add_argument("--hires-upscaler", default="Latent", help="Latent, Lanczos or an upscaler model name")
@@ -114,8 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "from_png", None):
+            # The PNG's settings become defaults; flags given explicitly still win.
+            parser.commands["generate"].set_defaults(**settings_from_png(args.from_png))
+            args = parser.parse_args(argv)
         if args.command == "serve":
             from bridge_server.serve import run_server
 
@@ -263,6 +271,48 @@ def _cli_field_message(exc) -> str:
         return exc.message
     flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
     return f"{flag}: {exc.message}"
+
+
+_INFOTEXT_FLAGS = {
+    "Prompt": ("prompt", str),
+    "Negative prompt": ("negative", str),
+    "Steps": ("steps", int),
+    "Sampler": ("sampler", str),
+    "CFG scale": ("cfg", float),
+    "Seed": ("seed", int),
+    "Model": ("model", str),
+    "Clip skip": ("clip_skip", int),
+    "Hires upscale": ("hires_scale", float),
+    "Hires upscaler": ("hires_upscaler", str),
+    "Hires steps": ("hires_steps", int),
+}
+
+
+def settings_from_png(path: Path) -> dict:
+    from PIL import Image
+
+    from protocol.infotext import parse_infotext
+
+    try:
+        with Image.open(path) as image:
+            text = image.info.get("parameters")
+    except OSError as exc:
+        raise CliError("not_found", f"{path}: cannot read ({exc})") from None
+    if not text:
+        raise CliError("invalid_request", f"{path} has no 'parameters' text to reproduce it from")
+    fields = parse_infotext(text)
+    settings: dict = {}
+    try:
+        for key, (dest, kind) in _INFOTEXT_FLAGS.items():
+            if fields.get(key):
+                settings[dest] = kind(fields[key])
+        if "Size" in fields:
+            settings["width"], settings["height"] = (int(v) for v in fields["Size"].split("x"))
+        if "Denoising strength" in fields and "hires_scale" in settings:
+            settings["hires_denoise"] = float(fields["Denoising strength"])
+    except ValueError as exc:
+        raise CliError("invalid_request", f"{path}: unreadable parameters ({exc})") from None
+    return settings
 
 
 def read_image(path: Path, mode: str):

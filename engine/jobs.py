@@ -279,7 +279,7 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
                             image=init, strength=hires.denoise).images)
     result = _output(model, params, out, seeds, width, height)
     result.parameters.update(hires_upscale=hires.scale, hires_upscaler=hires.upscaler, hires_steps=hires.steps,
-                             hires_denoise=hires.denoise, hires_width=target_w, hires_height=target_h)
+                             hires_width=target_w, hires_height=target_h, denoising_strength=hires.denoise)
     result.infotext = infotext(result.parameters)
     return result
 
@@ -393,6 +393,13 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
     return JobOutput(images, seeds, parameters, infotext(parameters))
 
 
+def _quote(value: str) -> str:
+    """As the WebUI: values with separators are written as JSON strings."""
+    import json
+
+    return json.dumps(value) if any(c in value for c in ',:"\n') else value
+
+
 def infotext(p: dict[str, Any]) -> str:
     """The WebUI's `parameters` text, so PNGs read back in WebUI tools."""
     if p["kind"] == "upscale" and not p["denoising_strength"]:
@@ -403,7 +410,7 @@ def infotext(p: dict[str, Any]) -> str:
         f"CFG scale: {p['cfg_scale']:g}",
         f"Seed: {p['seed']}",
         f"Size: {p['width']}x{p['height']}",
-        f"Model: {p['model']}",
+        f"Model: {_quote(p['model'])}",
     ]
     if p.get("clip_skip", 1) > 1:
         fields.append(f"Clip skip: {p['clip_skip']}")
@@ -415,7 +422,7 @@ def infotext(p: dict[str, Any]) -> str:
         fields.append(f"Hires upscale: {p['hires_upscale']:g}")
         if p["hires_steps"]:
             fields.append(f"Hires steps: {p['hires_steps']}")
-        fields.append(f"Hires upscaler: {p['hires_upscaler']}")
+        fields.append(f"Hires upscaler: {_quote(p['hires_upscaler'])}")
     if "upscale_by" in p:
         fields += [f"Upscale by: {p['upscale_by']:g}", f"Upscaler: {p['upscaler']}"]
         if p["denoising_strength"]:

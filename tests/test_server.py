@@ -241,3 +241,31 @@ def test_cli_upscale_and_hires(server, tmp_path):
                    "--hires-scale", "2", "--hires-upscaler", "Lanczos", "--out", str(tmp_path / "h.png"))
     assert done.returncode == 0, done.stderr
     assert Image.open(tmp_path / "h.png").size == (128, 128) and "hires" in done.stderr
+
+
+def test_generate_from_png_reproduces_the_pixels(server, tmp_path):
+    first = tmp_path / "first.png"
+    done = run_cli("generate", "--server", server.url, "--prompt", "a (red:1.2) fox, BREAK snow", "--negative", "blur",
+                   "--steps", "3", "--width", "96", "--height", "64", "--sampler", "DPM++ 2M", "--cfg", "5.5",
+                   "--clip-skip", "2", "--out", str(first))
+    assert done.returncode == 0, done.stderr
+    again = tmp_path / "again.png"
+    done = run_cli("generate", "--server", server.url, "--from-png", str(first), "--out", str(again))
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
+    assert Image.open(again).info["parameters"] == Image.open(first).info["parameters"]
+    override = run_cli("generate", "--server", server.url, "--from-png", str(first), "--seed", "5",
+                       "--out", str(tmp_path / "other.png"))
+    assert override.returncode == 0 and "Seed: 5," in Image.open(tmp_path / "other.png").info["parameters"]
+
+
+def test_infotext_round_trip():
+    from engine.jobs import infotext
+    from protocol.infotext import parse_infotext
+
+    text = infotext({"kind": "txt2img", "prompt": "a cat,\nsecond line", "negative_prompt": "bad", "steps": 20,
+                     "sampler": "Euler a", "cfg_scale": 7.0, "seed": 42, "width": 512, "height": 768,
+                     "model": "folder/a, b", "clip_skip": 2})
+    fields = parse_infotext(text)
+    assert fields["Prompt"] == "a cat,\nsecond line" and fields["Negative prompt"] == "bad"
+    assert fields["Model"] == "folder/a, b" and fields["Size"] == "512x768" and fields["Clip skip"] == "2"
