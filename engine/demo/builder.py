@@ -168,3 +168,48 @@ def demo_models_dir() -> Path:
     if not upscaler.is_file():
         build_upscaler(upscaler)
     return root
+
+
+def build_sdxl_folder(folder: Path, seed: int = 0) -> Path:
+    """A tiny random-init SDXL-shaped model (two text encoders, size conditioning)
+    as a diffusers folder, the other format users have."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from engine.families import SDXL
+
+    tokenizer_dir = folder.with_suffix(".tokenizer")
+    write_tokenizer_files(tokenizer_dir, MERGES)
+    vocab_size = len(json.loads((tokenizer_dir / "vocab.json").read_text("utf-8")))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=64,  # 32 + 32 from the two text encoders
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # six size numbers + the pooled text
+        transformer_layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=64,
+    )
+    vae = AutoencoderKL.from_config({**VAE, "scaling_factor": 0.13025, "force_upcast": False})
+    text = text_encoder_config(vocab_size)
+    encoder = CLIPTextModel(CLIPTextConfig(**text))
+    encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**{**text, "architectures": ["CLIPTextModelWithProjection"]}))
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77, local_files_only=True)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77, pad_token="!",
+                                                local_files_only=True)
+    scheduler = EulerDiscreteScheduler.from_config(
+        json.loads((SDXL.config_dir / "scheduler" / "scheduler_config.json").read_text())
+    )
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    shutil.rmtree(tokenizer_dir)
+    return folder
