@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--height", type=int, default=0)
         p.add_argument("--batch", type=int, default=1, help="images in one batch")
         p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
+        p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
         p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
 
     generate = sub.add_parser("generate", help="text to image")
@@ -238,6 +239,7 @@ def build_request(args: argparse.Namespace):
         "height": args.height,
         "batch_size": args.batch,
         "clip_skip": args.clip_skip,
+        "vae": args.vae,
     }
     if args.command in ("img2img", "inpaint", "upscale"):
         wire["image"] = read_image(args.image, "RGBA").to_wire()
@@ -282,6 +284,7 @@ _INFOTEXT_FLAGS = {
     "Seed": ("seed", int),
     "Model": ("model", str),
     "Clip skip": ("clip_skip", int),
+    "VAE": ("vae", str),
     "Hires upscale": ("hires_scale", float),
     "Hires upscaler": ("hires_upscaler", str),
     "Hires steps": ("hires_steps", int),

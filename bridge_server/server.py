@@ -30,7 +30,7 @@ from bridge_server.convert import to_params, to_raw, to_result
 from bridge_server.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, ResultStore
 from engine.errors import EngineError, JobCancelled
 from engine.jobs import Engine
-from engine.registry import CHECKPOINT, check_name
+from engine.registry import CHECKPOINT, VAE, check_name
 from engine.samplers import SAMPLER_NAMES, lookup
 from protocol import (
     PROTOCOL_VERSION,
@@ -327,6 +327,8 @@ class PaintBridgeServer:
         if request.kind == "upscale":
             upscalers.resolve(request.upscale.upscaler if request.upscale else "", "upscale.upscaler")
         needs_checkpoint = not (request.kind == "upscale" and request.upscale is not None and request.upscale.denoise == 0)
+        if request.vae:
+            self.engine.registry.get(request.vae, VAE, field="vae")
         if request.model:
             check_name(request.model)
             self.engine.registry.get(request.model, CHECKPOINT)

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import loras, masks, tiled
+from engine import loras, masks, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.models import LoadedModel, ModelManager, free_memory, is_out_of_memory
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
 from engine.preview import latent_preview
 from engine.prompts import extract_loras
-from engine.registry import CHECKPOINT, LORA, Registry
+from engine.registry import CHECKPOINT, LORA, VAE, Registry
 from engine.samplers import lookup, make_scheduler
 from engine.upscalers import Upscalers
 
@@ -69,11 +69,14 @@ def run_job(
 
     _, wanted_loras = extract_loras(params.prompt)
     for name, _ in wanted_loras:
-        engine.registry.get(name, LORA, field="prompt")  # unknown LoRA: fail before loading
+        engine.registry.get(name, LORA, field="prompt")  # unknown LoRA / VAE: fail before loading
+    if params.vae:
+        engine.registry.get(params.vae, VAE, field="vae")
 
     def work() -> JobOutput:
         model = engine.models.get(entry)
         loras.activate(model, engine.registry, wanted_loras)
+        vaes.activate(model, engine.models, engine.registry, params.vae)
         _check_cancel(cancel)
         if params.kind == "inpaint":
             return _inpaint(model, params, progress, cancel)
@@ -386,6 +389,8 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
         "batch_size": len(seeds),
         "clip_skip": params.clip_skip,
     }
+    if params.vae:
+        parameters["vae"] = params.vae
     if params.kind != "txt2img":
         parameters["denoising_strength"] = params.strength
     if params.kind == "inpaint":
@@ -412,6 +417,8 @@ def infotext(p: dict[str, Any]) -> str:
         f"Size: {p['width']}x{p['height']}",
         f"Model: {_quote(p['model'])}",
     ]
+    if p.get("vae"):
+        fields.append(f"VAE: {_quote(p['vae'])}")
     if p.get("clip_skip", 1) > 1:
         fields.append(f"Clip skip: {p['clip_skip']}")
     if "denoising_strength" in p:

@@ -72,6 +72,8 @@ class LoadedModel:
     base: Any  # the txt2img pipeline; other tasks share its components
     tasks: dict[str, Any] = field(default_factory=dict)
     adapters: set[str] = field(default_factory=set)  # LoRA adapters loaded so far
+    vaes: dict[str, Any] = field(default_factory=dict)  # swap-in VAEs loaded so far
+    own_vae: Any = None  # the checkpoint's VAE, while another is swapped in
 
     def pipeline(self, task: str):
         if task not in self.tasks:
@@ -200,6 +202,10 @@ class ModelManager:
         if detected is None:
             raise EngineError("model_load_failed", f"{entry.path.name} is not a Stable Diffusion checkpoint")
         return detected.family.name
+
+    def config_dir(self, entry: ModelEntry, family: str) -> Path:
+        """The diffusers config folder a model was (or would be) loaded with."""
+        return entry.path if entry.format == "diffusers" else self._config_dir(entry, family)
 
     def _config_dir(self, entry: ModelEntry, family: str) -> Path:
         sidecar = entry.path.with_suffix(".config")

@@ -53,6 +53,7 @@ class JobParams:
     inpaint_padding: int = 32
     preview: bool = True
     clip_skip: int = 1  # 1 = the last CLIP layer, 2 = the one before
+    vae: str = ""  # "" = the checkpoint's own
     hires: HiresParams | None = None
     upscale: UpscaleParams | None = None
 

@@ -65,6 +65,7 @@ class JobRequest:
     inpaint_padding: int = bounded(32, 0, 1024)  # context around the mask, pixels
     preview: bool = True
     clip_skip: int = bounded(1, 1, 12)  # WebUI "Clip skip": 1 = last layer, 2 = the one before
+    vae: str = ""  # a VAE from the models folder; "" = the checkpoint's own
     hires: HiresFix | None = None  # txt2img only
     upscale: Upscale | None = None  # upscale only (defaults when absent)
 

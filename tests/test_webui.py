@@ -141,3 +141,38 @@ def test_lora_from_the_prompt_without_leaking(demo_models, tmp_path, model):
     with pytest.raises(EngineError) as caught:
         engine.run(JobParams(prompt="a cat <lora:nope:1>", **params))
     assert caught.value.code == "unknown_model" and caught.value.field == "prompt" and "ink" in caught.value.message
+
+
+def test_vae_swap_per_request(demo_models, tmp_path):
+    import json
+
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from engine.demo.ldm_layout import vae_to_ldm
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import Registry
+
+    source = demo_models / "Stable-diffusion"
+    (tmp_path / "Stable-diffusion").mkdir()
+    shutil.copy(source / "paintbridge-demo.safetensors", tmp_path / "Stable-diffusion" / "m.safetensors")
+    shutil.copytree(source / "paintbridge-demo.config", tmp_path / "Stable-diffusion" / "m.config")
+    torch.manual_seed(123)  # a different VAE, saved as WebUI VAE files are (LDM keys, no prefix)
+    vae = AutoencoderKL.from_config(json.loads((source / "paintbridge-demo.config" / "vae" / "config.json").read_text()))
+    state = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(vae.state_dict(), vae.config).items()}
+    (tmp_path / "VAE").mkdir()
+    save_file(state, str(tmp_path / "VAE" / "other-vae.safetensors"))
+    engine = Engine(Registry(tmp_path).scan(), ModelManager(device="cpu"))
+    params = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "seed": 3}
+    own = engine.run(JobParams(**params)).images[0]
+    swapped = engine.run(JobParams(vae="other-vae", **params))
+    back = engine.run(JobParams(**params)).images[0]
+    assert not np.array_equal(own, swapped.images[0]) and "VAE: other-vae" in swapped.infotext
+    assert np.array_equal(own, back)
+    image = np.full((64, 64, 3), 100, np.uint8)
+    refined = engine.run(JobParams(kind="img2img", image=image, strength=0.5, vae="other-vae", **params)).images[0]
+    assert refined.shape == (64, 64, 4)
+    with pytest.raises(EngineError) as caught:
+        engine.run(JobParams(vae="../x", **params))
+    assert caught.value.field == "vae"

@@ -1,0 +1,40 @@
+"""VAE swap: a separate VAE file (`VAE/` folder) per request.
+
+The file is loaded through diffusers' single-file loader with the
+checkpoint's own VAE config, kept for later jobs, and swapped into every
+pipeline of the model; a request without one gets the model's own VAE back.
+"""
+
+from __future__ import annotations
+
+from engine.errors import EngineError
+from engine.models import LoadedModel, ModelManager, one_line
+from engine.registry import VAE, Registry
+
+
+def activate(model: LoadedModel, manager: ModelManager, registry: Registry, name: str) -> None:
+    if model.own_vae is None:
+        model.own_vae = model.base.vae
+    if not name:
+        vae = model.own_vae
+    else:
+        entry = registry.get(name, VAE, field="vae")
+        if entry.name not in model.vaes:
+            model.vaes[entry.name] = _load(model, manager, entry)
+        vae = model.vaes[entry.name]
+    if model.base.vae is not vae:
+        for pipe in {id(p): p for p in [model.base, *model.tasks.values()]}.values():
+            pipe.register_modules(vae=vae)
+
+
+def _load(model: LoadedModel, manager: ModelManager, entry):
+    from diffusers import AutoencoderKL
+
+    config = manager.config_dir(model.entry, model.family)
+    try:
+        vae = AutoencoderKL.from_single_file(
+            str(entry.path), config=str(config), subfolder="vae", local_files_only=True, torch_dtype=manager.dtype
+        )
+    except Exception as exc:
+        raise EngineError("model_load_failed", f"could not load VAE {entry.name}: {one_line(exc)}", field="vae") from exc
+    return vae.to(manager.device)
