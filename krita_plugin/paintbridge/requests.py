@@ -32,8 +32,17 @@ class Settings:
     upscale_denoise: float = 0.0  # 0 = the upscaler only; >0 = tiled diffusion
 
 
-def _seed(settings: Settings) -> int:
-    return -1 if settings.random_seed else settings.seed
+def _common(settings: Settings) -> dict:
+    """The fields every job takes from the docker."""
+    return {
+        "prompt": settings.prompt,
+        "negative_prompt": settings.negative_prompt,
+        "model": settings.model,
+        "sampler": settings.sampler,
+        "steps": settings.steps,
+        "cfg_scale": settings.cfg_scale,
+        "seed": -1 if settings.random_seed else settings.seed,
+    }
 
 
 def _round8(value: int) -> int:
@@ -42,16 +51,7 @@ def _round8(value: int) -> int:
 
 def generate_request(settings: Settings, width: int, height: int, image: RawImage | None) -> JobRequest:
     """Generate (strength 100%) or refine (below) an area of `width` x `height`."""
-    common = {
-        "prompt": settings.prompt,
-        "negative_prompt": settings.negative_prompt,
-        "model": settings.model,
-        "sampler": settings.sampler,
-        "steps": settings.steps,
-        "cfg_scale": settings.cfg_scale,
-        "seed": _seed(settings),
-        "batch_size": settings.batch,
-    }
+    common = {**_common(settings), "batch_size": settings.batch}
     if settings.strength >= 1.0 or image is None:
         # The server works in multiples of 8; the layer is scaled to the area on arrival.
         return JobRequest(kind="txt2img", width=_round8(width), height=_round8(height), **common)
@@ -59,33 +59,10 @@ def generate_request(settings: Settings, width: int, height: int, image: RawImag
 
 
 def inpaint_request(settings: Settings, image: RawImage, mask: RawImage) -> JobRequest:
-    return JobRequest(
-        kind="inpaint",
-        prompt=settings.prompt,
-        negative_prompt=settings.negative_prompt,
-        model=settings.model,
-        sampler=settings.sampler,
-        steps=settings.steps,
-        cfg_scale=settings.cfg_scale,
-        seed=_seed(settings),
-        batch_size=settings.batch,
-        strength=settings.strength,
-        image=image,
-        mask=mask,
-        inpaint_padding=settings.context,
-    )
+    return JobRequest(kind="inpaint", image=image, mask=mask, strength=settings.strength, batch_size=settings.batch,
+                      inpaint_padding=settings.context, **_common(settings))
 
 
 def upscale_request(settings: Settings, image: RawImage) -> JobRequest:
-    return JobRequest(
-        kind="upscale",
-        prompt=settings.prompt,
-        negative_prompt=settings.negative_prompt,
-        model=settings.model,
-        sampler=settings.sampler,
-        steps=settings.steps,
-        cfg_scale=settings.cfg_scale,
-        seed=_seed(settings),
-        image=image,
-        upscale=Upscale(scale=settings.upscale_factor, upscaler=settings.upscaler, denoise=settings.upscale_denoise),
-    )
+    options = Upscale(scale=settings.upscale_factor, upscaler=settings.upscaler, denoise=settings.upscale_denoise)
+    return JobRequest(kind="upscale", image=image, upscale=options, **_common(settings))
