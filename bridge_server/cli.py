@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--width", type=int, default=0, help="0 = the model's native size / the image's size")
         p.add_argument("--height", type=int, default=0)
         p.add_argument("--batch", type=int, default=1, help="images in one batch")
+        p.add_argument("--batch-count", type=int, default=1, help="batches one after another (seeds continue)")
+        p.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
+        p.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
         p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
         p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
         p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
@@ -80,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(img2img)
     img2img.add_argument("--image", type=Path, required=True)
     img2img.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1")
+    img2img.add_argument("--resize-mode", default="just resize",
+                         choices=["just resize", "crop and resize", "resize and fill", "latent upscale"])
     inpaint = sub.add_parser("inpaint", help="repaint where the mask is white")
     job_args(inpaint)
     inpaint.add_argument("--image", type=Path, required=True)
@@ -238,6 +243,9 @@ def build_request(args: argparse.Namespace):
         "width": args.width,
         "height": args.height,
         "batch_size": args.batch,
+        "batch_count": args.batch_count,
+        "subseed": args.subseed,
+        "subseed_strength": args.subseed_strength,
         "clip_skip": args.clip_skip,
         "vae": args.vae,
     }
@@ -245,6 +253,8 @@ def build_request(args: argparse.Namespace):
         wire["image"] = read_image(args.image, "RGBA").to_wire()
     if args.command in ("img2img", "inpaint"):
         wire["strength"] = args.strength
+    if args.command == "img2img":
+        wire["resize_mode"] = args.resize_mode
     if args.command == "generate" and args.hires_scale:
         wire["hires"] = {"scale": args.hires_scale, "upscaler": args.hires_upscaler, "steps": args.hires_steps,
                          "denoise": args.hires_denoise}
@@ -285,6 +295,8 @@ _INFOTEXT_FLAGS = {
     "Model": ("model", str),
     "Clip skip": ("clip_skip", int),
     "VAE": ("vae", str),
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
     "Hires upscale": ("hires_scale", float),
     "Hires upscaler": ("hires_upscaler", str),
     "Hires steps": ("hires_steps", int),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from engine import loras, masks, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.models import LoadedModel, ModelManager, free_memory, is_out_of_memory
+from engine.noise import initial_noise
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
 from engine.preview import latent_preview
 from engine.prompts import extract_loras
@@ -51,6 +52,8 @@ class Engine:
 def run_job(
     engine: Engine, params: JobParams, progress: ProgressFn | None = None, cancel: CancelFlag | None = None
 ) -> JobOutput:
+    if params.subseed < 0 and params.subseed_strength > 0:
+        params = replace(params, subseed=resolve_seeds(-1, 1)[0])  # one random variation seed, reported
     lookup(params.sampler)  # unknown sampler / upscaler: fail before loading anything
     assert engine.upscalers is not None
     if params.hires is not None and params.hires.upscaler != "Latent":
@@ -73,16 +76,34 @@ def run_job(
     if params.vae:
         engine.registry.get(params.vae, VAE, field="vae")
 
+    def batch(model: LoadedModel, job: JobParams) -> JobOutput:
+        _check_cancel(cancel)
+        if job.kind == "inpaint":
+            return _inpaint(model, job, progress, cancel)
+        if job.kind == "upscale":
+            return _upscale(engine, model, job, progress, cancel)
+        return _generate(engine, model, job, progress, cancel)
+
     def work() -> JobOutput:
         model = engine.models.get(entry)
         loras.activate(model, engine.registry, wanted_loras)
         vaes.activate(model, engine.models, engine.registry, params.vae)
-        _check_cancel(cancel)
-        if params.kind == "inpaint":
-            return _inpaint(model, params, progress, cancel)
-        if params.kind == "upscale":
-            return _upscale(engine, model, params, progress, cancel)
-        return _generate(engine, model, params, progress, cancel)
+        if params.batch_count == 1 or params.kind == "upscale":
+            return batch(model, params)
+        # WebUI "Batch count": batches one after another, seeds continuing.
+        first_seed = resolve_seeds(params.seed, 1)[0]
+        first_subseed = max(0, params.subseed)
+        outputs = []
+        for b in range(params.batch_count):
+            offset = b * params.batch_size
+            outputs.append(batch(model, replace(params, batch_count=1, seed=(first_seed + offset) % 2**32,
+                                                subseed=(first_subseed + offset) % 2**32)))
+        merged = outputs[0]
+        for out in outputs[1:]:
+            merged.images += out.images
+            merged.seeds += out.seeds
+        merged.parameters["batch_count"] = params.batch_count
+        return merged
 
     return _guarded(engine, work)
 
@@ -235,12 +256,11 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
             images = [_opaque(params.image)] * len(seeds)
             return _output(model, params, images, seeds, *params.image.shape[1::-1])
         pipe = _prepare(model, "img2img", params.sampler, seeds[0])
-        init = _rgb(params.image).resize((width, height), Image.LANCZOS)
-        kwargs.update(image=init, strength=params.strength,
+        kwargs.update(image=_init_image(model, params, width, height), strength=params.strength,
                       num_inference_steps=denoise_steps(params.steps, params.strength))
     else:
         pipe = _prepare(model, "txt2img", params.sampler, seeds[0])
-        kwargs.update(width=width, height=height)
+        kwargs.update(width=width, height=height, latents=_noise(model, params, seeds, width, height))
     images = _to_rgba(pipe(**kwargs).images)
     if params.kind == "img2img" and params.image is not None and not (params.width or params.height):
         # Worked at a multiple of 8; give the painter back the layer's exact size.
@@ -248,6 +268,42 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
         if (w, h) != (width, height):
             images = [np.asarray(Image.fromarray(im).resize((w, h), Image.LANCZOS)) for im in images]
     return _output(model, params, images, seeds, width, height)
+
+
+def _noise(model: LoadedModel, params: JobParams, seeds: list[int], width: int, height: int):
+    """txt2img start noise; with a variation seed, blended towards its noise."""
+    if params.subseed_strength <= 0:
+        return None  # diffusers draws the same noise from the seeded generators
+    channels = model.base.unet.config.in_channels
+    subseeds = resolve_seeds(params.subseed, len(seeds))
+    noise = initial_noise(seeds, subseeds, params.subseed_strength, (channels, height // 8, width // 8))
+    return noise.to(model.base._execution_device, model.base.unet.dtype)
+
+
+def _init_image(model: LoadedModel, params: JobParams, width: int, height: int) -> Any:
+    """img2img input at the working size, by the WebUI's resize modes."""
+    assert params.image is not None
+    source = _rgb(params.image)
+    mode = params.resize_mode
+    if mode == "crop and resize":  # cover the target, cut the overflow
+        scale = max(width / source.width, height / source.height)
+        w, h = round(source.width * scale), round(source.height * scale)
+        big = source.resize((w, h), Image.LANCZOS)
+        return big.crop(((w - width) // 2, (h - height) // 2, (w - width) // 2 + width, (h - height) // 2 + height))
+    if mode == "resize and fill":  # fit inside; the stretched image fills the margins
+        scale = min(width / source.width, height / source.height)
+        w, h = max(1, round(source.width * scale)), max(1, round(source.height * scale))
+        canvas = source.resize((width, height), Image.LANCZOS)
+        canvas.paste(source.resize((w, h), Image.LANCZOS), ((width - w) // 2, (height - h) // 2))
+        return canvas
+    if mode == "latent upscale" and (source.width, source.height) != (width, height):
+        import torch
+
+        own = source.resize((masks.round8(source.width), masks.round8(source.height)), Image.LANCZOS)
+        latent = tiled.encode(model.base.vae, np.asarray(own), 4096, torch.Generator("cpu").manual_seed(0),
+                              model.base._execution_device, model.base.unet.dtype)
+        return torch.nn.functional.interpolate(latent, size=(height // 8, width // 8), mode="bilinear")
+    return source.resize((width, height), Image.LANCZOS)
 
 
 def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[int], kwargs: dict[str, Any],
@@ -264,7 +320,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     reporter.grand_total = params.steps + second
     latent = hires.upscaler == "Latent"
     first = _prepare(model, "txt2img", params.sampler, seeds[0])(
-        **{**kwargs, "output_type": "latent" if latent else "np"}, width=width, height=height
+        **{**kwargs, "output_type": "latent" if latent else "np"}, width=width, height=height,
+        latents=_noise(model, params, seeds, width, height),
     ).images
     reporter.offset, reporter.stage = params.steps, "hires"
     if latent:
@@ -391,6 +448,10 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
     }
     if params.vae:
         parameters["vae"] = params.vae
+    if params.subseed_strength > 0:
+        parameters.update(subseed=params.subseed, subseed_strength=params.subseed_strength)
+    if params.kind == "img2img" and params.resize_mode != "just resize":
+        parameters["resize_mode"] = params.resize_mode
     if params.kind != "txt2img":
         parameters["denoising_strength"] = params.strength
     if params.kind == "inpaint":
@@ -417,6 +478,8 @@ def infotext(p: dict[str, Any]) -> str:
         f"Size: {p['width']}x{p['height']}",
         f"Model: {_quote(p['model'])}",
     ]
+    if p.get("subseed_strength"):
+        fields += [f"Variation seed: {p['subseed']}", f"Variation seed strength: {p['subseed_strength']:g}"]
     if p.get("vae"):
         fields.append(f"VAE: {_quote(p['vae'])}")
     if p.get("clip_skip", 1) > 1:

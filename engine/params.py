@@ -47,6 +47,10 @@ class JobParams:
     height: int = 0
     strength: float = 0.75
     batch_size: int = 1
+    batch_count: int = 1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    resize_mode: str = "just resize"  # img2img: crop and resize | resize and fill | latent upscale
     image: np.ndarray | None = None  # HxWx3 or HxWx4 uint8
     mask: np.ndarray | None = None  # HxW uint8, 255 = repaint
     mask_blur: int = 4

@@ -59,6 +59,10 @@ class JobRequest:
     height: int = bounded(0, 0, MAX_GENERATE_SIDE)
     strength: float = bounded(0.75, 0.0, 1.0)  # denoising strength (img2img, inpaint)
     batch_size: int = bounded(1, 1, 16)
+    batch_count: int = bounded(1, 1, 100)  # batches run one after another; seeds continue
+    subseed: int = bounded(-1, -1, MAX_SEED)  # WebUI "Variation seed"; -1 = random
+    subseed_strength: float = bounded(0.0, 0.0, 1.0)  # WebUI "Variation strength"; 0 = off
+    resize_mode: str = choice("just resize", ("just resize", "crop and resize", "resize and fill", "latent upscale"))
     image: RawImage | None = None
     mask: RawImage | None = None  # 8-bit gray, 255 = repaint
     mask_blur: int = bounded(4, 0, 64)

@@ -176,3 +176,35 @@ def test_vae_swap_per_request(demo_models, tmp_path):
     with pytest.raises(EngineError) as caught:
         engine.run(JobParams(vae="../x", **params))
     assert caught.value.field == "vae"
+
+
+def test_variation_seed_blends_noise(engine):
+    base = {"prompt": "x", "width": 64, "height": 64, "steps": 3, "seed": 10, "sampler": "Euler"}  # no step noise
+    plain = engine.run(JobParams(**base)).images[0]
+    zero = engine.run(JobParams(subseed=77, subseed_strength=0.0, **base)).images[0]
+    small = engine.run(JobParams(subseed=77, subseed_strength=0.1, **base))
+    full = engine.run(JobParams(subseed=77, subseed_strength=1.0, **base)).images[0]
+    other_seed = engine.run(JobParams(**{**base, "seed": 77})).images[0]
+    assert np.array_equal(plain, zero)
+    assert not np.array_equal(small.images[0], plain)
+    near = np.abs(small.images[0].astype(int) - plain.astype(int)).mean()
+    far = np.abs(other_seed.astype(int) - plain.astype(int)).mean()
+    assert near < far  # a small variation stays close to the original
+    assert np.abs(full.astype(int) - other_seed.astype(int)).max() <= 2  # strength 1 = the variation seed's image
+    assert "Variation seed: 77" in small.infotext
+
+
+def test_batch_count_continues_the_seeds(engine):
+    out = engine.run(JobParams(prompt="x", width=64, height=64, steps=2, seed=5, batch_size=2, batch_count=2))
+    assert out.seeds == [5, 6, 7, 8] and len(out.images) == 4
+    single = engine.run(JobParams(prompt="x", width=64, height=64, steps=2, seed=7)).images[0]
+    assert np.abs(out.images[2].astype(int) - single.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("mode", ["just resize", "crop and resize", "resize and fill", "latent upscale"])
+def test_img2img_resize_modes(engine, mode):
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, :40] = 255
+    out = engine.run(JobParams(kind="img2img", image=image, width=64, height=64, strength=0.3, steps=4, seed=1,
+                               resize_mode=mode))
+    assert out.images[0].shape == (64, 64, 4)
