@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help="allow a browser origin")
     serve.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     serve.add_argument("--no-preload", action="store_true", help="load the default model on the first job, not at start")
+    serve.add_argument("--offload", action="store_true", help="CUDA: model CPU offload + tiled VAE, for small GPUs")
+    serve.add_argument("--compile", action="store_true", help="CUDA: torch.compile the UNet (slower first job)")
     serve.add_argument("--max-message-mib", type=int, default=300, help="largest accepted message (default 300 MiB)")
     serve.add_argument("-v", "--verbose", action="store_true")
 

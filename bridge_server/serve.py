@@ -61,7 +61,7 @@ def run_server(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mib * 1024 * 1024,
         demo=args.demo,
     )
-    engine = Engine(registry, ModelManager(device=args.device))
+    engine = Engine(registry, ModelManager(device=args.device, offload=args.offload, compile=args.compile))
     return asyncio.run(_serve(config, engine))
 
 
