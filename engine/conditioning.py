@@ -33,11 +33,13 @@ class Conditioning:
         return kwargs
 
 
-def _chunks(tokenizer, text: str) -> list[Chunk]:
+def _chunks(tokenizer, text: str, pipe=None) -> list[Chunk]:
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     comma = comma if comma != tokenizer.unk_token_id else None
 
     def tokenize(piece: str) -> list[int]:
+        if pipe is not None and hasattr(pipe, "maybe_convert_prompt"):
+            piece = pipe.maybe_convert_prompt(piece, tokenizer)  # multi-vector embeddings: name -> name name_1 ...
         return tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
 
     return chunk_tokens(parse_attention(text), tokenize, comma)
@@ -84,7 +86,7 @@ def _encode_text(model, text: str, clip_skip: int, device) -> tuple[Any, Any, in
     per_encoder, pooled = [], None
     count = 0
     for index, (tokenizer, encoder) in enumerate(encoders):
-        chunks = _chunks(tokenizer, text)
+        chunks = _chunks(tokenizer, text, pipe)
         count = len(chunks)
         parts = []
         for i, chunk in enumerate(chunks):

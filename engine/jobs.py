@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import loras, masks, tiled, vaes
+from engine import embeddings, loras, masks, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.models import LoadedModel, ModelManager, free_memory, is_out_of_memory
@@ -88,6 +88,7 @@ def run_job(
         model = engine.models.get(entry)
         loras.activate(model, engine.registry, wanted_loras)
         vaes.activate(model, engine.models, engine.registry, params.vae)
+        embeddings.activate(model, engine.registry, params.prompt, params.negative_prompt)
         if params.batch_count == 1 or params.kind == "upscale":
             return batch(model, params)
         # WebUI "Batch count": batches one after another, seeds continuing.

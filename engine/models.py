@@ -9,6 +9,7 @@ can reach a model hub.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import pickle
@@ -73,6 +74,7 @@ class LoadedModel:
     tasks: dict[str, Any] = field(default_factory=dict)
     adapters: set[str] = field(default_factory=set)  # LoRA adapters loaded so far
     vaes: dict[str, Any] = field(default_factory=dict)  # swap-in VAEs loaded so far
+    embeddings: set[str] = field(default_factory=set)  # textual inversions loaded so far
     own_vae: Any = None  # the checkpoint's VAE, while another is swapped in
 
     def pipeline(self, task: str):
@@ -259,7 +261,8 @@ class ModelManager:
             folder = config / sub
             if (folder / "vocab.json").is_file():
                 return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, local_files_only=True)
-            return clip_tokenizer(pad)
+            # A copy per model: textual inversions add tokens to it.
+            return copy.deepcopy(clip_tokenizer(pad))
 
         # SD1.x pads with <|endoftext|>; OpenCLIP encoders (SD2, SDXL's second) pad with "!".
         if family == "sdxl":

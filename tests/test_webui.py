@@ -208,3 +208,27 @@ def test_img2img_resize_modes(engine, mode):
     out = engine.run(JobParams(kind="img2img", image=image, width=64, height=64, strength=0.3, steps=4, seed=1,
                                resize_mode=mode))
     assert out.images[0].shape == (64, 64, 4)
+
+
+def test_textual_inversion_embedding_by_name(demo_models, tmp_path):
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import EMBEDDING, Registry
+
+    source = demo_models / "Stable-diffusion"
+    (tmp_path / "Stable-diffusion").mkdir()
+    shutil.copy(source / "paintbridge-demo.safetensors", tmp_path / "Stable-diffusion" / "m.safetensors")
+    shutil.copytree(source / "paintbridge-demo.config", tmp_path / "Stable-diffusion" / "m.config")
+    (tmp_path / "embeddings").mkdir()
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))  # a two-vector embedding
+    torch.save({"string_to_param": {"*": vectors}, "name": "inkstyle"}, tmp_path / "embeddings" / "inkstyle.pt")
+    engine = Engine(Registry(tmp_path).scan(), ModelManager(device="cpu"))
+    assert [e.name for e in engine.registry.list(EMBEDDING)] == ["inkstyle"]
+    params = {"width": 64, "height": 64, "steps": 2, "seed": 1, "sampler": "Euler"}
+    before = engine.run(JobParams(prompt="a cat", **params)).images[0]
+    styled = engine.run(JobParams(prompt="a cat, (inkstyle:1.2)", **params)).images[0]
+    after = engine.run(JobParams(prompt="a cat", **params)).images[0]
+    assert not np.array_equal(before, styled) and np.array_equal(before, after)
+    model = engine.models.loaded
+    tokens = model.base.tokenizer("inkstyle", add_special_tokens=False)["input_ids"]
+    assert len(tokens) == 1 and tokens[0] >= 514  # the embedding's own token, not letters
