@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(generate)
     generate.add_argument("--from-png", type=Path, metavar="PNG",
                           help="take the settings from a PNG's WebUI 'parameters' text (other flags override)")
+    grids = generate.add_argument_group("grids (each cell is a job; --out gets the labelled grid)")
+    grids.add_argument("--xyz", nargs="+", metavar="AXIS=V1,V2", help="X/Y/Z plot, e.g. Steps=10,20 'CFG scale=5,7'")
+    grids.add_argument("--prompt-matrix", action="store_true", help="combine the parts of a prompt split by |")
+    grids.add_argument("--prompts-from-file", type=Path, metavar="FILE", help="one prompt per line")
     hires = generate.add_argument_group("hires fix (two passes: generate, upscale, img2img at the new size)")
     hires.add_argument("--hires-scale", type=float, default=0, help="upscale by (e.g. 2); 0 = no hires fix")
     hires.add_argument("--hires-upscaler", default="Latent", help="Latent, Lanczos or an upscaler model name")
@@ -181,6 +185,8 @@ def client_id() -> str:
 
 def run_client_command(args: argparse.Namespace) -> int:
     client = Client(args.server, token=args.token, client_id=client_id(), name=f"paintbridge-cli/{__version__}")
+    if args.command == "generate" and (args.xyz or args.prompt_matrix or args.prompts_from_file):
+        return run_grid(client, args)
     if args.command in ("generate", "img2img", "inpaint", "upscale"):
         request = build_request(args)  # bad input fails before connecting
         with client:
@@ -202,6 +208,45 @@ def run_client_command(args: argparse.Namespace) -> int:
             mark = "*" if model.name == listing.default_model else " "
             detail = f"{model.family} {model.native_size}px" if model.family else ""
             print(f"{mark} {model.kind:<10} {model.name}  {detail}".rstrip())
+    return 0
+
+
+def run_grid(client: Client, args: argparse.Namespace) -> int:
+    """Prompt matrix, prompts from a file, or an X/Y/Z plot: one job per cell."""
+    import math
+
+    from PIL import Image
+
+    from bridge_server import grids
+
+    base = build_request(args)
+    try:
+        if args.xyz:
+            if len(args.xyz) > 3:
+                raise grids.GridError("at most three axes: X, Y and Z")
+            axes = [grids.parse_axis(spec) for spec in args.xyz]
+            cells, columns = grids.axis_requests(base, axes), len(axes[0][2])
+        elif args.prompt_matrix:
+            cells = grids.matrix_requests(base)
+            columns = 2 ** math.ceil((len(base.prompt.split("|")) - 1) / 2)
+        else:
+            lines = args.prompts_from_file.read_text("utf-8").splitlines()
+            cells = grids.prompts_from_file(base, lines)
+            columns = math.ceil(math.sqrt(len(cells)))
+    except (grids.GridError, OSError) as exc:
+        raise CliError("invalid_request", str(exc)) from None
+    images, labels = [], []
+    with client:
+        for i, (request, label) in enumerate(cells):
+            print(f"cell {i + 1}/{len(cells)}: {'; '.join(label)}", file=sys.stderr)
+            result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
+            cell_out = args.out.with_name(f"{args.out.stem}-{i + 1:03d}{args.out.suffix}")
+            write_result(result, cell_out)
+            raw = result.images[0]
+            images.append(Image.frombytes("RGBA", (raw.width, raw.height), raw.data))
+            labels.append(label)
+    grids.draw_grid(images, labels, columns).save(args.out)
+    print(f"wrote {args.out} (grid of {len(images)})", file=sys.stderr)
     return 0
 
 

@@ -269,3 +269,24 @@ def test_infotext_round_trip():
     fields = parse_infotext(text)
     assert fields["Prompt"] == "a cat,\nsecond line" and fields["Negative prompt"] == "bad"
     assert fields["Model"] == "folder/a, b" and fields["Size"] == "512x768" and fields["Clip skip"] == "2"
+
+
+def test_xyz_plot_prompt_matrix_and_prompts_file(server, tmp_path):
+    out = tmp_path / "xyz.png"
+    done = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--width", "64", "--height", "64",
+                   "--seed", "3", "--xyz", "Steps=1,2,3", "CFG scale=4,8", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).width == 3 * 64 and len(list(tmp_path.glob("xyz-*.png"))) == 6
+    assert "Steps: 3" in Image.open(tmp_path / "xyz-006.png").info["parameters"]
+    assert "CFG scale: 8" in Image.open(tmp_path / "xyz-006.png").info["parameters"]
+    done = run_cli("generate", "--server", server.url, "--prompt", "a cat|red|hat", "--width", "64", "--height", "64",
+                   "--steps", "1", "--prompt-matrix", "--out", str(tmp_path / "m.png"))
+    assert done.returncode == 0, done.stderr
+    assert len(list(tmp_path.glob("m-*.png"))) == 4
+    assert Image.open(tmp_path / "m-004.png").info["parameters"].startswith("a cat, red, hat")
+    (tmp_path / "prompts.txt").write_text("a fox\n# a comment\n\na dog\n")
+    done = run_cli("generate", "--server", server.url, "--prompts-from-file", str(tmp_path / "prompts.txt"),
+                   "--width", "64", "--height", "64", "--steps", "1", "--out", str(tmp_path / "p.png"))
+    assert done.returncode == 0 and len(list(tmp_path.glob("p-*.png"))) == 2
+    bad = run_cli("generate", "--server", server.url, "--xyz", "Steps=1,999", "--out", str(tmp_path / "b.png"))
+    assert bad.returncode == 1 and "Steps: 999" in bad.stderr and "1..150" in bad.stderr
