@@ -36,6 +36,8 @@ def _unet_prefix_map(config: Mapping) -> dict[str, str]:
         "mid_block.resnets.0": "middle_block.0",
         "mid_block.attentions.0": "middle_block.1",
         "mid_block.resnets.1": "middle_block.2",
+        "add_embedding.linear_1": "label_emb.0.0",  # SDXL's size/pooled-text embedding
+        "add_embedding.linear_2": "label_emb.0.2",
     }
     for i, block in enumerate(down):
         for j in range(layers):
@@ -113,10 +115,47 @@ def vae_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, 
     return out
 
 
-def text_encoder_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CLIP-L text model keys (SD1.x) under `cond_stage_model.transformer.text_model.`."""
+def text_encoder_to_ldm(
+    state: Mapping[str, torch.Tensor], prefix: str = "cond_stage_model.transformer.text_model."
+) -> dict[str, torch.Tensor]:
+    """CLIP-L text model keys (SD1.x; SDXL's first encoder) in the HF layout under `prefix`."""
     out = {}
     for key, value in state.items():
+        if key.startswith("text_projection."):
+            continue
         key = key.removeprefix("text_model.")
-        out[f"cond_stage_model.transformer.text_model.{key}"] = value
+        out[f"{prefix}{key}"] = value
+    return out
+
+
+_OPENCLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
+
+
+def open_clip_to_ldm(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """An HF CLIP text model -> OpenCLIP's layout (SD2's and SDXL's second encoder):
+    fused q/k/v `in_proj`, `resblocks`, and a transposed `text_projection`."""
+    state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    out: dict[str, torch.Tensor] = {
+        f"{prefix}token_embedding.weight": state["embeddings.token_embedding.weight"],
+        f"{prefix}positional_embedding": state["embeddings.position_embedding.weight"],
+        f"{prefix}ln_final.weight": state["final_layer_norm.weight"],
+        f"{prefix}ln_final.bias": state["final_layer_norm.bias"],
+    }
+    if "text_projection.weight" in state:
+        out[f"{prefix}text_projection"] = state["text_projection.weight"].T.contiguous()
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
+    for i in layers:
+        src, dst = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(
+                [state[f"{src}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")]
+            )
+            for hf, oc in _OPENCLIP_LAYER.items():
+                out[f"{dst}{oc}.{kind}"] = state[f"{src}{hf}.{kind}"]
     return out
