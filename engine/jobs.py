@@ -20,7 +20,7 @@ from PIL import Image
 from engine import embeddings, loras, masks, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
-from engine.models import LoadedModel, ModelManager, free_memory, is_out_of_memory
+from engine.models import LoadedModel, ModelManager, is_out_of_memory
 from engine.noise import initial_noise
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
 from engine.preview import latent_preview
@@ -120,8 +120,6 @@ def _guarded(engine: Engine, work) -> JobOutput:
             engine.models.unload()  # drop everything; the next job reloads
             raise EngineError("out_of_memory", "out of memory: try a smaller size or batch") from exc
         raise
-    finally:
-        free_memory() if engine.models.device.startswith("cuda") else None
 
 
 def _check_cancel(cancel: CancelFlag | None) -> None:
