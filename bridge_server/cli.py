@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-count", type=int, default=1, help="batches one after another (seeds continue)")
         p.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
         p.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
+        p.add_argument("--eta", type=float, default=0.0, help="DDIM eta 0..1")
         p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
         p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
         p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
@@ -293,6 +294,7 @@ def build_request(args: argparse.Namespace):
         "batch_count": args.batch_count,
         "subseed": args.subseed,
         "subseed_strength": args.subseed_strength,
+        "eta": args.eta,
         "clip_skip": args.clip_skip,
         "vae": args.vae,
     }
@@ -344,6 +346,7 @@ _INFOTEXT_FLAGS = {
     "VAE": ("vae", str),
     "Variation seed": ("subseed", int),
     "Variation seed strength": ("subseed_strength", float),
+    "Eta": ("eta", float),
     "Hires upscale": ("hires_scale", float),
     "Hires upscaler": ("hires_upscaler", str),
     "Hires steps": ("hires_steps", int),

@@ -217,6 +217,7 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
         **conditioning.pipeline_kwargs(len(seeds)),
         "num_inference_steps": params.steps,
         "guidance_scale": params.cfg_scale,
+        "eta": params.eta,  # diffusers passes it only to schedulers that take it (DDIM)
         # Noise is drawn on the CPU, so a seed gives the same image on any device.
         "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
         "output_type": "np",
@@ -447,6 +448,8 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
     }
     if params.vae:
         parameters["vae"] = params.vae
+    if params.eta and lookup(params.sampler).name == "DDIM":
+        parameters["eta"] = params.eta
     if params.subseed_strength > 0:
         parameters.update(subseed=params.subseed, subseed_strength=params.subseed_strength)
     if params.kind == "img2img" and params.resize_mode != "just resize":
@@ -477,6 +480,8 @@ def infotext(p: dict[str, Any]) -> str:
         f"Size: {p['width']}x{p['height']}",
         f"Model: {_quote(p['model'])}",
     ]
+    if p.get("eta"):
+        fields.append(f"Eta: {p['eta']:g}")
     if p.get("subseed_strength"):
         fields += [f"Variation seed: {p['subseed']}", f"Variation seed strength: {p['subseed_strength']:g}"]
     if p.get("vae"):

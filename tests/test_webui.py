@@ -232,3 +232,11 @@ def test_textual_inversion_embedding_by_name(demo_models, tmp_path):
     model = engine.models.loaded
     tokens = model.base.tokenizer("inkstyle", add_special_tokens=False)["input_ids"]
     assert len(tokens) == 1 and tokens[0] >= 514  # the embedding's own token, not letters
+
+
+def test_ddim_eta(engine):
+    base = {"prompt": "x", "width": 64, "height": 64, "steps": 4, "seed": 2, "sampler": "DDIM"}
+    zero = engine.run(JobParams(**base)).images[0]
+    one = engine.run(JobParams(eta=1.0, **base))
+    assert not np.array_equal(zero, one.images[0]) and "Eta: 1" in one.infotext
+    assert np.array_equal(one.images[0], engine.run(JobParams(eta=1.0, **base)).images[0])
