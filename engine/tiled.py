@@ -8,10 +8,11 @@ blended with smooth weights into one full-size prediction, and the
 scheduler takes one step on the whole latent. One global image emerges, with
 no seams, while peak memory depends on the tile size and batch only.
 
-The VAE runs tiled through diffusers' own tiling, with a colour fix for the
-encoder: tiles normalise their statistics separately, so the tiled latent's
-per-channel mean and spread are matched to those of a small whole-image
-encode (the "fast encoder colour fix" idea, done on the latent).
+The VAE encodes through diffusers' own tiling, with a colour fix: tiles
+normalise their statistics separately, so the tiled latent's per-channel
+mean and spread are matched to those of a small whole-image encode (the
+"fast encoder colour fix" idea, done on the latent). It decodes row by row
+of tiles into the uint8 result (see `decode`).
 """
 
 from __future__ import annotations
@@ -108,17 +109,78 @@ def encode(vae, image: np.ndarray, tile: int, generator, device, dtype):
 
 
 def decode(vae, latent, tile: int) -> np.ndarray:
-    """Scaled latent -> HxWx3 uint8, tiled."""
-    import torch
+    """Scaled latent -> HxWx3 uint8, decoded in overlapping tiles.
 
+    Written here rather than using diffusers' tiled decode, which keeps every
+    decoded tile in float32 until the end (about 3x the image at 4096x4096):
+    rows of tiles are blended into a band one tile high and finished rows go
+    straight into the uint8 result, so the working memory is set by the tile
+    size, not the image size. The tile is halved on out-of-memory.
+    """
     vae_dtype = next(vae.parameters()).dtype
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     z = (latent / vae.config.scaling_factor + shift).to(vae_dtype)
-    with torch.inference_mode():
-        image = _with_vae_tiles(vae, tile, lambda: vae.decode(z).sample)
-    # In place: at 4096x4096 every float temporary of the image is 200 MB.
-    image = image[0].float().clamp_(-1, 1).add_(1.0).mul_(127.5).round_().to(torch.uint8)
-    return image.permute(1, 2, 0).cpu().numpy()
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    while True:
+        try:
+            return _decode_rows(vae, z, max(1, tile // factor), factor)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or tile // 2 < MIN_VAE_TILE:
+                raise
+            free_memory()
+            tile //= 2
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / stride) + 1
+    return sorted({min(i * stride, length - tile) for i in range(count)})
+
+
+def _ramp(size: int, ramp: int, first: bool, last: bool) -> np.ndarray:
+    """Blend weights along one side of a tile: rising over `ramp` pixels where a
+    neighbour overlaps, flat at the image's edges."""
+    w = np.ones(size, np.float32)
+    if ramp > 0:
+        up = (np.arange(ramp, dtype=np.float32) + 0.5) / ramp
+        if not first:
+            w[:ramp] = np.minimum(w[:ramp], up)
+        if not last:
+            w[-ramp:] = np.minimum(w[-ramp:], up[::-1])
+    return w
+
+
+def _decode_rows(vae, z, tile: int, factor: int) -> np.ndarray:
+    import torch
+
+    _, _, lh, lw = z.shape
+    overlap = tile // 4
+    ys, xs = _starts(lh, tile, tile - overlap), _starts(lw, tile, tile - overlap)
+    height, width, ramp = lh * factor, lw * factor, overlap * factor
+    out = np.empty((height, width, 3), np.uint8)
+    band = np.zeros((0, width, 3), np.float32)  # rows [top, top + len(band)) still being blended
+    weight = np.zeros((0, width), np.float32)
+    top = 0
+    for row, y in enumerate(ys):
+        y0, y1 = y * factor, min(lh, y + tile) * factor
+        grow = y1 - top - len(band)
+        if grow > 0:
+            band = np.concatenate([band, np.zeros((grow, width, 3), np.float32)])
+            weight = np.concatenate([weight, np.zeros((grow, width), np.float32)])
+        wy = _ramp(y1 - y0, ramp, row == 0, row == len(ys) - 1)
+        for col, x in enumerate(xs):
+            with torch.inference_mode():
+                pixels = vae.decode(z[:, :, y : y + tile, x : x + tile]).sample[0]
+                pixels = ((pixels.float().clamp(-1, 1) + 1.0) * 127.5).permute(1, 2, 0).cpu().numpy()
+            x0 = x * factor
+            w = wy[:, None] * _ramp(pixels.shape[1], ramp, col == 0, col == len(xs) - 1)[None, :]
+            band[y0 - top : y1 - top, x0 : x0 + pixels.shape[1]] += pixels * w[..., None]
+            weight[y0 - top : y1 - top, x0 : x0 + pixels.shape[1]] += w
+        done = (ys[row + 1] * factor if row + 1 < len(ys) else height) - top  # rows no later tile touches
+        out[top : top + done] = np.rint(band[:done] / weight[:done, :, None]).astype(np.uint8)
+        band, weight, top = band[done:], weight[done:], top + done
+    return out
 
 
 # -- tiled diffusion ---------------------------------------------------------------
