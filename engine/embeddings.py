@@ -2,7 +2,8 @@
 
 As in the WebUI, an embedding is used by writing its file name in the
 prompt. diffusers' loader adds it to the tokenizer and the text encoder (the
-WebUI's `.pt` and `.safetensors` formats; pickles only weights-only). It stays
+WebUI's `.pt` and `.safetensors` formats; pickles only weights-only; SDXL
+files carry a `clip_l` and a `clip_g` part, one per text encoder). It stays
 loaded for later jobs: it is only ever used where its name is written.
 """
 
@@ -13,6 +14,7 @@ import re
 from engine.errors import EngineError
 from engine.models import LoadedModel, one_line
 from engine.registry import EMBEDDING, Registry
+from engine.weights import load_weights
 
 
 def used_in(registry: Registry, *texts: str) -> list:
@@ -29,12 +31,20 @@ def activate(model: LoadedModel, registry: Registry, prompt: str, negative: str)
     for entry in entries:
         if entry.name in model.embeddings:
             continue
-        if model.family == "sdxl":
-            raise EngineError("invalid_request", f"embedding {entry.name}: SDXL embeddings are not supported yet",
-                              field="prompt")
         token = entry.name.rsplit("/", 1)[-1]
+        pipe = model.base
         try:
-            model.base.load_textual_inversion(str(entry.path), token=token)
+            if model.family == "sdxl":
+                # SDXL embeddings hold one part per text encoder: clip_l and clip_g.
+                parts = load_weights(entry.path)
+                if not {"clip_l", "clip_g"} <= set(parts):
+                    raise ValueError("an SDXL embedding needs 'clip_l' and 'clip_g' tensors")
+                pipe.load_textual_inversion(parts["clip_l"], token=token, text_encoder=pipe.text_encoder,
+                                            tokenizer=pipe.tokenizer)
+                pipe.load_textual_inversion(parts["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                            tokenizer=pipe.tokenizer_2)
+            else:
+                pipe.load_textual_inversion(str(entry.path), token=token)
         except Exception as exc:
             raise EngineError("model_load_failed", f"could not load embedding {entry.name}: {one_line(exc)}",
                               field="prompt") from exc

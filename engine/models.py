@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import gc
 import json
-import pickle
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from engine.families import FAMILIES, detect
 from engine.paths import cache_dir
 from engine.registry import ModelEntry
 from engine.tokenizers import clip_tokenizer
+from engine.weights import load_weights
 
 _PIPELINES = {
     # family group -> task -> diffusers pipeline class name
@@ -203,21 +203,10 @@ class ModelManager:
 
     def _detect_pickle(self, entry: ModelEntry) -> str:
         """Family of a .ckpt: read its keys with the safe (weights-only) unpickler."""
-        import torch
-
         try:
-            try:
-                state = torch.load(entry.path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                # Legacy (non-zip) files cannot be memory-mapped; same safe unpickler.
-                state = torch.load(entry.path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise EngineError(
-                "unsafe_file",
-                f"{entry.path.name} contains pickled code, which is never run; convert it to .safetensors ({one_line(exc, 120)})",
-            ) from exc
+            state = load_weights(entry.path, mmap=True)
+        except EngineError:
+            raise
         except Exception as exc:
             raise EngineError("model_load_failed", f"could not read {entry.path.name}: {one_line(exc)}") from exc
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

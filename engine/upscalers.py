@@ -1,8 +1,8 @@
 """Image upscalers: Real-ESRGAN-family models through spandrel, plus Lanczos.
 
 spandrel (the loader ComfyUI and chaiNNer use) recognises the architecture
-from the state dict. We read the weights ourselves so that pickled files
-only ever go through `torch.load(weights_only=True)`.
+from the state dict. We read the weights ourselves (engine.weights) so that
+pickled files only ever go through `torch.load(weights_only=True)`.
 
 Models run tiled with overlap: each tile is computed with `overlap` pixels
 of context on every side and only its core is kept, so the result has no
@@ -12,7 +12,6 @@ seams, and the tile size is halved on out-of-memory.
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from engine.errors import EngineError, JobCancelled
 from engine.models import free_memory, is_out_of_memory, one_line
 from engine.params import CancelFlag
 from engine.registry import UPSCALER, ModelEntry, Registry
+from engine.weights import load_weights
 
 BUILTIN = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
 MIN_TILE = 32
@@ -36,22 +36,6 @@ class LoadedUpscaler:
     entry: ModelEntry
     model: Any  # spandrel ImageModelDescriptor
     scale: int
-
-
-def read_state_dict(entry: ModelEntry) -> dict[str, Any]:
-    import torch
-
-    if entry.format == "safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(entry.path))
-    try:
-        return torch.load(entry.path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise EngineError(
-            "unsafe_file",
-            f"{entry.path.name} contains pickled code, which is never run; use a .safetensors copy ({one_line(exc, 120)})",
-        ) from exc
 
 
 class Upscalers:
@@ -82,7 +66,7 @@ class Upscalers:
 
         self._loaded = None
         try:
-            descriptor = spandrel.ModelLoader().load_from_state_dict(read_state_dict(entry))
+            descriptor = spandrel.ModelLoader().load_from_state_dict(load_weights(entry.path))
         except EngineError:
             raise
         except Exception as exc:

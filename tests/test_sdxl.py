@@ -59,3 +59,25 @@ def test_sdxl_img2img_inpaint_upscale_hires(xl_engine):
     assert up.images[0].shape == (128, 128, 4)
     hires = xl_engine.run(JobParams(width=64, height=64, steps=2, seed=1, hires=HiresParams(scale=2)))
     assert hires.images[0].shape == (128, 128, 4)
+
+
+def test_sdxl_embedding_with_two_parts(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.demo.builder import build_sdxl_folder
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import Registry
+
+    build_sdxl_folder(tmp_path / "checkpoints" / "xl")
+    (tmp_path / "embeddings").mkdir()
+    gen = torch.Generator().manual_seed(0)
+    save_file({"clip_l": torch.randn(2, 32, generator=gen), "clip_g": torch.randn(2, 32, generator=gen)},
+              str(tmp_path / "embeddings" / "xlstyle.safetensors"))
+    engine = Engine(Registry(tmp_path).scan(), ModelManager(device="cpu"))
+    params = {"width": 64, "height": 64, "steps": 2, "seed": 1, "sampler": "Euler"}
+    before = engine.run(JobParams(prompt="a cat", **params)).images[0]
+    styled = engine.run(JobParams(prompt="a cat in xlstyle", **params)).images[0]
+    after = engine.run(JobParams(prompt="a cat", **params)).images[0]
+    assert not np.array_equal(before, styled) and np.array_equal(before, after)
