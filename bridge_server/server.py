@@ -30,8 +30,7 @@ from bridge_server.convert import to_params, to_raw, to_result
 from bridge_server.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, ResultStore
 from engine.errors import EngineError, JobCancelled
 from engine.jobs import Engine
-from engine.registry import CHECKPOINT, VAE, check_name
-from engine.samplers import SAMPLER_NAMES, lookup
+from engine.samplers import SAMPLER_NAMES
 from protocol import (
     PROTOCOL_VERSION,
     Accepted,
@@ -318,22 +317,7 @@ class PaintBridgeServer:
 
     def _submit(self, session: Session, message: Submit) -> None:
         request = message.request
-        # Cheap engine-level checks now, so bad input fails before queueing.
-        lookup(request.sampler)
-        upscalers = self.engine.upscalers
-        assert upscalers is not None
-        if request.hires is not None and request.hires.upscaler != "Latent":
-            upscalers.resolve(request.hires.upscaler, "hires.upscaler")
-        if request.kind == "upscale":
-            upscalers.resolve(request.upscale.upscaler if request.upscale else "", "upscale.upscaler")
-        needs_checkpoint = not (request.kind == "upscale" and request.upscale is not None and request.upscale.denoise == 0)
-        if request.vae:
-            self.engine.registry.get(request.vae, VAE, field="vae")
-        if request.model:
-            check_name(request.model)
-            self.engine.registry.get(request.model, CHECKPOINT)
-        elif needs_checkpoint and self.engine.registry.default_checkpoint() is None:
-            raise EngineError("unknown_model", "the server's models folder has no checkpoint", field="model")
+        self.engine.check(to_params(request))  # names and combinations: bad input fails before queueing
         if len(self.jobs) >= self.config.max_queue:
             raise EngineError("queue_full", f"the queue is full ({self.config.max_queue} jobs); try again later")
         job = Job(id=f"{self.boot}-{next(self._ids):06d}", owner=session.client_id, request=request)

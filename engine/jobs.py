@@ -25,7 +25,7 @@ from engine.noise import initial_noise
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
 from engine.preview import latent_preview
 from engine.prompts import extract_loras
-from engine.registry import CHECKPOINT, LORA, VAE, Registry
+from engine.registry import CHECKPOINT, LORA, VAE, ModelEntry, Registry
 from engine.samplers import lookup, make_scheduler
 from engine.upscalers import Upscalers
 
@@ -48,33 +48,47 @@ class Engine:
     def run(self, params: JobParams, progress: ProgressFn | None = None, cancel: CancelFlag | None = None) -> JobOutput:
         return run_job(self, params, progress, cancel)
 
+    def check(self, params: JobParams) -> ModelEntry | None:
+        return check_job(self, params)
+
+
+def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
+    """Every check that needs no model work: names (sampler, checkpoint,
+    upscaler, VAE, LoRAs) and their combination. The server runs it before
+    queueing, so bad input fails at once. Returns the checkpoint to load, or
+    None for an upscaler-only job."""
+    lookup(params.sampler)
+    assert engine.upscalers is not None
+    if params.hires is not None and params.hires.upscaler != "Latent":
+        engine.upscalers.resolve(params.hires.upscaler, "hires.upscaler")
+    if params.vae:
+        engine.registry.get(params.vae, VAE, field="vae")
+    for name, _ in extract_loras(params.prompt)[1]:
+        engine.registry.get(name, LORA, field="prompt")
+    entry = engine.registry.get(params.model, CHECKPOINT) if params.model else None
+    if params.kind == "upscale":
+        options = params.upscale or UpscaleParams()
+        engine.upscalers.resolve(options.upscaler, "upscale.upscaler")
+        if options.denoise == 0:  # the upscaler alone: no checkpoint needed
+            return None
+    entry = entry or engine.registry.default_checkpoint()
+    if entry is None:
+        raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint", field="model")
+    if entry.inpainting and params.kind != "inpaint":
+        raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
+    return entry
+
 
 def run_job(
     engine: Engine, params: JobParams, progress: ProgressFn | None = None, cancel: CancelFlag | None = None
 ) -> JobOutput:
     if params.subseed < 0 and params.subseed_strength > 0:
         params = replace(params, subseed=resolve_seeds(-1, 1)[0])  # one random variation seed, reported
-    lookup(params.sampler)  # unknown sampler / upscaler: fail before loading anything
-    assert engine.upscalers is not None
-    if params.hires is not None and params.hires.upscaler != "Latent":
-        engine.upscalers.resolve(params.hires.upscaler, "hires.upscaler")
-    if params.kind == "upscale":
-        options = params.upscale or UpscaleParams()
-        engine.upscalers.resolve(options.upscaler, "upscale.upscaler")
-        if options.denoise == 0:  # the upscaler alone: no checkpoint needed
-            return _guarded(engine, lambda: _upscale(engine, None, params, progress, cancel))
-    entry = engine.registry.get(params.model, CHECKPOINT) if params.model else engine.registry.default_checkpoint()
+    entry = check_job(engine, params)  # bad input fails before loading anything
     if entry is None:
-        raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint", field="model")
-    if entry.inpainting and params.kind != "inpaint":
-        raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
+        return _guarded(engine, lambda: _upscale(engine, None, params, progress, cancel))
     _check_cancel(cancel)
-
-    _, wanted_loras = extract_loras(params.prompt)
-    for name, _ in wanted_loras:
-        engine.registry.get(name, LORA, field="prompt")  # unknown LoRA / VAE: fail before loading
-    if params.vae:
-        engine.registry.get(params.vae, VAE, field="vae")
+    wanted_loras = extract_loras(params.prompt)[1]
 
     def batch(model: LoadedModel, job: JobParams) -> JobOutput:
         _check_cancel(cancel)
