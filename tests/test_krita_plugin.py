@@ -50,13 +50,6 @@ def test_regions():
     assert area.width % 8 == 0 and area.height % 8 == 0
     assert area.x <= 10 and area.y <= 20 and area.right >= 60 and area.bottom >= 50
     assert regions.work_area(doc, Rect(280, 190, 20, 10), 32).right <= 300
-    mask = bytearray(40 * 10)
-    mask[3 * 40 + 5] = 255
-    mask[6 * 40 + 30] = 10
-    assert regions.mask_box(bytes(mask), 40) == Rect(5, 3, 26, 4)
-    assert regions.mask_box(bytes(40), 40) is None
-    image = bytes(range(16)) * 3  # 4x3 gray... as 1 channel, 16 wide
-    assert regions.crop(image, 16, 1, Rect(2, 1, 3, 2)) == bytes([2, 3, 4, 2, 3, 4])
 
 
 def test_requests_follow_the_strength_slider():

@@ -27,11 +27,6 @@ def check(model: str, depth: str) -> None:
         )
 
 
-def bytes_per_pixel(model: str, depth: str) -> int:
-    check(model, depth)
-    return (4 if model == "RGBA" else 2) * (1 if depth == "U8" else 2)
-
-
 def _u16_to_u8(data: bytes) -> bytes:
     words = array.array("H")
     words.frombytes(data)

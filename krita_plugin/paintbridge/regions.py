@@ -34,32 +34,6 @@ class Rect:
         return Rect(x, y, w, h)
 
 
-def mask_box(mask: bytes, width: int) -> Rect | None:
-    """Bounding box of the non-zero pixels of an 8-bit mask (row-major)."""
-    height = len(mask) // width if width else 0
-    top = bottom = left = right = None
-    for y in range(height):
-        row = mask[y * width : (y + 1) * width]
-        first = width - len(row.lstrip(b"\0"))  # bytes.strip runs in C: fast on big masks
-        if first == width:
-            continue
-        last = len(row.rstrip(b"\0"))
-        top = y if top is None else top
-        bottom = y
-        left = first if left is None else min(left, first)
-        right = last if right is None else max(right, last)
-    if top is None or left is None or right is None or bottom is None:
-        return None
-    return Rect(left, top, right - left, bottom - top + 1)
-
-
-def crop(data: bytes, width: int, channels: int, rect: Rect) -> bytes:
-    """Cut `rect` out of a row-major image `width` pixels wide."""
-    stride = width * channels
-    rows = (data[y * stride + rect.x * channels : y * stride + rect.right * channels] for y in range(rect.y, rect.bottom))
-    return b"".join(rows)
-
-
 def work_area(doc: Rect, selection: Rect | None, context: int) -> Rect:
     """Generate/refine: the whole canvas, or the selection's box plus context."""
     if selection is None:
