@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-count", type=int, default=1, help="batches one after another (seeds continue)")
         p.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
         p.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
-        p.add_argument("--eta", type=float, default=0.0, help="DDIM eta 0..1")
+        p.add_argument("--eta", type=float, help="noise per step 0..1 (DDIM, default 0; ancestral samplers, default 1)")
         p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
         p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
         p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
@@ -347,6 +347,7 @@ _INFOTEXT_FLAGS = {
     "Variation seed": ("subseed", int),
     "Variation seed strength": ("subseed_strength", float),
     "Eta": ("eta", float),
+    "Eta DDIM": ("eta", float),
     "Hires upscale": ("hires_scale", float),
     "Hires upscaler": ("hires_upscaler", str),
     "Hires steps": ("hires_steps", int),

@@ -20,6 +20,7 @@ from PIL import Image
 from engine import embeddings, loras, masks, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
+from engine.kpipeline import KPipeline, decode_images
 from engine.models import LoadedModel, ModelManager, is_out_of_memory
 from engine.noise import initial_noise
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
@@ -178,15 +179,6 @@ def _opaque(image: np.ndarray) -> np.ndarray:
     return np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
 
 
-def _decode_latents(model: LoadedModel, latents) -> np.ndarray:
-    import torch
-
-    vae = model.base.vae
-    with torch.inference_mode():
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return ((decoded.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def _to_rgba(images: np.ndarray) -> list[np.ndarray]:
     """Pipeline output (N x H x W x 3 floats in 0..1) -> opaque RGBA uint8."""
     rgb = (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -231,7 +223,8 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
         **conditioning.pipeline_kwargs(len(seeds)),
         "num_inference_steps": params.steps,
         "guidance_scale": params.cfg_scale,
-        "eta": params.eta,  # diffusers passes it only to schedulers that take it (DDIM)
+        # diffusers passes it only to schedulers that take it (DDIM); KPipeline has its own.
+        "eta": params.eta if params.eta is not None else 0.0,
         # Noise is drawn on the CPU, so a seed gives the same image on any device.
         "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
         "output_type": "np",
@@ -252,9 +245,15 @@ def denoise_steps(steps: int, strength: float) -> int:
     return math.ceil(1.0 / strength)
 
 
-def _prepare(model: LoadedModel, task: str, sampler: str, seed: int = 0):
+def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel: CancelFlag | None):
+    """The pipeline for a task: diffusers' with the sampler's scheduler, or
+    KPipeline for the samplers written here (engine/ksampling.py)."""
+    spec = lookup(params.sampler)
+    if spec.uses_function(params.eta):
+        eta = params.eta if params.eta is not None else spec.eta
+        return KPipeline(model, task, spec.function, spec.karras, eta or 0.0, lambda: _check_cancel(cancel))
     pipe = model.pipeline(task)
-    pipe.scheduler = make_scheduler(sampler, model.base.scheduler.config, seed)
+    pipe.scheduler = make_scheduler(spec.name, model.base.scheduler.config, seed)
     return pipe
 
 
@@ -269,11 +268,11 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
         if params.strength == 0:  # nothing to denoise: the layer comes back as it is
             images = [_opaque(params.image)] * len(seeds)
             return _output(model, params, images, seeds, *params.image.shape[1::-1])
-        pipe = _prepare(model, "img2img", params.sampler, seeds[0])
+        pipe = _prepare(model, "img2img", params, seeds[0], cancel)
         kwargs.update(image=_init_image(model, params, width, height), strength=params.strength,
                       num_inference_steps=denoise_steps(params.steps, params.strength))
     else:
-        pipe = _prepare(model, "txt2img", params.sampler, seeds[0])
+        pipe = _prepare(model, "txt2img", params, seeds[0], cancel)
         kwargs.update(width=width, height=height, latents=_noise(model, params, seeds, width, height))
     images = _to_rgba(pipe(**kwargs).images)
     if params.kind == "img2img" and params.image is not None and not (params.width or params.height):
@@ -333,7 +332,7 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     reporter: _StepReporter = kwargs["callback_on_step_end"]
     reporter.grand_total = params.steps + second
     latent = hires.upscaler == "Latent"
-    first = _prepare(model, "txt2img", params.sampler, seeds[0])(
+    first = _prepare(model, "txt2img", params, seeds[0], reporter.cancel)(
         **{**kwargs, "output_type": "latent" if latent else "np"}, width=width, height=height,
         latents=_noise(model, params, seeds, width, height),
     ).images
@@ -345,9 +344,9 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
         images = [engine.upscalers.upscale(im[..., :3], (target_w, target_h), hires.upscaler) for im in _to_rgba(first)]
         init = [Image.fromarray(im) for im in images]
     if second == 0:  # denoise 0: the upscaled first pass is the result
-        out = _to_rgba(_decode_latents(model, init)) if latent else [np.asarray(im.convert("RGBA")) for im in init]
+        out = _to_rgba(decode_images(model.base.vae, init)) if latent else [np.asarray(im.convert("RGBA")) for im in init]
     else:
-        pipe = _prepare(model, "img2img", params.sampler, seeds[0])
+        pipe = _prepare(model, "img2img", params, seeds[0], reporter.cancel)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
         out = _to_rgba(pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
                             image=init, strength=hires.denoise).images)
@@ -383,9 +382,9 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
                 progress(step, steps, "tiled diffusion", None, tile, tiles)
 
         upscaled = tiled.tiled_img2img(
-            model, make_scheduler(params.sampler, model.base.scheduler.config, seeds[0]), source, params.prompt,
-            params.negative_prompt, params.steps, options.denoise, params.cfg_scale, seeds[0], options.tile,
-            options.overlap, options.tile_batch, options.vae_tile, report, cancel, params.clip_skip,
+            model, params.sampler, source, params.prompt, params.negative_prompt, params.steps, options.denoise,
+            params.cfg_scale, seeds[0], options.tile, options.overlap, options.tile_batch, options.vae_tile, report,
+            cancel, params.clip_skip, params.eta,
         )
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
@@ -423,7 +422,7 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
     work_w, work_h = masks.working_size(x1 - x0, y1 - y0, model.entry.native_size)
     crop = _rgb(np.ascontiguousarray(image[y0:y1, x0:x1])).resize((work_w, work_h), Image.LANCZOS)
     crop_mask = Image.fromarray(np.ascontiguousarray(mask[y0:y1, x0:x1]), "L").resize((work_w, work_h), Image.LANCZOS)
-    pipe = _prepare(model, "inpaint", params.sampler, seeds[0])
+    pipe = _prepare(model, "inpaint", params, seeds[0], cancel)
     kwargs = _common(model, params, seeds, progress, cancel)
     if params.strength == 0:  # nothing to repaint
         return _output(model, params, [_opaque(image) for _ in seeds], seeds, w, h)
@@ -445,12 +444,13 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
 
 
 def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], seeds: list[int], w: int, h: int) -> JobOutput:
+    spec = lookup(params.sampler)
     parameters: dict[str, Any] = {
         "kind": params.kind,
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt,
         "steps": params.steps,
-        "sampler": lookup(params.sampler).name,
+        "sampler": spec.name,
         "cfg_scale": params.cfg_scale,
         "seed": seeds[0],
         "width": w,
@@ -462,8 +462,8 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
     }
     if params.vae:
         parameters["vae"] = params.vae
-    if params.eta and lookup(params.sampler).name == "DDIM":
-        parameters["eta"] = params.eta
+    if params.eta is not None and spec.eta is not None and params.eta != spec.eta:
+        parameters["eta"] = params.eta  # as the WebUI: only when not the sampler's default
     if params.subseed_strength > 0:
         parameters.update(subseed=params.subseed, subseed_strength=params.subseed_strength)
     if params.kind == "img2img" and params.resize_mode != "just resize":
@@ -494,8 +494,8 @@ def infotext(p: dict[str, Any]) -> str:
         f"Size: {p['width']}x{p['height']}",
         f"Model: {_quote(p['model'])}",
     ]
-    if p.get("eta"):
-        fields.append(f"Eta: {p['eta']:g}")
+    if "eta" in p:
+        fields.append(f"{'Eta DDIM' if p['sampler'] == 'DDIM' else 'Eta'}: {p['eta']:g}")
     if p.get("subseed_strength"):
         fields += [f"Variation seed: {p['subseed']}", f"Variation seed strength: {p['subseed_strength']:g}"]
     if p.get("vae"):

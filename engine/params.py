@@ -50,7 +50,7 @@ class JobParams:
     batch_count: int = 1
     subseed: int = -1
     subseed_strength: float = 0.0
-    eta: float = 0.0  # DDIM
+    eta: float | None = None  # None = the sampler's default: 0 for DDIM, 1 for the ancestral ones
     resize_mode: str = "just resize"  # img2img: crop and resize | resize and fill | latent upscale
     image: np.ndarray | None = None  # HxWx3 or HxWx4 uint8
     mask: np.ndarray | None = None  # HxW uint8, 255 = repaint

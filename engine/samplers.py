@@ -1,9 +1,11 @@
 """WebUI sampler names -> diffusers schedulers.
 
-The WebUI's samplers are k-diffusion functions; diffusers ships the same
-algorithms as schedulers. k-diffusion spaces its sigmas evenly over the whole
-training schedule ("linspace"), while the WebUI's DDIM/PLMS use the original
-"leading" spacing, so each entry pins the spacing as well as the algorithm.
+The WebUI's samplers are k-diffusion functions; diffusers ships most of the
+same algorithms as schedulers. k-diffusion spaces its sigmas evenly over the
+whole training schedule ("linspace"), while the WebUI's DDIM/PLMS use the
+original "leading" spacing, so each entry pins the spacing as well as the
+algorithm. The rest (DPM++ 2S a, DPM fast, DPM adaptive, and the ancestral
+samplers at an eta other than 1) are functions in engine/ksampling.py.
 """
 
 from __future__ import annotations
@@ -18,32 +20,61 @@ from engine.errors import EngineError
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str
-    scheduler: str  # a diffusers scheduler class name
+    scheduler: str = ""  # a diffusers scheduler class name; "" = only written here
     options: Mapping[str, Any] = field(default_factory=dict)
+    function: str = ""  # the k-diffusion-style function in engine/ksampling.py, if there is one
+    karras: bool = False  # with `function`: Karras sigmas
+    eta: float | None = None  # the default eta of a sampler that takes one
+
+    def uses_function(self, eta: float | None) -> bool:
+        """Run by engine/ksampling.py: no diffusers scheduler, or an eta it cannot take."""
+        if not self.scheduler:
+            return True
+        return bool(self.function) and eta is not None and eta != self.eta
 
 
-def _k(name: str, scheduler: str, **options: Any) -> list[SamplerSpec]:
-    """A k-diffusion sampler and, as the WebUI lists them, its Karras variant."""
-    plain = SamplerSpec(name, scheduler, {"timestep_spacing": "linspace", **options})
-    karras = SamplerSpec(f"{name} Karras", scheduler, {**plain.options, "use_karras_sigmas": True})
-    return [plain, karras]
+def _k(name: str, scheduler: str, karras: bool = False, **options: Any) -> SamplerSpec:
+    """A k-diffusion sampler: its sigmas spaced as k-diffusion spaces them."""
+    options = {"timestep_spacing": "linspace", **options}
+    if karras:
+        name, options = f"{name} Karras", {**options, "use_karras_sigmas": True}
+    return SamplerSpec(name, scheduler, options)
+
+
+def _ancestral(name: str, scheduler: str, function: str, karras: bool = False) -> SamplerSpec:
+    """An ancestral sampler (eta 1 by default): diffusers' scheduler at eta 1,
+    engine/ksampling.py at any other eta (and where diffusers has none)."""
+    spec = _k(name, scheduler, karras) if scheduler else SamplerSpec(name + " Karras" * karras)
+    return SamplerSpec(spec.name, scheduler, spec.options, function, karras, 1.0)
 
 
 _DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 
+# In the WebUI's order (its menu lists the Karras variants after the plain ones).
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
-        SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "linspace"}),
-        SamplerSpec("Euler", "EulerDiscreteScheduler", {"timestep_spacing": "linspace"}),
-        *_k("LMS", "LMSDiscreteScheduler"),
-        SamplerSpec("Heun", "HeunDiscreteScheduler", {"timestep_spacing": "linspace"}),
-        *_k("DPM2", "KDPM2DiscreteScheduler"),
-        *_k("DPM2 a", "KDPM2AncestralDiscreteScheduler"),
-        *_k("DPM++ 2M", "DPMSolverMultistepScheduler", **_DPMPP),
-        *_k("DPM++ 2M SDE", "DPMSolverMultistepScheduler", algorithm_type="sde-dpmsolver++", solver_order=2),
-        *_k("DPM++ SDE", "DPMSolverSDEScheduler"),
-        SamplerSpec("DDIM", "DDIMScheduler", {"timestep_spacing": "leading", "set_alpha_to_one": False}),
+        _ancestral("Euler a", "EulerAncestralDiscreteScheduler", "sample_euler_ancestral"),
+        _k("Euler", "EulerDiscreteScheduler"),
+        _k("LMS", "LMSDiscreteScheduler"),
+        _k("Heun", "HeunDiscreteScheduler"),
+        _k("DPM2", "KDPM2DiscreteScheduler"),
+        _ancestral("DPM2 a", "KDPM2AncestralDiscreteScheduler", "sample_dpm_2_ancestral"),
+        _ancestral("DPM++ 2S a", "", "sample_dpmpp_2s_ancestral"),
+        _k("DPM++ 2M", "DPMSolverMultistepScheduler", **_DPMPP),
+        _k("DPM++ SDE", "DPMSolverSDEScheduler"),
+        _k("DPM++ 2M SDE", "DPMSolverMultistepScheduler", **_SDE),
+        _ancestral("DPM fast", "", "sample_dpm_fast"),
+        _ancestral("DPM adaptive", "", "sample_dpm_adaptive"),
+        _k("LMS", "LMSDiscreteScheduler", karras=True),
+        _k("DPM2", "KDPM2DiscreteScheduler", karras=True),
+        _ancestral("DPM2 a", "KDPM2AncestralDiscreteScheduler", "sample_dpm_2_ancestral", karras=True),
+        _ancestral("DPM++ 2S a", "", "sample_dpmpp_2s_ancestral", karras=True),
+        _k("DPM++ 2M", "DPMSolverMultistepScheduler", karras=True, **_DPMPP),
+        _k("DPM++ SDE", "DPMSolverSDEScheduler", karras=True),
+        _k("DPM++ 2M SDE", "DPMSolverMultistepScheduler", karras=True, **_SDE),
+        SamplerSpec("DDIM", "DDIMScheduler", {"timestep_spacing": "leading", "set_alpha_to_one": False}, eta=0.0),
         SamplerSpec("PLMS", "PNDMScheduler", {"timestep_spacing": "leading", "skip_prk_steps": True}),
         SamplerSpec("UniPC", "UniPCMultistepScheduler", {"timestep_spacing": "linspace"}),
     ]
@@ -71,6 +102,7 @@ def make_scheduler(name: str, base_config: Mapping[str, Any], seed: int = 0):
     import diffusers
 
     spec = lookup(name)
+    assert spec.scheduler, f"{spec.name} has no diffusers scheduler"
     cls = getattr(diffusers, spec.scheduler)
     config = {k: v for k, v in base_config.items() if k not in _RESET}
     options = dict(spec.options)

@@ -17,18 +17,21 @@ of tiles into the uint8 result (see `decode`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from engine.conditioning import encode_prompts
+from engine import ksampling
+from engine.conditioning import Conditioning, encode_prompts
+from engine.denoiser import Denoiser, Guidance, guided_unet
 from engine.errors import JobCancelled
 from engine.models import LoadedModel, free_memory, is_out_of_memory
 from engine.params import CancelFlag
 from engine.prompts import extract_loras
+from engine.samplers import lookup, make_scheduler
 
 MIN_VAE_TILE = 128
 Report = Callable[[int, int, int, int], None]  # step, steps, tile, tiles
@@ -186,7 +189,7 @@ def _decode_rows(vae, z, tile: int, factor: int) -> np.ndarray:
 # -- tiled diffusion ---------------------------------------------------------------
 def tiled_img2img(
     model: LoadedModel,
-    scheduler,
+    sampler: str,
     image: np.ndarray,
     prompt: str,
     negative: str,
@@ -201,6 +204,7 @@ def tiled_img2img(
     report: Report | None = None,
     cancel: CancelFlag | None = None,
     clip_skip: int = 1,
+    eta: float | None = None,
 ) -> np.ndarray:
     """img2img of an image of any size (multiple of 8) by MultiDiffusion."""
     import torch
@@ -211,19 +215,8 @@ def tiled_img2img(
     device, dtype = pipe._execution_device, unet.dtype
     generator = torch.Generator("cpu").manual_seed(seed)
     latents = encode(vae, image, vae_tile, generator, device, dtype)
-    use_cfg = cfg_scale > 1.0
     text, _ = extract_loras(prompt)
     conditioning = encode_prompts(model, text, negative, clip_skip)
-    cond, uncond = conditioning.cond, conditioning.uncond
-    pooled, neg_pooled = conditioning.pooled, conditioning.uncond_pooled
-
-    scheduler.set_timesteps(steps, device=device)
-    start = steps - min(max(1, int(steps * strength)), steps)
-    timesteps = scheduler.timesteps[start * scheduler.order :]
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start * scheduler.order)
-    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)
-    latents = scheduler.add_noise(latents, noise, timesteps[:1])
 
     _, _, lh, lw = latents.shape
     grid = views(lh, lw, tile, overlap)
@@ -232,46 +225,64 @@ def tiled_img2img(
     coverage = torch.zeros((lh, lw), device=device, dtype=torch.float32)
     for v in grid:
         coverage[v.y : v.y + v.size_h, v.x : v.x + v.size_w] += weight
+    done = [0]  # steps finished, for the progress report
+    run = min(max(1, int(steps * strength)), steps)  # steps this partial denoise runs
 
+    def blended(model_input, t):
+        """The guided prediction of every tile, blended into one for the whole latent."""
+        prediction = torch.zeros(model_input.shape, device=device, dtype=torch.float32)
+        for b, batch in enumerate(batches):
+            if cancel is not None and cancel.is_set():
+                raise JobCancelled()
+            tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
+            out = guided_unet(unet, tiles, t, _tile_guidance(conditioning, batch, cfg_scale, (lh, lw), model.family))
+            for j, v in enumerate(batch):
+                prediction[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] += out[j : j + 1].float() * weight
+            if report is not None:
+                report(min(done[0] + 1, run), run, min((b + 1) * tile_batch, len(grid)), len(grid))
+        return prediction / coverage
+
+    def noise():
+        return randn_tensor(latents.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
+
+    spec = lookup(sampler)
     with torch.inference_mode():
-        for i, t in enumerate(timesteps):
-            model_input = scheduler.scale_model_input(latents, t)
-            prediction = torch.zeros(latents.shape, device=device, dtype=torch.float32)
-            for b, batch in enumerate(batches):
-                if cancel is not None and cancel.is_set():
-                    raise JobCancelled()
-                tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
-                eps = _predict(model, unet, tiles, t, batch, cond, uncond, pooled, neg_pooled, use_cfg, cfg_scale, (lh, lw))
-                for j, v in enumerate(batch):
-                    prediction[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] += eps[j : j + 1].float() * weight
-                if report is not None:
-                    report(i + 1, len(timesteps), min((b + 1) * tile_batch, len(grid)), len(grid))
-            prediction /= coverage
-            latents = scheduler.step(prediction.to(dtype), t, latents, generator=generator).prev_sample
+        if spec.uses_function(eta):  # a sampler written here: the blend is the denoiser's prediction
+            denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype)
+            sigmas = denoiser.sigmas(steps, spec.karras)[steps - run :]
+
+            def step_done(x, denoised, fraction: float) -> None:
+                done[0] = round(fraction * run)
+
+            x = latents.float() + noise() * sigmas[0]
+            x = ksampling.sample(spec.function, denoiser, x, sigmas, noise, step_done, spec.eta if eta is None else eta)
+            latents = x.to(dtype)
+        else:
+            scheduler = make_scheduler(sampler, pipe.scheduler.config, seed)
+            scheduler.set_timesteps(steps, device=device)
+            timesteps = scheduler.timesteps[(steps - run) * scheduler.order :]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index((steps - run) * scheduler.order)
+            latents = scheduler.add_noise(latents, noise().to(dtype), timesteps[:1])
+            takes_eta = "eta" in inspect.signature(scheduler.step).parameters  # DDIM
+            extra = {"eta": eta} if takes_eta and eta is not None else {}
+            for i, t in enumerate(timesteps):
+                done[0] = i
+                prediction = blended(scheduler.scale_model_input(latents, t), t)
+                latents = scheduler.step(prediction.to(dtype), t, latents, generator=generator, **extra).prev_sample
     return decode(vae, latents, vae_tile)
 
 
-def _predict(model, unet, tiles, t, batch, cond, uncond, pooled, neg_pooled, use_cfg, cfg_scale, latent_size):
+def _tile_guidance(c: Conditioning, batch: list[View], cfg_scale: float, latent_size: tuple[int, int],
+                   family: str) -> Guidance:
     import torch
 
-    n = tiles.shape[0]
-    hidden = cond.expand(n, -1, -1)
-    if use_cfg:
-        tiles = torch.cat([tiles, tiles])
-        hidden = torch.cat([uncond.expand(n, -1, -1), hidden])
-    added: dict[str, Any] | None = None
-    if model.family == "sdxl":
+    n = len(batch)
+    g = Guidance(c.cond.expand(n, -1, -1), c.uncond.expand(n, -1, -1), cfg_scale)
+    if family == "sdxl":
         lh, lw = latent_size
         # SDXL's size conditioning: the full image size, this tile's crop offset, the tile size.
         ids = [[lh * 8, lw * 8, v.y * 8, v.x * 8, v.size_h * 8, v.size_w * 8] for v in batch]
-        time_ids = torch.tensor(ids, device=tiles.device, dtype=cond.dtype)
-        text = pooled.expand(n, -1)
-        if use_cfg:
-            time_ids = torch.cat([time_ids, time_ids])
-            text = torch.cat([neg_pooled.expand(n, -1), text])
-        added = {"text_embeds": text, "time_ids": time_ids}
-    eps = unet(tiles, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
-    if use_cfg:
-        eps_uncond, eps_cond = eps.chunk(2)
-        eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond)
-    return eps
+        g.time_ids = torch.tensor(ids, device=c.cond.device, dtype=c.cond.dtype)
+        g.pooled, g.uncond_pooled = c.pooled.expand(n, -1), c.uncond_pooled.expand(n, -1)
+    return g

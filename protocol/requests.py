@@ -62,7 +62,8 @@ class JobRequest:
     batch_count: int = bounded(1, 1, 100)  # batches run one after another; seeds continue
     subseed: int = bounded(-1, -1, MAX_SEED)  # WebUI "Variation seed"; -1 = random
     subseed_strength: float = bounded(0.0, 0.0, 1.0)  # WebUI "Variation strength"; 0 = off
-    eta: float = bounded(0.0, 0.0, 1.0)  # DDIM's eta (noise added per step); others ignore it
+    # Noise added per step: DDIM (default 0) and the ancestral samplers (default 1); null = that default.
+    eta: float | None = bounded(None, 0.0, 1.0)
     resize_mode: str = choice("just resize", ("just resize", "crop and resize", "resize and fill", "latent upscale"))
     image: RawImage | None = None
     mask: RawImage | None = None  # 8-bit gray, 255 = repaint

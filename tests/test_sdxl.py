@@ -44,20 +44,21 @@ def test_sdxl_conditioning_has_pooled_text(xl_engine):
     assert cond.cond.shape == (1, 77, 64) and cond.pooled.shape == (1, 32)
 
 
-def test_sdxl_img2img_inpaint_upscale_hires(xl_engine):
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2S a Karras"])  # a diffusers scheduler; written here
+def test_sdxl_img2img_inpaint_upscale_hires(xl_engine, sampler):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
     image[..., 3] = 255
-    refined = xl_engine.run(JobParams(kind="img2img", image=image, strength=0.5, steps=4, seed=1))
+    refined = xl_engine.run(JobParams(kind="img2img", image=image, strength=0.5, steps=4, seed=1, sampler=sampler))
     assert refined.images[0].shape == (64, 64, 4)
     mask = np.zeros((64, 64), np.uint8)
     mask[16:48, 16:48] = 255
-    painted = xl_engine.run(JobParams(kind="inpaint", image=image, mask=mask, strength=1.0, steps=3, seed=1))
+    painted = xl_engine.run(JobParams(kind="inpaint", image=image, mask=mask, strength=1.0, steps=3, seed=1, sampler=sampler))
     assert np.array_equal(painted.images[0][mask == 0], image[mask == 0])
-    up = xl_engine.run(JobParams(kind="upscale", image=image, steps=4, seed=1,
+    up = xl_engine.run(JobParams(kind="upscale", image=image, steps=4, seed=1, sampler=sampler,
                                  upscale=UpscaleParams(scale=2, upscaler="Lanczos", denoise=0.5, tile=8, overlap=2)))
     assert up.images[0].shape == (128, 128, 4)
-    hires = xl_engine.run(JobParams(width=64, height=64, steps=2, seed=1, hires=HiresParams(scale=2)))
+    hires = xl_engine.run(JobParams(width=64, height=64, steps=2, seed=1, hires=HiresParams(scale=2), sampler=sampler))
     assert hires.images[0].shape == (128, 128, 4)
 
 

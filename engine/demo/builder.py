@@ -70,7 +70,7 @@ def text_encoder_config(vocab_size: int) -> dict:
     }
 
 
-def write_sidecar(folder: Path, sd15_config: Path) -> None:
+def write_sidecar(folder: Path, sd15_config: Path, unet: dict | None = None) -> None:
     """diffusers configs + tokenizer for the tiny checkpoint."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(sd15_config / "model_index.json", folder / "model_index.json")
@@ -78,13 +78,14 @@ def write_sidecar(folder: Path, sd15_config: Path) -> None:
     shutil.copy(sd15_config / "scheduler" / "scheduler_config.json", folder / "scheduler" / "scheduler_config.json")
     write_tokenizer_files(folder / "tokenizer", MERGES)
     vocab_size = len(json.loads((folder / "tokenizer" / "vocab.json").read_text("utf-8")))
-    for sub, config in (("unet", UNET), ("vae", VAE), ("text_encoder", text_encoder_config(vocab_size))):
+    for sub, config in (("unet", unet or UNET), ("vae", VAE), ("text_encoder", text_encoder_config(vocab_size))):
         (folder / sub).mkdir(exist_ok=True)
         (folder / sub / "config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
 
 
-def build_checkpoint(path: Path, seed: int = 0) -> Path:
-    """Write `path` (.safetensors, LDM layout) and its `<stem>.config/` sidecar."""
+def build_checkpoint(path: Path, seed: int = 0, inpainting: bool = False) -> Path:
+    """Write `path` (.safetensors, LDM layout) and its `<stem>.config/` sidecar;
+    an inpainting model's UNet takes 9 channels (latent, mask, masked image)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
@@ -94,7 +95,7 @@ def build_checkpoint(path: Path, seed: int = 0) -> Path:
     from engine.families import SD15
 
     sidecar = path.with_suffix(".config")
-    write_sidecar(sidecar, SD15.config_dir)
+    write_sidecar(sidecar, SD15.config_dir, {**UNET, "in_channels": 9} if inpainting else UNET)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(json.loads((sidecar / "unet" / "config.json").read_text()))
     vae = AutoencoderKL.from_config(json.loads((sidecar / "vae" / "config.json").read_text()))

@@ -1,0 +1,117 @@
+"""The UNet as a denoiser D(x, sigma) -> x0, as k-diffusion wraps it.
+
+The samplers in engine/ksampling.py work in sigma space (x = x0 + sigma * eps)
+on the clean-image estimate. This wraps a Stable Diffusion UNet to give that:
+the input scaled by 1/sqrt(sigma^2 + 1), sigma turned into the UNet's
+(fractional) timestep through the training schedule, classifier-free guidance,
+and epsilon or v predictions turned into x0. Tiled diffusion swaps in its own
+guided prediction (the tiles' blend); inpainting adds the known image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Predict = Callable[[Any, float], Any]  # (scaled x, timestep) -> guided model output
+
+
+@dataclass
+class Guidance:
+    """Text conditioning for a batch, with the unconditional half for CFG."""
+
+    cond: Any  # N x L x C
+    uncond: Any
+    cfg_scale: float
+    pooled: Any = None  # SDXL: N x 1280
+    uncond_pooled: Any = None
+    time_ids: Any = None  # SDXL: N x 6 (original size, crop top-left, target size)
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale > 1.0  # as diffusers: no unconditional pass at CFG <= 1
+
+
+def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None):
+    """One UNet call for the conditional and unconditional halves, combined by the
+    CFG scale. `extra` (inpainting models: mask + masked image latents) is
+    concatenated to the input channels."""
+    import torch
+
+    if not torch.is_tensor(t):  # a tensor, so a compiled UNet does not specialise on each value
+        t = torch.tensor(float(t), device=x_in.device)
+    if extra is not None:
+        x_in = torch.cat([x_in, extra.to(x_in.dtype)], dim=1)
+    hidden, text, ids = g.cond, g.pooled, g.time_ids
+    if g.guided:
+        x_in = torch.cat([x_in, x_in])
+        hidden = torch.cat([g.uncond, hidden])
+        if text is not None:
+            text, ids = torch.cat([g.uncond_pooled, text]), torch.cat([ids, ids])
+    added = {"text_embeds": text, "time_ids": ids} if text is not None else None
+    out = unet(x_in, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+    if g.guided:
+        uncond, cond = out.chunk(2)
+        out = uncond + g.cfg_scale * (cond - uncond)
+    return out
+
+
+class Denoiser:
+    """D(x, sigma) over a model's training noise schedule."""
+
+    def __init__(self, scheduler_config: dict[str, Any], predict: Predict, dtype, check: Callable[[], None] | None = None):
+        from diffusers import EulerDiscreteScheduler
+
+        # The training schedule (betas -> cumulative alphas) as diffusers computes it.
+        schedule = EulerDiscreteScheduler.from_config(scheduler_config)
+        alphas = schedule.alphas_cumprod.double().numpy()
+        self.log_sigmas = np.log(np.sqrt((1 - alphas) / alphas))
+        self.prediction = scheduler_config.get("prediction_type", "epsilon")
+        self.predict = predict
+        self.dtype = dtype  # the UNet's
+        self.check = check  # called before every model call (cancel)
+        self.known: tuple[Any, Any] | None = None  # inpainting: (x0 of the image, 1 where it is kept)
+        self.calls = 0
+
+    @property
+    def sigma_min(self) -> float:
+        return float(math.exp(self.log_sigmas[0]))
+
+    @property
+    def sigma_max(self) -> float:
+        return float(math.exp(self.log_sigmas[-1]))
+
+    def timestep(self, sigma: float) -> float:
+        """sigma -> the fractional training timestep, interpolating log sigma."""
+        return float(np.interp(math.log(sigma), self.log_sigmas, np.arange(len(self.log_sigmas))))
+
+    def sigmas(self, steps: int, karras: bool = False) -> list[float]:
+        """k-diffusion's schedules: timesteps evenly spaced from the last to 0
+        (the WebUI's default), or Karras et al.'s; both end with 0."""
+        if karras:
+            from engine.ksampling import karras_sigmas
+
+            return karras_sigmas(steps, self.sigma_min, self.sigma_max)
+        ts = np.linspace(len(self.log_sigmas) - 1, 0, steps)
+        return [float(s) for s in np.exp(np.interp(ts, np.arange(len(self.log_sigmas)), self.log_sigmas))] + [0.0]
+
+    def __call__(self, x, sigma: float):
+        if self.check is not None:
+            self.check()
+        self.calls += 1
+        c_in = 1.0 / math.sqrt(sigma**2 + 1.0)
+        out = self.predict((x * c_in).to(self.dtype), self.timestep(sigma)).float()
+        if self.prediction == "v_prediction":
+            x0 = x / (sigma**2 + 1.0) - out * (sigma / math.sqrt(sigma**2 + 1.0))
+        elif self.prediction == "sample":
+            x0 = out
+        else:
+            x0 = x - out * sigma
+        if self.known is not None:
+            image, keep = self.known
+            x0 = image * keep + x0 * (1.0 - keep)
+        return x0
