@@ -213,40 +213,35 @@ def run_client_command(args: argparse.Namespace) -> int:
 
 
 def run_grid(client: Client, args: argparse.Namespace) -> int:
-    """Prompt matrix, prompts from a file, or an X/Y/Z plot: one job per cell."""
-    import math
-
+    """An X/Y/Z plot, prompt matrix or prompts from a file: one job on the
+    server; the grid PNG (with labels) and each image's own PNG here."""
     from PIL import Image
 
     from bridge_server import grids
+    from protocol.plots import Plot, columns
 
-    base = build_request(args)
     try:
         if args.xyz:
-            if len(args.xyz) > 3:
-                raise grids.GridError("at most three axes: X, Y and Z")
-            axes = [grids.parse_axis(spec) for spec in args.xyz]
-            cells, columns = grids.axis_requests(base, axes), len(axes[0][2])
+            plot = Plot(axes=[grids.parse_axis(spec) for spec in args.xyz])
         elif args.prompt_matrix:
-            cells = grids.matrix_requests(base)
-            columns = 2 ** math.ceil((len(base.prompt.split("|")) - 1) / 2)
+            plot = Plot(prompt_matrix=True)
         else:
             lines = args.prompts_from_file.read_text("utf-8").splitlines()
-            cells = grids.prompts_from_file(base, lines)
-            columns = math.ceil(math.sqrt(len(cells)))
+            plot = Plot(prompts=[line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")])
+            if not plot.prompts:
+                raise grids.GridError("the prompts file has no prompts")
     except (grids.GridError, OSError) as exc:
         raise CliError("invalid_request", str(exc)) from None
-    images, labels = [], []
+    request = build_request(args, plot)
     with client:
-        for i, (request, label) in enumerate(cells):
-            print(f"cell {i + 1}/{len(cells)}: {'; '.join(label)}", file=sys.stderr)
-            result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
-            cell_out = args.out.with_name(f"{args.out.stem}-{i + 1:03d}{args.out.suffix}")
-            write_result(result, cell_out)
-            raw = result.images[0]
-            images.append(Image.frombytes("RGBA", (raw.width, raw.height), raw.data))
-            labels.append(label)
-    grids.draw_grid(images, labels, columns).save(args.out)
+        result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
+    write_result(result, args.out, numbered=True)
+    images = [Image.frombytes("RGBA", (raw.width, raw.height), raw.data) for raw in result.images]
+    labels = result.labels or [[] for _ in images]
+    per_cell = args.batch * args.batch_count
+    if per_cell > 1:  # the grid shows each cell's first image
+        images, labels = images[::per_cell], labels[::per_cell]
+    grids.draw_grid(images, labels, columns(plot, request.prompt)).save(args.out)
     print(f"wrote {args.out} (grid of {len(images)})", file=sys.stderr)
     return 0
 
@@ -274,9 +269,9 @@ class ProgressBar:
         print(line, end="\n" if last else "", file=sys.stderr, flush=True)
 
 
-def build_request(args: argparse.Namespace):
-    from protocol import ProtocolError
-    from protocol.fields import from_wire
+def build_request(args: argparse.Namespace, plot=None):
+    from protocol import ProtocolError, plots
+    from protocol.fields import from_wire, to_wire
     from protocol.requests import JobRequest
 
     wire = {
@@ -314,9 +309,13 @@ def build_request(args: argparse.Namespace):
         wire["mask"] = read_image(args.mask, "L").to_wire()
         wire["mask_blur"] = args.mask_blur
         wire["inpaint_padding"] = args.padding
+    if plot is not None:
+        wire["plot"] = to_wire(plot)
     try:
         request = from_wire(JobRequest, wire)  # the server's own validation, before sending
         request.validate()
+        if plot is not None:
+            plots.cells(request)  # every cell's values, too
     except ProtocolError as exc:
         raise CliError(exc.code.value, _cli_field_message(exc)) from None
     return request
@@ -398,21 +397,22 @@ def read_image(path: Path, mode: str):
         raise CliError("invalid_request", f"{path}: not a readable image ({exc})") from None
 
 
-def write_result(result, out: Path) -> list[Path]:
+def write_result(result, out: Path, numbered: bool = False) -> list[Path]:
+    """Each image as a PNG with its WebUI text: out, out-2, ...; or (plots) out-001, out-002, ..."""
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
     paths = []
     out.parent.mkdir(parents=True, exist_ok=True)
     for i, raw in enumerate(result.images):
-        path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+        if numbered:
+            path = out.with_name(f"{out.stem}-{i + 1:03d}{out.suffix}")
+        else:
+            path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
         mode = {1: "L", 3: "RGB", 4: "RGBA"}[raw.channels]
         image = Image.frombytes(mode, (raw.width, raw.height), raw.data)
         info = PngInfo()
-        text = result.infotext
-        if i < len(result.seeds) and i:
-            text = text.replace(f"Seed: {result.seeds[0]},", f"Seed: {result.seeds[i]},")
-        info.add_text("parameters", text)
+        info.add_text("parameters", result.infotexts[i] if i < len(result.infotexts) else result.infotext)
         image.save(path, pnginfo=info)
         paths.append(path)
         print(f"wrote {path} (seed {result.seeds[i] if i < len(result.seeds) else '?'})", file=sys.stderr)

@@ -36,6 +36,14 @@ def to_raw(array: np.ndarray) -> RawImage:
     return RawImage(w, h, channels, np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
+def infotexts(output: JobOutput) -> list[str]:
+    """Each image's own WebUI text: a batch's images differ only by their seed."""
+    if not output.seeds or f"Seed: {output.seeds[0]}," not in output.infotext:
+        return [output.infotext] * len(output.images)
+    first = f"Seed: {output.seeds[0]},"
+    return [output.infotext.replace(first, f"Seed: {seed},", 1) for seed in output.seeds[: len(output.images)]]
+
+
 def to_result(job_id: str, output: JobOutput) -> Result:
     return Result(
         job_id=job_id,
@@ -43,4 +51,18 @@ def to_result(job_id: str, output: JobOutput) -> Result:
         seeds=list(output.seeds),
         parameters=dict(output.parameters),
         infotext=output.infotext,
+        infotexts=infotexts(output),
     )
+
+
+def plot_result(job_id: str, cells: list[tuple[JobOutput, list[str]]]) -> Result:
+    """A plot's outputs as one result: every image with its cell's labels."""
+    result = to_result(job_id, cells[0][0])
+    result.labels = [cells[0][1]] * len(result.images)
+    for output, labels in cells[1:]:
+        more = to_result(job_id, output)
+        result.images += more.images
+        result.seeds += more.seeds
+        result.infotexts += more.infotexts
+        result.labels += [labels] * len(more.images)
+    return result

@@ -13,10 +13,12 @@ import contextlib
 import http
 import itertools
 import logging
+import random
 import secrets
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge_server import __version__, security
 from bridge_server.config import ServerConfig
-from bridge_server.convert import to_params, to_raw, to_result
+from bridge_server.convert import plot_result, to_params, to_raw, to_result
 from bridge_server.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, ResultStore
 from engine.errors import EngineError, JobCancelled
 from engine.jobs import Engine
@@ -48,10 +50,12 @@ from protocol import (
     Models,
     Progress,
     ProtocolError,
+    Result,
     Submit,
     Welcome,
     decode,
     encode,
+    plots,
 )
 from protocol.requests import MAX_GENERATE_SIDE
 
@@ -317,7 +321,9 @@ class PaintBridgeServer:
 
     def _submit(self, session: Session, message: Submit) -> None:
         request = message.request
-        self.engine.check(to_params(request))  # names and combinations: bad input fails before queueing
+        # Names and combinations: bad input fails before queueing (every cell of a plot).
+        for cell in plots.cells(request) if request.plot is not None else [plots.Cell(request, [])]:
+            self.engine.check(to_params(cell.request))
         if len(self.jobs) >= self.config.max_queue:
             raise EngineError("queue_full", f"the queue is full ({self.config.max_queue} jobs); try again later")
         job = Job(id=f"{self.boot}-{next(self._ids):06d}", owner=session.client_id, request=request)
@@ -395,8 +401,10 @@ class PaintBridgeServer:
     def _execute(self, job: Job) -> tuple[str, Message, bytes]:
         """On the worker thread: run the job and encode its outcome once."""
         try:
-            output = self.engine.run(to_params(job.request), self._progress_fn(job), job.cancel)
-            outcome: Message = to_result(job.id, output)
+            if job.request.plot is not None:
+                outcome: Message = self._run_plot(job)
+            else:
+                outcome = to_result(job.id, self.engine.run(to_params(job.request), self._progress_fn(job), job.cancel))
             state = FINISHED
         except JobCancelled:
             outcome, state = Cancelled(job.id), CANCELLED
@@ -407,14 +415,30 @@ class PaintBridgeServer:
             outcome, state = Error(ErrorCode.INTERNAL.value, f"internal error: {exc}", job.id), FAILED
         return state, outcome, encode(outcome)
 
-    def _progress_fn(self, job: Job):
+    def _run_plot(self, job: Job) -> Result:
+        """A plot's cells one after another, as one job; every image keeps its labels."""
+        request = job.request
+        # One seed for every cell (unless an axis varies it), as the WebUI: resolve -1 once.
+        if request.seed < 0:
+            request = replace(request, seed=random.randrange(2**32))
+        if request.subseed < 0 and request.subseed_strength > 0:
+            request = replace(request, subseed=random.randrange(2**32))
+        cells = plots.cells(request)
+        outputs = []
+        for i, cell in enumerate(cells):
+            output = self.engine.run(to_params(cell.request), self._progress_fn(job, i + 1, len(cells)), job.cancel)
+            outputs.append((output, cell.labels))
+        return plot_result(job.id, outputs)
+
+    def _progress_fn(self, job: Job, cell: int = 0, cells: int = 0):
         loop = self._loop
         assert loop is not None
 
         def report(
             step: int, total: int, stage: str, preview: np.ndarray | None, tile: int = 0, tiles: int = 0
         ) -> None:
-            message = Progress(job.id, step, total, stage, to_raw(preview) if preview is not None else None, tile, tiles)
+            small = to_raw(preview) if preview is not None else None
+            message = Progress(job.id, step, total, stage, small, tile, tiles, cell, cells)
             loop.call_soon_threadsafe(self._broadcast, job, encode(message))
 
         return report

@@ -258,7 +258,7 @@ def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel
 
 
 def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, cancel) -> JobOutput:
-    width, height = _size(params, model.entry.native_size)
+    width, height = _size(params, model.native_size)
     seeds = resolve_seeds(params.seed, params.batch_size)
     kwargs = _common(model, params, seeds, progress, cancel)
     if params.hires is not None:
@@ -419,7 +419,7 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
         rgba = image if image.shape[2] == 4 else np.dstack([image, np.full((h, w), 255, np.uint8)])
         return _output(model, params, [rgba.copy() for _ in seeds], seeds, w, h)
     x0, y0, x1, y1 = masks.expand_box(box, params.inpaint_padding, w, h)
-    work_w, work_h = masks.working_size(x1 - x0, y1 - y0, model.entry.native_size)
+    work_w, work_h = masks.working_size(x1 - x0, y1 - y0, model.native_size)
     crop = _rgb(np.ascontiguousarray(image[y0:y1, x0:x1])).resize((work_w, work_h), Image.LANCZOS)
     crop_mask = Image.fromarray(np.ascontiguousarray(mask[y0:y1, x0:x1]), "L").resize((work_w, work_h), Image.LANCZOS)
     pipe = _prepare(model, "inpaint", params, seeds[0], cancel)

@@ -76,6 +76,10 @@ class LoadedModel:
     vaes: dict[str, Any] = field(default_factory=dict)  # swap-in VAEs loaded so far
     embeddings: set[str] = field(default_factory=set)  # textual inversions loaded so far
     own_vae: Any = None  # the checkpoint's VAE, while another is swapped in
+    native_size: int = 0  # 0 = the family's (an SD2 epsilon model is a 512 "base" model)
+
+    def __post_init__(self) -> None:
+        self.native_size = self.native_size or self.entry.native_size
 
     def pipeline(self, task: str):
         if task not in self.tasks:
@@ -87,6 +91,22 @@ class LoadedModel:
             pipe.set_progress_bar_config(disable=True)
             self.tasks[task] = pipe
         return self.tasks[task]
+
+
+def predicts_v(unet) -> bool:
+    """Whether a UNet predicts v rather than noise, by the WebUI's test: at the
+    last timestep, for an input of 0.5 everywhere, a noise predictor answers
+    about the input (the input is almost all noise there), a v predictor far
+    below it (v is then about minus the clean image it imagines)."""
+    import torch
+
+    device = next(unet.parameters()).device
+    dtype = unet.dtype
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, device=device, dtype=dtype)
+    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=device, dtype=dtype)
+    with torch.inference_mode():
+        out = unet(x, torch.tensor(999.0, device=device), encoder_hidden_states=context).sample
+    return float((out.float() - x[:, : out.shape[1]].float()).mean()) < -1.0
 
 
 def default_device() -> tuple[str, Any]:
@@ -181,10 +201,21 @@ class ModelManager:
             )
         self._place(pipe)
         pipe.set_progress_bar_config(disable=True)
-        return LoadedModel(entry, family, pipe)
+        model = LoadedModel(entry, family, pipe)
+        if family == "sd2" and entry.format != "diffusers" and not entry.path.with_suffix(".config").is_dir():
+            # SD2 comes as 768 v-prediction models and 512 epsilon "base" models
+            # with the same keys; no config says which, so ask the UNet.
+            if not predicts_v(pipe.unet):
+                pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
+                model.native_size = 512
+        if self.compile and self.device.startswith("cuda"):
+            import torch
+
+            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead")
+        return model
 
     def _place(self, pipe) -> None:
-        """Onto the device, with the GPU options: channels-last, offload, compile."""
+        """Onto the device, with the GPU options: channels-last, offload."""
         import torch
 
         if not self.device.startswith("cuda"):
@@ -198,8 +229,6 @@ class ModelManager:
         else:
             pipe.to(self.device)
         pipe.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
-        if self.compile:
-            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead")
 
     def _detect_pickle(self, entry: ModelEntry) -> str:
         """Family of a .ckpt: read its keys with the safe (weights-only) unpickler."""

@@ -93,6 +93,8 @@ class Progress(Message):
     preview: RawImage | None = None
     tile: int = 0  # tiled stages: tiles done in this step, of `tiles`
     tiles: int = 0
+    cell: int = 0  # plots: the image being made (1-based), of `cells`
+    cells: int = 0
 
 
 @dataclass
@@ -104,7 +106,9 @@ class Result(Message):
     images: list[RawImage]
     seeds: list[int]
     parameters: dict[str, Any] = field(default_factory=dict)
-    infotext: str = ""  # WebUI-style "parameters" text
+    infotext: str = ""  # WebUI-style "parameters" text (of the first image)
+    infotexts: list[str] = field(default_factory=list)  # each image's own
+    labels: list[list[str]] = field(default_factory=list)  # plots: each image's captions ("Steps: 20", ...)
 
 
 @dataclass

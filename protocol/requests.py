@@ -8,6 +8,7 @@ from enum import Enum
 from protocol.errors import invalid
 from protocol.fields import bounded, choice
 from protocol.images import RawImage
+from protocol.plots import Plot, check
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
 MAX_GENERATE_SIDE = 8192
@@ -74,6 +75,7 @@ class JobRequest:
     vae: str = ""  # a VAE from the models folder; "" = the checkpoint's own
     hires: HiresFix | None = None  # txt2img only
     upscale: Upscale | None = None  # upscale only (defaults when absent)
+    plot: Plot | None = None  # X/Y/Z plot, prompt matrix or prompt list: many images, each labelled
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
@@ -95,6 +97,8 @@ class JobRequest:
             base_w, base_h = (self.image.width, self.image.height) if options.keep_size or not self.width else (self.width, self.height or self.image.height)
             if max(base_w, base_h) * options.scale > MAX_GENERATE_SIDE:
                 raise invalid("upscale.scale", f"the result would be larger than {MAX_GENERATE_SIDE} pixels on a side")
+        if self.plot is not None:
+            check(self.plot, self.prompt)
         if self.hires is not None:
             side = max(self.width or 1024, self.height or 1024) * self.hires.scale
             if side > MAX_GENERATE_SIDE:

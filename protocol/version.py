@@ -1,3 +1,3 @@
 """Protocol version. Bump on any incompatible change to a message's fields."""
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: plots (request.plot; result.labels, infotexts; progress.cell)

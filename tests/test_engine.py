@@ -182,3 +182,20 @@ def test_switching_back_to_the_previous_model_does_not_reload(demo_models, tmp_p
         out = engine.run(JobParams(model=name, width=64, height=64, steps=1, seed=1))
         assert out.parameters["model"] == name
     assert loads == ["a", "b"]
+
+
+@pytest.mark.parametrize(("bias", "v"), [(0.5, False), (0.0, False), (-2.0, True)])
+def test_v_prediction_probe(bias, v):
+    """SD2 768-v and 512-base files have the same keys: the UNet's answer at
+    t=999 for an input of 0.5 tells them apart (the WebUI's test)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from engine.demo.builder import UNET
+    from engine.models import predicts_v
+
+    unet = UNet2DConditionModel.from_config(UNET)
+    with torch.no_grad():
+        unet.conv_out.weight.zero_()
+        unet.conv_out.bias.fill_(bias)
+    assert predicts_v(unet) is v

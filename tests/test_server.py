@@ -290,3 +290,45 @@ def test_xyz_plot_prompt_matrix_and_prompts_file(server, tmp_path):
     assert done.returncode == 0 and len(list(tmp_path.glob("p-*.png"))) == 2
     bad = run_cli("generate", "--server", server.url, "--xyz", "Steps=1,999", "--out", str(tmp_path / "b.png"))
     assert bad.returncode == 1 and "Steps: 999" in bad.stderr and "1..150" in bad.stderr
+
+
+def test_a_plot_is_one_job_with_labelled_images(server):
+    from protocol.plots import Plot, PlotAxis
+
+    plot = Plot(axes=[PlotAxis("Sampler", ["Euler", "DPM fast"]), PlotAxis("Steps", ["1", "2"])])
+    progress = []
+    with Client(server.url) as client:
+        result = client.run(JobRequest(prompt="a cat", width=64, height=64, seed=5, batch_size=2, plot=plot),
+                            on_progress=progress.append)
+    assert len(result.images) == 8 and result.seeds == [5, 6] * 4  # one seed for all cells, as the WebUI
+    assert result.labels[0] == ["Sampler: Euler", "Steps: 1"] and result.labels[1] == result.labels[0]
+    assert result.labels[2] == ["Sampler: DPM fast", "Steps: 1"]  # X varies fastest
+    assert result.labels[6] == ["Sampler: DPM fast", "Steps: 2"]
+    assert "Sampler: DPM fast" in result.infotexts[2] and "Steps: 2" in result.infotexts[6]
+    assert "Seed: 6," in result.infotexts[3]
+    assert {(p.cell, p.cells) for p in progress} == {(1, 4), (2, 4), (3, 4), (4, 4)}
+    first, second = (np.frombuffer(result.images[i].data, np.uint8) for i in (0, 2))
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize(
+    ("plot", "field", "words"),
+    [
+        ({"axes": [{"name": "Colour", "values": ["red"]}]}, "plot.axes", "unknown axis"),
+        ({"axes": [{"name": "Steps", "values": ["1", "x"]}]}, "plot.axes[0].values", "int"),
+        ({"axes": [{"name": "Steps", "values": ["1", "999"]}]}, "steps", "Steps: 999"),
+        ({"axes": [{"name": "Sampler", "values": ["Euler", "Eular"]}]}, "sampler", "unknown sampler"),
+        ({"prompt_matrix": True}, "prompt", "|"),
+        ({"axes": [{"name": "Seed", "values": [str(i) for i in range(11)]}] * 2}, "plot", "at most 100"),
+        ({"prompt_matrix": True, "prompts": ["a"]}, "plot", "exactly one"),
+    ],
+)
+def test_bad_plots_are_refused_before_queueing(server, plot, field, words):
+    with connect(server.url) as ws:
+        ws.send(encode(Hello(protocol=PROTOCOL_VERSION)))
+        assert isinstance(decode(ws.recv()), Welcome)
+        wire = {"type": "submit", "ref": "r", "request": {"prompt": "a cat", "width": 64, "height": 64, "plot": plot}}
+        ws.send(msgpack.packb(wire))
+        reply = decode(ws.recv())
+    assert isinstance(reply, Error) and reply.code in ("invalid_request", "unknown_sampler"), reply
+    assert reply.field == field and words in reply.message, reply

@@ -216,12 +216,15 @@ def build_sdxl_folder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_real_architecture_checkpoint(path: Path, family: str, seed: int = 0) -> Path:
+def build_real_architecture_checkpoint(path: Path, family: str, seed: int = 0, answer: float | None = None) -> Path:
     """A random-init checkpoint with a real family's exact architecture and key
     layout (SD1.5, SD2 with its OpenCLIP text encoder, or SDXL with both of its
     encoders), saved in fp16 as a single `.safetensors` with no sidecar: it loads
     through the bundled configs, exactly as a user's real checkpoint does.
-    Large (SD1.5 2.1 GB, SD2 2.4 GB, SDXL 7 GB): for slow tests and checks."""
+    Large (SD1.5 2.1 GB, SD2 2.4 GB, SDXL 7 GB): for slow tests and checks.
+    `answer`: the UNet's output layer answers this everywhere (-2 is how a
+    v-prediction model answers the probe in engine.models.predicts_v, 0.5 a
+    noise predictor)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
@@ -236,6 +239,10 @@ def build_real_architecture_checkpoint(path: Path, family: str, seed: int = 0) -
     torch.set_default_dtype(torch.bfloat16 if family == "sdxl" else torch.float32)  # SDXL: half the RAM
     try:
         unet = UNet2DConditionModel.from_config(json.loads((config / "unet" / "config.json").read_text()))
+        if answer is not None:
+            with torch.no_grad():
+                unet.conv_out.weight.zero_()
+                unet.conv_out.bias.fill_(answer)
         vae = AutoencoderKL.from_config(json.loads((config / "vae" / "config.json").read_text()))
         text = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config / "text_encoder")))
         state = {**unet_to_ldm(unet.state_dict(), unet.config), **vae_to_ldm(vae.state_dict(), vae.config)}
