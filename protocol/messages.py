@@ -1,4 +1,4 @@
-"""Every message of protocol version 1, as a typed dataclass.
+"""Every message of the protocol (see protocol/version.py), as a typed dataclass.
 
 Direction: C = client to server, S = server to client. The wire form of a
 message is a msgpack map with a "type" key plus the dataclass fields.

@@ -164,3 +164,24 @@ def test_fuzz_random_bytes(raw):
         decode(raw)
     except ProtocolError:
         pass
+
+
+def test_plot_cells_expand_as_the_webui_does():
+    from protocol.plots import Plot, PlotAxis, cells, columns
+
+    base = JobRequest(prompt="a cat in a hat", seed=4)
+    xy = JobRequest(prompt=base.prompt, seed=4, plot=Plot(axes=[
+        PlotAxis("steps", ["10", "20", "30"]), PlotAxis("Prompt S/R", ["cat", "dog"])]))
+    xy.validate()
+    out = cells(xy)
+    assert [c.labels for c in out[:4]] == [["steps: 10", "Prompt S/R: cat"], ["steps: 20", "Prompt S/R: cat"],
+                                           ["steps: 30", "Prompt S/R: cat"], ["steps: 10", "Prompt S/R: dog"]]
+    assert out[4].request.prompt == "a dog in a hat" and out[4].request.steps == 20
+    assert all(c.request.plot is None and c.request.seed == 4 for c in out) and columns(xy.plot, xy.prompt) == 3
+    matrix = JobRequest(prompt="a cat|red|hat", plot=Plot(prompt_matrix=True))
+    assert [c.request.prompt for c in cells(matrix)] == ["a cat", "a cat, red", "a cat, hat", "a cat, red, hat"]
+    assert columns(matrix.plot, matrix.prompt) == 2
+    listed = JobRequest(plot=Plot(prompts=["a fox", "a dog", "an owl"]))
+    assert [c.labels for c in cells(listed)] == [["a fox"], ["a dog"], ["an owl"]]
+    # Round trip through the codec.
+    assert decode(encode(Submit(request=xy))).request == xy
