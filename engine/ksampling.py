@@ -52,61 +52,64 @@ def _none(x, denoised, done) -> None:
 
 
 # -- ancestral samplers ----------------------------------------------------------
-def sample_euler_ancestral(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
-                           eta: float = 1.0):
-    """Euler a."""
+# Each takes a deterministic step from sigma down to sigma_down with its own
+# method, then adds fresh noise of sigma_up (ancestral_step): `_ancestral` is
+# the loop they share; the last step (sigma_down = 0) is Euler's, as in k-diffusion.
+Step = Callable[[Model, Any, float, float, Any], Any]  # (model, x, sigma, sigma_down, denoised) -> x
+
+
+def _ancestral(step: Step, model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback, eta: float):
     steps = len(sigmas) - 1
     for i in range(steps):
-        denoised = model(x, sigmas[i])
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        x = x + _d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+        sigma = sigmas[i]
+        denoised = model(x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        if sigma_down == 0:
+            x = denoised  # Euler to sigma 0 lands on the estimate itself
+        else:
+            x = step(model, x, sigma, sigma_down, denoised)
         if sigma_up:
             x = x + noise() * sigma_up
         callback(x, denoised, (i + 1) / steps)
     return x
+
+
+def _euler(model: Model, x, sigma: float, sigma_down: float, denoised):
+    return x + _d(x, sigma, denoised) * (sigma_down - sigma)
+
+
+def _dpm_2(model: Model, x, sigma: float, sigma_down: float, denoised):
+    """A midpoint step in log sigma."""
+    sigma_mid = math.exp((math.log(sigma) + math.log(sigma_down)) / 2)
+    x_2 = x + _d(x, sigma, denoised) * (sigma_mid - sigma)
+    return x + _d(x_2, sigma_mid, model(x_2, sigma_mid)) * (sigma_down - sigma)
+
+
+def _dpmpp_2s(model: Model, x, sigma: float, sigma_down: float, denoised):
+    """DPM-Solver++(2S): in t = -log(sigma), a half step to s, then the whole step
+    with the clean-image estimate made at s."""
+    h = math.log(sigma) - math.log(sigma_down)
+    sigma_s = math.exp(math.log(sigma) - h / 2)
+    x_2 = (sigma_s / sigma) * x - math.expm1(-h / 2) * denoised
+    return (sigma_down / sigma) * x - math.expm1(-h) * model(x_2, sigma_s)
+
+
+def sample_euler_ancestral(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                           eta: float = 1.0):
+    """Euler a."""
+    return _ancestral(_euler, model, x, sigmas, noise, callback, eta)
 
 
 def sample_dpm_2_ancestral(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
                            eta: float = 1.0):
-    """DPM2 a: a midpoint step (in log sigma) down to sigma_down, then noise."""
-    steps = len(sigmas) - 1
-    for i in range(steps):
-        sigma = sigmas[i]
-        denoised = model(x, sigma)
-        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
-        d = _d(x, sigma, denoised)
-        if sigma_down == 0:  # the last step: Euler to the clean image
-            x = x + d * (sigma_down - sigma)
-        else:
-            sigma_mid = math.exp((math.log(sigma) + math.log(sigma_down)) / 2)
-            x_2 = x + d * (sigma_mid - sigma)
-            x = x + _d(x_2, sigma_mid, model(x_2, sigma_mid)) * (sigma_down - sigma)
-        if sigma_up:
-            x = x + noise() * sigma_up
-        callback(x, denoised, (i + 1) / steps)
-    return x
+    """DPM2 a: second order, two model calls a step."""
+    return _ancestral(_dpm_2, model, x, sigmas, noise, callback, eta)
 
 
 def sample_dpmpp_2s_ancestral(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
                               eta: float = 1.0):
-    """DPM++ 2S a: DPM-Solver++(2S), single-step second order, down to sigma_down, then noise."""
-    steps = len(sigmas) - 1
-    for i in range(steps):
-        sigma = sigmas[i]
-        denoised = model(x, sigma)
-        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
-        if sigma_down == 0:  # the last step: Euler to the clean image
-            x = x + _d(x, sigma, denoised) * (sigma_down - sigma)
-        else:
-            # In t = -log(sigma): one half step to s, then the full step from the midpoint's x0.
-            h = math.log(sigma) - math.log(sigma_down)
-            sigma_s = math.exp(math.log(sigma) - h / 2)
-            x_2 = (sigma_s / sigma) * x - math.expm1(-h / 2) * denoised
-            x = (sigma_down / sigma) * x - math.expm1(-h) * model(x_2, sigma_s)
-        if sigma_up:
-            x = x + noise() * sigma_up
-        callback(x, denoised, (i + 1) / steps)
-    return x
+    """DPM++ 2S a: single-step DPM-Solver++ of second order, two model calls a step."""
+    return _ancestral(_dpmpp_2s, model, x, sigmas, noise, callback, eta)
 
 
 # -- DPM-Solver: fixed budget and adaptive ------------------------------------------
