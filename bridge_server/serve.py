@@ -61,7 +61,15 @@ def run_server(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mib * 1024 * 1024,
         demo=args.demo,
     )
-    engine = Engine(registry, ModelManager(device=args.device, offload=args.offload, compile=args.compile))
+    if args.vae:
+        from engine.errors import EngineError
+
+        try:
+            registry.get(args.vae, "vae", field="vae")
+        except EngineError as exc:
+            raise CliError(exc.code, f"--vae: {exc.message}") from None
+    engine = Engine(registry, ModelManager(device=args.device, offload=args.offload, compile=args.compile),
+                    default_vae=args.vae)
     return asyncio.run(_serve(config, engine))
 
 

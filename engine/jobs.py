@@ -40,6 +40,7 @@ class Engine:
     registry: Registry
     models: ModelManager
     upscalers: Upscalers | None = None
+    default_vae: str = ""  # the WebUI's "SD VAE" setting: for requests that name none
 
     def __post_init__(self) -> None:
         if self.upscalers is None:
@@ -62,8 +63,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
     assert engine.upscalers is not None
     if params.hires is not None and params.hires.upscaler != "Latent":
         engine.upscalers.resolve(params.hires.upscaler, "hires.upscaler")
-    if params.vae:
-        engine.registry.get(params.vae, VAE, field="vae")
+    if params.vae or engine.default_vae:
+        engine.registry.get(params.vae or engine.default_vae, VAE, field="vae")
     for name, _ in extract_loras(params.prompt)[1]:
         engine.registry.get(name, LORA, field="prompt")
     entry = engine.registry.get(params.model, CHECKPOINT) if params.model else None
@@ -86,6 +87,10 @@ def run_job(
     if params.subseed < 0 and params.subseed_strength > 0:
         params = replace(params, subseed=resolve_seeds(-1, 1)[0])  # one random variation seed, reported
     entry = check_job(engine, params)  # bad input fails before loading anything
+    if entry is not None and not params.vae:
+        # The request's VAE, else the server's default, else the checkpoint's own VAE file, else its baked-in one.
+        own = engine.registry.vae_for(entry)
+        params = replace(params, vae=engine.default_vae or (own.name if own else ""))
     if entry is None:
         return _guarded(engine, lambda: _upscale(engine, None, params, progress, cancel))
     _check_cancel(cancel)

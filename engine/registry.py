@@ -164,6 +164,8 @@ class Registry:
             role = _kind_from_shapes(shapes)
             if role is None:
                 return None
+        if role == CHECKPOINT and name.endswith(".vae"):
+            role = VAE  # the WebUI's `<checkpoint>.vae.safetensors` beside its checkpoint
         detected: Detected | None = detect(shapes) if (shapes is not None and role == CHECKPOINT) else None
         if role == CHECKPOINT and shapes is not None and detected is None:
             return None
@@ -209,6 +211,15 @@ class Registry:
         checkpoints = self.list(CHECKPOINT)
         plain = [e for e in checkpoints if not e.inpainting]
         return (plain or checkpoints or [None])[0]
+
+    def vae_for(self, checkpoint: ModelEntry) -> ModelEntry | None:
+        """The checkpoint's own VAE file, as the WebUI's "Automatic" finds it:
+        `<checkpoint>.vae.*` beside the checkpoint, or a VAE named like it."""
+        stem = checkpoint.path.name.split(".")[0]
+        for entry in self.list(VAE):
+            if entry.path.name.split(".")[0] == stem:
+                return entry
+        return None
 
     def get(self, name: str, kind: str = CHECKPOINT, field: str = "model") -> ModelEntry:
         check_name(name, field)

@@ -1,4 +1,5 @@
-"""VAE swap: a separate VAE file (`VAE/` folder) per request.
+"""VAE swap: a separate VAE file (`VAE/` folder) per request or as the model's
+default (the job picks which: engine/jobs.py).
 
 The file is loaded through diffusers' single-file loader with the
 checkpoint's own VAE config, kept for later jobs, and swapped into every

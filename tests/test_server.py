@@ -332,3 +332,8 @@ def test_bad_plots_are_refused_before_queueing(server, plot, field, words):
         reply = decode(ws.recv())
     assert isinstance(reply, Error) and reply.code in ("invalid_request", "unknown_sampler"), reply
     assert reply.field == field and words in reply.message, reply
+
+
+def test_serve_refuses_an_unknown_default_vae():
+    done = run_cli("serve", "--demo", "--port", "0", "--vae", "nope")
+    assert done.returncode != 0 and "--vae: no vae named 'nope'" in done.stderr

@@ -158,6 +158,17 @@ def test_vae_swap_per_request(demo_models, tmp_path):
     image = np.full((64, 64, 3), 100, np.uint8)
     refined = engine.run(JobParams(kind="img2img", image=image, strength=0.5, vae="other-vae", **params)).images[0]
     assert refined.shape == (64, 64, 4)
+
+    # As the model default: the WebUI's `<checkpoint>.vae.safetensors` beside the checkpoint...
+    shutil.copy(tmp_path / "VAE" / "other-vae.safetensors", tmp_path / "Stable-diffusion" / "m.vae.safetensors")
+    engine = Engine(Registry(tmp_path).scan(), ModelManager(device="cpu"))
+    assert engine.registry.vae_for(engine.registry.get("m")).name == "m.vae"
+    auto = engine.run(JobParams(**params))
+    assert np.array_equal(auto.images[0], swapped.images[0]) and "VAE: m.vae" in auto.infotext
+    # ...or the server's default (`serve --vae`); a request's own choice wins over both.
+    (tmp_path / "Stable-diffusion" / "m.vae.safetensors").unlink()
+    engine = Engine(Registry(tmp_path).scan(), ModelManager(device="cpu"), default_vae="other-vae")
+    assert np.array_equal(engine.run(JobParams(**params)).images[0], swapped.images[0])
     with pytest.raises(EngineError) as caught:
         engine.run(JobParams(vae="../x", **params))
     assert caught.value.field == "vae"
