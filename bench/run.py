@@ -164,10 +164,13 @@ def bench_engine_vs_diffusers(reps: int) -> dict:
     engine = Engine(registry, manager)
     size, steps = 512, 2
 
-    def plain() -> None:
-        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
-        pipe("a cat", negative_prompt="", num_inference_steps=steps, guidance_scale=7.0, width=size, height=size,
-             generator=torch.Generator("cpu").manual_seed(1), output_type="np")
+    def plain_with(scheduler_class):
+        def plain() -> None:
+            pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+            pipe("a cat", negative_prompt="", num_inference_steps=steps, guidance_scale=7.0, width=size, height=size,
+                 generator=torch.Generator("cpu").manual_seed(1), output_type="np")
+
+        return plain
 
     def ours() -> None:
         engine.run(JobParams(prompt="a cat", width=size, height=size, steps=steps, seed=1, sampler="Euler a",
@@ -175,11 +178,6 @@ def bench_engine_vs_diffusers(reps: int) -> dict:
 
     # The samplers written here run their own loop (engine/kpipeline.py): "Euler a"
     # at eta 0 takes that path and is plain Euler, so it races diffusers' Euler.
-    def plain_euler() -> None:
-        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
-        pipe("a cat", negative_prompt="", num_inference_steps=steps, guidance_scale=7.0, width=size, height=size,
-             generator=torch.Generator("cpu").manual_seed(1), output_type="np")
-
     def k_path() -> None:
         engine.run(JobParams(prompt="a cat", width=size, height=size, steps=steps, seed=1, sampler="Euler a",
                              eta=0.0, preview=True), lambda *args, **kw: None)
@@ -187,8 +185,8 @@ def bench_engine_vs_diffusers(reps: int) -> dict:
     # Warm both paths once at a small size (allocator, kernels).
     pipe("x", num_inference_steps=1, width=64, height=64, output_type="np")
     engine.run(JobParams(prompt="x", width=64, height=64, steps=1))
-    engine_s, diffusers_s = interleaved(ours, plain, reps)
-    k_s, euler_s = interleaved(k_path, plain_euler, reps)
+    engine_s, diffusers_s = interleaved(ours, plain_with(EulerAncestralDiscreteScheduler), reps)
+    k_s, euler_s = interleaved(k_path, plain_with(EulerDiscreteScheduler), reps)
     return {"engine_vs_diffusers_ratio": engine_s / diffusers_s, "kpath_vs_diffusers_ratio": k_s / euler_s,
             "sd15_512_2steps_s": diffusers_s}
 
