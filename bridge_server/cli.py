@@ -267,7 +267,8 @@ class ProgressBar:
         bar = "#" * filled + "-" * (self.width - filled)
         tiles = f" tiles {progress.tile}/{progress.tiles}" if progress.tiles else ""
         last = progress.step >= total and progress.tile >= progress.tiles
-        line = f"\r{progress.stage:<15} [{bar}] {progress.step}/{total}{tiles}"
+        cell = f"cell {progress.cell}/{progress.cells} " if progress.cells else ""
+        line = f"\r{cell}{progress.stage:<15} [{bar}] {progress.step}/{total}{tiles}"
         print(line, end="\n" if last else "", file=sys.stderr, flush=True)
 
 

@@ -256,7 +256,7 @@ def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel
     spec = lookup(params.sampler)
     if spec.uses_function(params.eta):
         eta = params.eta if params.eta is not None else spec.eta
-        return KPipeline(model, task, spec.function, spec.karras, eta or 0.0, lambda: _check_cancel(cancel))
+        return KPipeline(model, spec.function, spec.karras, eta or 0.0, lambda: _check_cancel(cancel))
     pipe = model.pipeline(task)
     pipe.scheduler = make_scheduler(spec.name, model.base.scheduler.config, seed)
     return pipe

@@ -26,10 +26,10 @@ ENCODE_TILE = 1024  # pixels: larger inputs (hires passes) encode in tiles
 
 
 class KPipeline:
-    def __init__(self, model: Any, task: str, function: str, karras: bool, eta: float,
-                 check: Callable[[], None] | None = None):
+    """txt2img without `image`, img2img with it, inpainting with `mask_image` too."""
+
+    def __init__(self, model: Any, function: str, karras: bool, eta: float, check: Callable[[], None] | None = None):
         self.model = model  # a LoadedModel
-        self.task = task  # txt2img, img2img or inpaint
         self.function = function
         self.karras = karras
         self.eta = eta
@@ -80,7 +80,7 @@ class KPipeline:
         if init is not None:
             # img2img: the last steps of the schedule, as many as the strength asks for.
             sigmas = sigmas[num_inference_steps - min(num_inference_steps, max(1, int(num_inference_steps * strength))):]
-            x0 = init.float().repeat(batch, 1, 1, 1)
+            x0 = init.float().expand(batch, -1, -1, -1) if init.shape[0] == 1 else init.float()
             x = x0 + noise() * sigmas[0]
             if keep is not None:
                 denoiser.known = (x0, keep)
@@ -103,8 +103,13 @@ class KPipeline:
             return SimpleNamespace(images=decode_images(pipe.vae, x))
 
     def _encode(self, image: Any, generator):
-        """PIL image -> scaled latent; a 4-channel tensor is a latent already."""
+        """A PIL image (or a list, one per image of the batch) -> scaled latents;
+        a tensor is a latent already (hires fix's "Latent" upscaler)."""
+        import torch
+
         pipe = self.model.base
+        if isinstance(image, list):
+            return torch.cat([self._encode(im, generator) for im in image])
         if not isinstance(image, Image.Image):
             return image.to(pipe._execution_device)
         rgb = np.asarray(image.convert("RGB"))

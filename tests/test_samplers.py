@@ -60,7 +60,7 @@ def test_k_path_equals_diffusers_euler(engine, prediction):
                   "guidance_scale": 7.0, "output_type": "latent", "width": 64, "height": 64}
         noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
         reference = model.base(**kwargs, latents=noise, generator=[torch.Generator().manual_seed(1)]).images
-        ours = KPipeline(model, "txt2img", "sample_euler_ancestral", False, 0.0)(
+        ours = KPipeline(model, "sample_euler_ancestral", False, 0.0)(
             **kwargs, latents=noise, generator=[torch.Generator().manual_seed(1)]).images
     finally:
         model.base.scheduler = own
@@ -104,8 +104,11 @@ def test_k_samplers_in_every_job_kind(engine, name):
     painted = engine.run(JobParams(kind="inpaint", image=image, mask=mask, strength=1.0, sampler=name, steps=4, seed=1))
     assert np.array_equal(painted.images[0][mask == 0], image[mask == 0])
     assert (painted.images[0][mask == 255] != image[mask == 255]).any(axis=1).mean() > 0.5
-    hires = engine.run(JobParams(sampler=name, width=64, height=64, steps=4, seed=1, hires=HiresParams(scale=1.5)))
-    assert hires.images[0].shape == (96, 96, 4)
+    for upscaler in ("Latent", "Lanczos"):  # the second pass starts from a latent, or from images
+        hires = engine.run(JobParams(sampler=name, width=64, height=64, steps=4, seed=1, batch_size=2,
+                                     hires=HiresParams(scale=1.5, upscaler=upscaler)))
+        assert [im.shape for im in hires.images] == [(96, 96, 4)] * 2, upscaler
+        assert not np.array_equal(*hires.images)
     up = engine.run(JobParams(kind="upscale", image=image, sampler=name, steps=4, seed=1,
                               upscale=UpscaleParams(scale=2, upscaler="Lanczos", denoise=0.5, tile=8, overlap=2)))
     assert up.images[0].shape == (128, 160, 4)
