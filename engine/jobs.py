@@ -229,7 +229,7 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
         "num_inference_steps": params.steps,
         "guidance_scale": params.cfg_scale,
         # diffusers passes it only to schedulers that take it (DDIM); KPipeline has its own.
-        "eta": params.eta if params.eta is not None else 0.0,
+        "eta": lookup(params.sampler).eta_for(params.eta),
         # Noise is drawn on the CPU, so a seed gives the same image on any device.
         "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
         "output_type": "np",
@@ -255,8 +255,7 @@ def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel
     KPipeline for the samplers written here (engine/ksampling.py)."""
     spec = lookup(params.sampler)
     if spec.uses_function(params.eta):
-        eta = params.eta if params.eta is not None else spec.eta
-        return KPipeline(model, spec.function, spec.karras, eta or 0.0, lambda: _check_cancel(cancel))
+        return KPipeline(model, spec.function, spec.karras, spec.eta_for(params.eta), lambda: _check_cancel(cancel))
     pipe = model.pipeline(task)
     pipe.scheduler = make_scheduler(spec.name, model.base.scheduler.config, seed)
     return pipe

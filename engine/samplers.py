@@ -26,6 +26,10 @@ class SamplerSpec:
     karras: bool = False  # with `function`: Karras sigmas
     eta: float | None = None  # the default eta of a sampler that takes one
 
+    def eta_for(self, eta: float | None) -> float:
+        """A request's eta, or this sampler's default where it gave none."""
+        return eta if eta is not None else (self.eta or 0.0)
+
     def uses_function(self, eta: float | None) -> bool:
         """Run by engine/ksampling.py: no diffusers scheduler, or an eta it cannot take."""
         if not self.scheduler:

@@ -255,7 +255,7 @@ def tiled_img2img(
                 done[0] = round(fraction * run)
 
             x = latents.float() + noise() * sigmas[0]
-            x = ksampling.sample(spec.function, denoiser, x, sigmas, noise, step_done, spec.eta if eta is None else eta)
+            x = ksampling.sample(spec.function, denoiser, x, sigmas, noise, step_done, spec.eta_for(eta))
             latents = x.to(dtype)
         else:
             scheduler = make_scheduler(sampler, pipe.scheduler.config, seed)
