@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paintbridge: error: {exc.message if isinstance(exc, ClientError) else exc} [{exc.code}]", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the progress bar's line
+        _interrupted(args)
         return 130
 
 
@@ -201,9 +203,7 @@ def run_client_command(args: argparse.Namespace) -> int:
         write_result(result, args.out)
     elif args.command == "cancel":
         with client:
-            client.cancel(args.job)
-            reply = client.status(args.job)
-            print(f"job {args.job}: {getattr(reply, 'state', None) or reply.type}")
+            print(f"job {args.job}: {cancel_job(client, args.job)}")
     elif args.command == "models":
         with client:
             listing = client.list_models()
@@ -214,17 +214,41 @@ def run_client_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def cancel_job(client: Client, job_id: str, timeout: float = 60.0) -> str:
+    """Cancel and wait for the outcome: a queued job ends at once, a running one
+    at its next step; a finished one cannot be cancelled any more."""
+    import time
+
+    from protocol import Cancelled, Error, JobStatus, Result
+
+    client.cancel(job_id)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = client.poll(max(deadline - time.monotonic(), 0.0))
+        if getattr(message, "job_id", None) != job_id:
+            continue
+        if isinstance(message, Cancelled):
+            return "cancelled"
+        if isinstance(message, Result):
+            return "finished before the cancel arrived (its result is kept: paintbridge result --job ...)"
+        if isinstance(message, Error):
+            raise ClientError(message.code, message.message, job_id, message.field)
+        if isinstance(message, JobStatus) and message.state != "cancelling":
+            return f"not cancelled: the job is already {message.state}"
+    return "cancel requested; the job has not stopped yet"
+
+
 def run_grid(client: Client, args: argparse.Namespace) -> int:
     """An X/Y/Z plot, prompt matrix or prompts from a file: one job on the
     server; the grid PNG (with labels) and each image's own PNG here."""
     from PIL import Image
 
     from bridge_server import grids
-    from protocol.plots import Plot, columns
+    from protocol.plots import Plot
 
     try:
         if args.xyz:
-            plot = Plot(axes=[grids.parse_axis(spec) for spec in args.xyz])
+            plot = Plot(axes=[grids.parse_axis(spec, "--xyz") for spec in args.xyz])
         elif args.prompt_matrix:
             plot = Plot(prompt_matrix=True)
         else:
@@ -237,19 +261,44 @@ def run_grid(client: Client, args: argparse.Namespace) -> int:
     request = build_request(args, plot)
     with client:
         result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
-    write_result(result, args.out, numbered=True)
+    write_result(result, args.out, grid=False)
     images = [Image.frombytes("RGBA", (raw.width, raw.height), raw.data) for raw in result.images]
     labels = result.labels or [[] for _ in images]
     per_cell = args.batch * args.batch_count
     if per_cell > 1:  # the grid shows each cell's first image
         images, labels = images[::per_cell], labels[::per_cell]
-    grids.draw_grid(images, labels, columns(plot, request.prompt)).save(args.out)
+    layout = grids.layout(plot, request.prompt, len(images))
+    save_png(grids.draw_grid(images, labels, layout), args.out, result.infotexts[0] if result.infotexts else result.infotext)
     print(f"wrote {args.out} (grid of {len(images)})", file=sys.stderr)
     return 0
 
 
+_CURRENT_JOB: list[str] = []  # the job this command waits for, for Ctrl-C
+
+
+def _interrupted(args: argparse.Namespace) -> None:
+    """Ctrl-C: a job this command submitted is cancelled on the server (it
+    would otherwise run on with nobody waiting); `result` only stops waiting."""
+    job = _CURRENT_JOB[-1] if _CURRENT_JOB else getattr(args, "job", "")
+    if not job:
+        print("paintbridge: interrupted", file=sys.stderr)
+        return
+    if args.command == "result":
+        print(f"paintbridge: stopped waiting; job {job} goes on on the server "
+              f"(paintbridge cancel --job {job} cancels it)", file=sys.stderr)
+        return
+    try:
+        with Client(args.server, token=args.token, client_id=client_id(), open_timeout=3.0) as client:
+            client.cancel(job)
+        print(f"paintbridge: interrupted; cancelled job {job} on the server", file=sys.stderr)
+    except (ClientError, OSError) as exc:
+        print(f"paintbridge: interrupted; could not cancel job {job} ({exc}): "
+              f"paintbridge cancel --job {job}", file=sys.stderr)
+
+
 def announce(accepted) -> None:
     where = "next" if accepted.position == 0 else f"position {accepted.position}"
+    _CURRENT_JOB.append(accepted.job_id)
     print(f"job {accepted.job_id}", file=sys.stderr, flush=True)
     if accepted.position:
         print(f"queued ({where})", file=sys.stderr, flush=True)
@@ -400,25 +449,47 @@ def read_image(path: Path, mode: str):
         raise CliError("invalid_request", f"{path}: not a readable image ({exc})") from None
 
 
-def write_result(result, out: Path, numbered: bool = False) -> list[Path]:
-    """Each image as a PNG with its WebUI text: out, out-2, ...; or (plots) out-001, out-002, ..."""
-    from PIL import Image
+def save_png(image, path: Path, parameters: str) -> None:
+    """A PNG with the WebUI's `parameters` text; RGB where the image is opaque
+    (as the WebUI writes it), RGBA only where transparency carries meaning."""
     from PIL.PngImagePlugin import PngInfo
+
+    if image.mode == "RGBA" and image.getextrema()[3][0] == 255:
+        image = image.convert("RGB")
+    info = PngInfo()
+    if parameters:
+        info.add_text("parameters", parameters)
+    image.save(path, pnginfo=info)
+
+
+def write_result(result, out: Path, grid: bool = True) -> list[Path]:
+    """One image: `out`. Several (a batch, a plot): out-001.png, out-002.png, ...
+    with their own parameters, and (unless the caller draws its own) `out` is
+    their grid, as the WebUI saves a grid for a batch."""
+    from PIL import Image
+
+    from bridge_server import grids
 
     paths = []
     out.parent.mkdir(parents=True, exist_ok=True)
+    several = len(result.images) > 1
+    parameters = result.parameters or {}
+    upscale_only = parameters.get("kind") == "upscale" and not parameters.get("denoising_strength")  # no seed used
+    images = []
     for i, raw in enumerate(result.images):
-        if numbered:
-            path = out.with_name(f"{out.stem}-{i + 1:03d}{out.suffix}")
-        else:
-            path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+        path = out.with_name(f"{out.stem}-{i + 1:03d}{out.suffix}") if several else out
         mode = {1: "L", 3: "RGB", 4: "RGBA"}[raw.channels]
         image = Image.frombytes(mode, (raw.width, raw.height), raw.data)
-        info = PngInfo()
-        info.add_text("parameters", result.infotexts[i] if i < len(result.infotexts) else result.infotext)
-        image.save(path, pnginfo=info)
+        images.append(image)
+        save_png(image, path, result.infotexts[i] if i < len(result.infotexts) else result.infotext)
         paths.append(path)
-        print(f"wrote {path} (seed {result.seeds[i] if i < len(result.seeds) else '?'})", file=sys.stderr)
+        seed = "" if upscale_only else f" (seed {result.seeds[i]})" if i < len(result.seeds) else ""
+        print(f"wrote {path}{seed}", file=sys.stderr)
+    if several and grid:
+        labels = [[] for _ in images]
+        save_png(grids.draw_grid(images, labels, grids.layout(None, "", len(images))), out,
+                 result.infotexts[0] if result.infotexts else result.infotext)
+        print(f"wrote {out} (grid of {len(images)})", file=sys.stderr)
     return paths
 
 

@@ -276,7 +276,9 @@ def test_xyz_plot_prompt_matrix_and_prompts_file(server, tmp_path):
     done = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--width", "64", "--height", "64",
                    "--seed", "3", "--xyz", "Steps=1,2,3", "CFG scale=4,8", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    assert Image.open(out).width == 3 * 64 and len(list(tmp_path.glob("xyz-*.png"))) == 6
+    grid = Image.open(out)
+    assert grid.width > 3 * 64 and grid.height > 2 * 64 and len(list(tmp_path.glob("xyz-*.png"))) == 6
+    assert grid.mode == "RGB" and "Seed: 3" in grid.info["parameters"]  # the grid carries the plot's infotext
     assert "Steps: 3" in Image.open(tmp_path / "xyz-006.png").info["parameters"]
     assert "CFG scale: 8" in Image.open(tmp_path / "xyz-006.png").info["parameters"]
     done = run_cli("generate", "--server", server.url, "--prompt", "a cat|red|hat", "--width", "64", "--height", "64",

@@ -1,0 +1,82 @@
+"""The CLI's own pieces, without a server: grids, PNG writing, messages."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from PIL import Image
+
+from bridge_server import grids
+from bridge_server.cli import write_result
+from protocol import RawImage
+from protocol.plots import Plot, PlotAxis
+
+
+def _cells(n: int, size: int = 32) -> list[Image.Image]:
+    return [Image.new("RGBA", (size, size), (10 * i, 100, 200, 255)) for i in range(n)]
+
+
+def test_xyz_grid_has_headers_not_per_cell_captions():
+    plot = Plot(axes=[PlotAxis("Steps", ["1", "2", "3"]), PlotAxis("CFG scale", ["4", "8"])])
+    labels = [[f"Steps: {x}", f"CFG scale: {y}"] for y in (4, 8) for x in (1, 2, 3)]
+    layout = grids.layout(plot, "a cat", 6)
+    assert (layout.columns, layout.rows, layout.planes, layout.headers) == (3, 2, 1, True)
+    grid = grids.draw_grid(_cells(6), labels, layout)
+    # a header row above and a header column at the left; the cells touch each other
+    head = grid.height - 2 * 32
+    left = grid.width - 3 * 32
+    assert 0 < head < 60 and 0 < left < 200
+    assert grid.getpixel((left + 1, head + 1))[1] == 100 and grid.getpixel((left + 33, head + 33))[1] == 100
+
+
+def test_z_axis_gives_side_by_side_grids_with_titles():
+    plot = Plot(axes=[PlotAxis("Steps", ["1", "2"]), PlotAxis("CFG scale", ["4"]), PlotAxis("Seed", ["1", "2"])])
+    labels = [[f"Steps: {x}", "CFG scale: 4", f"Seed: {z}"] for z in (1, 2) for x in (1, 2)]
+    layout = grids.layout(plot, "", 4)
+    assert (layout.columns, layout.rows, layout.planes) == (2, 1, 2)
+    grid = grids.draw_grid(_cells(4), labels, layout)
+    assert grid.width > 2 * 2 * 32 and grid.height < 3 * 32 + 120  # side by side, not stacked
+
+
+def test_long_labels_wrap_instead_of_clipping():
+    font = grids._font()
+    lines = grids._wrap("Prompt S/R: " + "a very long prompt replacement " * 6, 120, font)
+    assert len(lines) > 2 and all(font.getlength(line) <= 120 for line in lines)
+    assert "".join(lines).replace(" ", "") == ("Prompt S/R: " + "a very long prompt replacement " * 6).replace(" ", "")
+
+
+def test_parse_axis_error_names_the_flag():
+    try:
+        grids.parse_axis("Steps", "--xyz")
+    except grids.GridError as exc:
+        assert str(exc).startswith("--xyz 'Steps'")
+    else:
+        raise AssertionError("no error")
+
+
+def _result(n: int, alpha: int = 255, **parameters):
+    images = [RawImage(16, 16, 4, bytes([50, 60, 70, alpha]) * 256) for _ in range(n)]
+    return SimpleNamespace(images=images, infotexts=[f"cell {i}\nSteps: 1" for i in range(n)], infotext="all",
+                           seeds=list(range(n)), parameters=parameters)
+
+
+def test_a_batch_is_numbered_like_a_plot_and_gets_a_grid(tmp_path, capsys):
+    paths = write_result(_result(3), tmp_path / "batch.png")
+    assert [p.name for p in paths] == ["batch-001.png", "batch-002.png", "batch-003.png"]
+    grid = Image.open(tmp_path / "batch.png")
+    assert grid.size == (32, 32) and grid.info["parameters"] == "cell 0\nSteps: 1"
+    assert Image.open(paths[1]).info["parameters"] == "cell 1\nSteps: 1"
+
+
+def test_opaque_results_are_rgb_pngs_transparent_ones_rgba(tmp_path):
+    write_result(_result(1), tmp_path / "a.png")
+    assert Image.open(tmp_path / "a.png").mode == "RGB"
+    write_result(_result(1, alpha=0), tmp_path / "b.png")
+    assert Image.open(tmp_path / "b.png").mode == "RGBA"
+
+
+def test_an_upscale_without_denoise_prints_no_seed(tmp_path, capsys):
+    write_result(_result(1, kind="upscale", denoising_strength=0), tmp_path / "u.png")
+    assert "seed" not in capsys.readouterr().err
+    write_result(_result(1, kind="txt2img"), tmp_path / "t.png")
+    assert "(seed 0)" in capsys.readouterr().err
