@@ -373,7 +373,8 @@ def build_request(args: argparse.Namespace, plot=None):
     return request
 
 
-_FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "--batch", "inpaint_padding": "--padding"}
+_FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "--batch", "inpaint_padding": "--padding",
+          "plot": "--xyz"}
 
 
 def _cli_field_message(exc) -> str:

@@ -78,8 +78,12 @@ def read_safetensors_shapes(path: Path) -> dict[str, list[int]]:
     return {k: list(v.get("shape", [])) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
 
 
-def check_name(name: str, field: str = "model") -> None:
-    """Refuse names that try to leave the models folder, with a clear message."""
+KIND_LABELS = {"lora": "LoRA", "vae": "VAE", "embedding": "embedding", "upscaler": "upscaler"}
+
+
+def check_name(name: str, field: str = "model", kind: str = "") -> None:
+    """Refuse names that try to leave the models folder, with a clear message
+    naming what the name is of (a LoRA named in the prompt, say, not "prompt")."""
     if not name:
         return
     bad = (
@@ -92,9 +96,17 @@ def check_name(name: str, field: str = "model") -> None:
     if bad:
         raise EngineError(
             "invalid_request",
-            f"{field} {name!r} is not a plain name inside the models folder (no '..', absolute paths, backslashes, drive letters)",
+            f"{_what(kind, field, name)} is not a plain name inside the models folder "
+            "(no '..', absolute paths, backslashes, drive letters)",
             field=field,
         )
+
+
+def _what(kind: str, field: str, name: str) -> str:
+    """'LoRA '../x' in the prompt', 'checkpoint 'a'', or the field where no kind is known."""
+    label = KIND_LABELS.get(kind, kind) or field
+    where = f" in the {field}" if kind and field == "prompt" else ""
+    return f"{label} {name!r}{where}"
 
 
 class Registry:
@@ -222,7 +234,7 @@ class Registry:
         return None
 
     def get(self, name: str, kind: str = CHECKPOINT, field: str = "model") -> ModelEntry:
-        check_name(name, field)
+        check_name(name, field, kind)
         entry = self.entries.get((kind, name))
         if entry is None:
             # Accept the file name with its extension too, as WebUI users type it.
@@ -230,7 +242,8 @@ class Registry:
             entry = self.entries.get((kind, stem))
         if entry is None:
             names = ", ".join(e.name for e in self.list(kind)) or "none"
-            raise EngineError("unknown_model", f"no {kind} named {name!r} in the models folder (have: {names})", field=field)
+            raise EngineError("unknown_model", f"no {KIND_LABELS.get(kind, kind)} named {name!r} in the models folder "
+                              f"(have: {names})", field=field)
         return entry
 
 

@@ -57,7 +57,15 @@ class Upscalers:
             return models[0] if models else "Lanczos"
         if name in BUILTIN:
             return name
-        return self.registry.get(name, UPSCALER, field=field)
+        try:
+            return self.registry.get(name, UPSCALER, field=field)
+        except EngineError as exc:
+            if exc.code != "unknown_model":
+                raise
+            # Name the resamplers too: "Latent" only where the hires fix takes it.
+            have = self.names() + (["Latent"] if field.startswith("hires") else [])
+            raise EngineError("unknown_model", f"no upscaler named {name!r} (have: {', '.join(have)})",
+                              field=field) from None
 
     def load(self, entry: ModelEntry) -> LoadedUpscaler:
         if self._loaded is not None and self._loaded.entry == entry:

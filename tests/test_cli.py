@@ -80,3 +80,29 @@ def test_an_upscale_without_denoise_prints_no_seed(tmp_path, capsys):
     assert "seed" not in capsys.readouterr().err
     write_result(_result(1, kind="txt2img"), tmp_path / "t.png")
     assert "(seed 0)" in capsys.readouterr().err
+
+
+def test_errors_name_what_the_name_is_of(engine):
+    from engine.errors import EngineError
+    from engine.params import HiresParams, JobParams
+
+    try:
+        engine.check(JobParams(prompt="a <lora:../../etc/passwd:1>"))
+    except EngineError as exc:
+        assert exc.message.startswith("LoRA '../../etc/passwd' in the prompt is not a plain name"), exc.message
+    else:
+        raise AssertionError("accepted")
+    try:
+        engine.check(JobParams(prompt="x", hires=HiresParams(scale=2, upscaler="RealESRGAN_x4plus")))
+    except EngineError as exc:  # the resamplers are named too, and Latent where the hires fix takes it
+        assert exc.field == "hires.upscaler"
+        assert all(name in exc.message for name in ("Latent", "Lanczos", "Nearest")), exc.message
+    else:
+        raise AssertionError("accepted")
+
+
+def test_plot_errors_name_the_xyz_flag():
+    from bridge_server.cli import _cli_field_message
+    from protocol.errors import invalid
+
+    assert _cli_field_message(invalid("plot.axes[0].values", "axis 'Steps': values must be int")).startswith("--xyz: ")

@@ -338,4 +338,4 @@ def test_bad_plots_are_refused_before_queueing(server, plot, field, words):
 
 def test_serve_refuses_an_unknown_default_vae():
     done = run_cli("serve", "--demo", "--port", "0", "--vae", "nope")
-    assert done.returncode != 0 and "--vae: no vae named 'nope'" in done.stderr
+    assert done.returncode != 0 and "--vae: no VAE named 'nope'" in done.stderr
