@@ -29,103 +29,153 @@ class CliError(Exception):
 
 
 # -- argument parsing ----------------------------------------------------------
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help line (but not None/False/empty ones)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or not action.option_strings or default is None or default is False:
+            return text
+        if default is argparse.SUPPRESS or (isinstance(default, (str, list)) and not default):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+ENVIRONMENT = """environment:
+  PAINTBRIDGE_SERVER   the server for client commands (instead of --server)
+  PAINTBRIDGE_TOKEN    the token (instead of --token; for serve: require it)
+  PAINTBRIDGE_CACHE    where --demo models, the client id and state live (default ~/.cache/paintbridge)"""
+
+
+def _samplers_epilog() -> str:
+    import textwrap
+
+    from engine.samplers import SAMPLER_NAMES
+
+    names = textwrap.fill(", ".join(SAMPLER_NAMES), 78, initial_indent="  ", subsequent_indent="  ")
+    return f"samplers (--sampler, the WebUI's names):\n{names}\n\n{ENVIRONMENT}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paintbridge", description="AI painting for Krita: engine server and client.")
+    parser = argparse.ArgumentParser(prog="paintbridge", description="AI painting for Krita: engine server and client.",
+                                     epilog=ENVIRONMENT, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"paintbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.commands = sub.choices  # type: ignore[attr-defined]
 
-    serve = sub.add_parser("serve", help="run the engine server")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8765)
+    def command(name: str, help: str, epilog: str = ENVIRONMENT, description: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help, epilog=epilog, formatter_class=_Formatter)
+
+    serve = command("serve", "run the engine server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1 = this machine only "
+                       "(any other address requires a token)")
+    serve.add_argument("--port", type=int, default=8765, help="port to listen on (0 = any free port)")
     serve.add_argument("--models", type=Path, help="models folder (WebUI, ComfyUI or flat layout)")
     serve.add_argument("--demo", action="store_true", help="DEMO: serve tiny random-init models (pictures are noise)")
-    serve.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""), help="require this token from clients")
-    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help="allow a browser origin")
+    serve.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""),
+                       help="require this token from clients (PAINTBRIDGE_TOKEN)")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="also accept connections that send this Origin header (a browser page or a host "
+                       "application such as uxp://...); repeatable")
     serve.add_argument("--vae", default="", help="VAE for requests that name none (the WebUI's \"SD VAE\"); "
                        "default: a checkpoint's own <name>.vae file if any, else its built-in VAE")
     serve.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     serve.add_argument("--no-preload", action="store_true", help="load the default model on the first job, not at start")
     serve.add_argument("--offload", action="store_true", help="CUDA: model CPU offload + tiled VAE, for small GPUs")
     serve.add_argument("--compile", action="store_true", help="CUDA: torch.compile the UNet (slower first job)")
-    serve.add_argument("--max-message-mib", type=int, default=300, help="largest accepted message (default 300 MiB)")
-    serve.add_argument("-v", "--verbose", action="store_true")
+    serve.add_argument("--max-message-mib", type=int, default=300, help="largest accepted message, MiB")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every message")
 
     def client_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", default=os.environ.get("PAINTBRIDGE_SERVER", DEFAULT_SERVER))
-        p.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""))
+        p.add_argument("--server", default=os.environ.get("PAINTBRIDGE_SERVER", DEFAULT_SERVER),
+                       help="the server's URL (PAINTBRIDGE_SERVER)")
+        p.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""),
+                       help="the server's token, if it needs one (PAINTBRIDGE_TOKEN)")
 
-    def job_args(p: argparse.ArgumentParser) -> None:
+    def model_args(p: argparse.ArgumentParser) -> None:
+        """What every diffusion pass takes (also the tiled diffusion of an upscale)."""
         client_args(p)
-        p.add_argument("--prompt", default="")
+        p.add_argument("--prompt", default="", help="the prompt, WebUI syntax: (word:1.2), [word], <lora:name:0.8>, BREAK")
         p.add_argument("--negative", default="", help="negative prompt")
         p.add_argument("--model", default="", help="checkpoint name (default: the server's)")
-        p.add_argument("--sampler", default="Euler a")
-        p.add_argument("--steps", type=int, default=20)
+        p.add_argument("--sampler", default="Euler a", help="sampler, by its WebUI name (list below)")
+        p.add_argument("--steps", type=int, default=20, help="sampling steps")
         p.add_argument("--cfg", type=float, default=7.0, help="CFG scale")
         p.add_argument("--seed", type=int, default=-1, help="-1 = random")
+        p.add_argument("--eta", type=float, help="noise per step 0..1 (DDIM, default 0; ancestral samplers, default 1)")
+        p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
+        p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
+
+    def job_args(p: argparse.ArgumentParser) -> None:
+        model_args(p)
         p.add_argument("--width", type=int, default=0, help="0 = the model's native size / the image's size")
-        p.add_argument("--height", type=int, default=0)
+        p.add_argument("--height", type=int, default=0, help="0 = the model's native size / the image's size")
         p.add_argument("--batch", type=int, default=1, help="images in one batch")
         p.add_argument("--batch-count", type=int, default=1, help="batches one after another (seeds continue)")
         p.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
         p.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
-        p.add_argument("--eta", type=float, help="noise per step 0..1 (DDIM, default 0; ancestral samplers, default 1)")
-        p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
-        p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
-        p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
+        p.add_argument("--out", type=Path, required=True,
+                       help="output PNG; several images: OUT-001.png, OUT-002.png, ... and OUT is their grid")
 
-    generate = sub.add_parser("generate", help="text to image")
+    generate = command("generate", "text to image", _samplers_epilog())
     job_args(generate)
     generate.add_argument("--from-png", type=Path, metavar="PNG",
                           help="take the settings from a PNG's WebUI 'parameters' text (other flags override)")
-    grids = generate.add_argument_group("grids (each cell is a job; --out gets the labelled grid)")
-    grids.add_argument("--xyz", nargs="+", metavar="AXIS=V1,V2", help="X/Y/Z plot, e.g. Steps=10,20 'CFG scale=5,7'")
+    grids = generate.add_argument_group("grids (one job; --out gets the labelled grid, OUT-001.png... each cell)")
+    grids.add_argument("--xyz", nargs="+", metavar="AXIS=V1,V2",
+                       help="X/Y/Z plot, e.g. Steps=10,20 'CFG scale=5,7' Seed=1,2 (axes: Seed, Steps, CFG scale, "
+                       "Sampler, Checkpoint name, Denoising, Clip skip, Var. seed, Var. strength, Eta, VAE, Prompt S/R)")
     grids.add_argument("--prompt-matrix", action="store_true", help="combine the parts of a prompt split by |")
-    grids.add_argument("--prompts-from-file", type=Path, metavar="FILE", help="one prompt per line")
+    grids.add_argument("--prompts-from-file", type=Path, metavar="FILE",
+                       help="one prompt per line (# comments and empty lines skipped)")
     hires = generate.add_argument_group("hires fix (two passes: generate, upscale, img2img at the new size)")
     hires.add_argument("--hires-scale", type=float, default=0, help="upscale by (e.g. 2); 0 = no hires fix")
-    hires.add_argument("--hires-upscaler", default="Latent", help="Latent, Lanczos or an upscaler model name")
+    hires.add_argument("--hires-upscaler", default="Latent",
+                       help="Latent (in latent space), Lanczos, Nearest, or an upscaler model name (paintbridge models)")
     hires.add_argument("--hires-steps", type=int, default=0, help="0 = same as --steps")
     hires.add_argument("--hires-denoise", type=float, default=0.45, help="denoising strength (above 0.5 repaints a lot)")
-    img2img = sub.add_parser("img2img", help="image to image (refine)")
+    img2img = command("img2img", "image to image (refine)", _samplers_epilog())
     job_args(img2img)
-    img2img.add_argument("--image", type=Path, required=True)
+    img2img.add_argument("--image", type=Path, required=True, help="the picture to refine")
     img2img.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1")
     img2img.add_argument("--resize-mode", default="just resize",
-                         choices=["just resize", "crop and resize", "resize and fill", "latent upscale"])
-    inpaint = sub.add_parser("inpaint", help="repaint where the mask is white")
+                         choices=["just resize", "crop and resize", "resize and fill", "latent upscale"],
+                         help="how the image fits another --width/--height")
+    inpaint = command("inpaint", "repaint where the mask is white", _samplers_epilog())
     job_args(inpaint)
-    inpaint.add_argument("--image", type=Path, required=True)
+    inpaint.add_argument("--image", type=Path, required=True, help="the picture to repaint")
     inpaint.add_argument("--mask", type=Path, required=True, help="gray PNG, white = repaint")
-    inpaint.add_argument("--strength", type=float, default=0.75)
-    inpaint.add_argument("--mask-blur", type=int, default=4)
+    inpaint.add_argument("--strength", type=float, default=0.75, help="denoising strength 0..1")
+    inpaint.add_argument("--mask-blur", type=int, default=4, help="soft edge of the mask, pixels")
     inpaint.add_argument("--padding", type=int, default=32, help="context around the mask, pixels")
 
-    upscale = sub.add_parser("upscale", help="upscale an image: upscaler model, then optional tiled diffusion")
-    job_args(upscale)
-    upscale.add_argument("--image", type=Path, required=True)
+    upscale = command("upscale", "upscale an image: upscaler model, then optional tiled diffusion", _samplers_epilog())
+    model_args(upscale)
+    upscale.add_argument("--image", type=Path, required=True, help="the picture to upscale")
+    upscale.add_argument("--out", type=Path, required=True, help="output PNG")
     upscale.add_argument("--scale", type=float, default=2.0, help="upscale by, any factor 1..8")
-    upscale.add_argument("--upscaler", default="", help="upscaler model name, or Lanczos (default: the first model)")
+    upscale.add_argument("--upscaler", default="", help="upscaler model name, Lanczos or Nearest "
+                         "(default: the first upscaler model)")
     upscale.add_argument("--denoise", type=float, default=0.35, help="tiled diffusion strength; 0 = the upscaler only")
     upscale.add_argument("--tile", type=int, default=64, help="latent tile size (x8 pixels)")
     upscale.add_argument("--overlap", type=int, default=16, help="latent tile overlap")
     upscale.add_argument("--tile-batch", type=int, default=4, help="tiles per UNet batch")
     upscale.add_argument("--vae-tile", type=int, default=512, help="VAE tile size in pixels (halved on out-of-memory)")
 
-    result = sub.add_parser("result", help="wait for a job, or fetch its finished result")
+    result = command("result", "wait for a job, or fetch its finished result")
     client_args(result)
-    result.add_argument("--job", required=True)
-    result.add_argument("--out", type=Path, required=True)
-    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    result.add_argument("--job", required=True, help="the job id (printed as `job <id>` when it was submitted)")
+    result.add_argument("--out", type=Path, required=True, help="output PNG")
+    cancel = command("cancel", "cancel a queued or running job")
     client_args(cancel)
-    cancel.add_argument("--job", required=True)
-    models = sub.add_parser("models", help="list the server's models")
+    cancel.add_argument("--job", required=True, help="the job id (printed as `job <id>` when it was submitted)")
+    models = command("models", "list the server's models")
     client_args(models)
 
-    build = sub.add_parser("build-plugin", help="write the Krita plugin zip (Tools > Scripts > Import Python Plugin)")
-    build.add_argument("--out", type=Path, default=Path("dist/paintbridge-krita.zip"))
-    install = sub.add_parser("install-plugin", help="install (or update) the Krita plugin and enable it")
+    build = command("build-plugin", "write the Krita plugin zip (Tools > Scripts > Import Python Plugin)")
+    build.add_argument("--out", type=Path, default=Path("dist/paintbridge-krita.zip"), help="the zip to write")
+    install = command("install-plugin", "install (or update) the Krita plugin and enable it")
     install.add_argument("--krita-dir", type=Path, help="Krita's resource folder (the one holding pykrita/)")
     install.add_argument("--kritarc", type=Path, help="Krita's kritarc settings file")
     return parser
@@ -335,12 +385,12 @@ def build_request(args: argparse.Namespace, plot=None):
         "steps": args.steps,
         "cfg_scale": args.cfg,
         "seed": args.seed,
-        "width": args.width,
-        "height": args.height,
-        "batch_size": args.batch,
-        "batch_count": args.batch_count,
-        "subseed": args.subseed,
-        "subseed_strength": args.subseed_strength,
+        "width": getattr(args, "width", 0),  # upscale has no such flag
+        "height": getattr(args, "height", 0),
+        "batch_size": getattr(args, "batch", 1),
+        "batch_count": getattr(args, "batch_count", 1),
+        "subseed": getattr(args, "subseed", -1),
+        "subseed_strength": getattr(args, "subseed_strength", 0.0),
         "eta": args.eta,
         "clip_skip": args.clip_skip,
         "vae": args.vae,

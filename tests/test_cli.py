@@ -106,3 +106,16 @@ def test_plot_errors_name_the_xyz_flag():
     from protocol.errors import invalid
 
     assert _cli_field_message(invalid("plot.axes[0].values", "axis 'Steps': values must be int")).startswith("--xyz: ")
+
+
+def test_every_option_has_help_and_upscale_lists_only_what_applies():
+    from bridge_server.cli import build_parser
+
+    parser = build_parser()
+    for name, sub in parser.commands.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
+    upscale = parser.commands["upscale"].format_help()
+    assert "--batch" not in upscale and "--subseed" not in upscale and "--width" not in upscale
+    generate = parser.commands["generate"].format_help()
+    assert "DPM++ 2M Karras" in generate and "PAINTBRIDGE_SERVER" in generate and "(default: 20)" in generate
