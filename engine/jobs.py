@@ -31,6 +31,7 @@ from engine.samplers import lookup, make_scheduler
 from engine.upscalers import Upscalers
 
 PREVIEW_INTERVAL_S = 0.25  # at most four previews a second
+NOTHING_TO_REPAINT = "the mask is all black: nothing to repaint (white = repaint)"
 
 
 @dataclass
@@ -76,6 +77,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
     entry = entry or engine.registry.default_checkpoint()
     if entry is None:
         raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint", field="model")
+    if params.kind == "inpaint" and params.mask is not None and not params.mask.any():
+        raise EngineError("invalid_request", NOTHING_TO_REPAINT, field="mask")
     if entry.inpainting and params.kind != "inpaint":
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
     return entry
@@ -419,9 +422,8 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
     h, w = image.shape[:2]
     box = masks.mask_box(mask)
     seeds = resolve_seeds(params.seed, params.batch_size)
-    if box is None:  # nothing to repaint: the input comes back untouched
-        rgba = image if image.shape[2] == 4 else np.dstack([image, np.full((h, w), 255, np.uint8)])
-        return _output(model, params, [rgba.copy() for _ in seeds], seeds, w, h)
+    if box is None:  # Engine.check refuses this before queueing; a direct caller gets the same answer
+        raise EngineError("invalid_request", NOTHING_TO_REPAINT, field="mask")
     x0, y0, x1, y1 = masks.expand_box(box, params.inpaint_padding, w, h)
     work_w, work_h = masks.working_size(x1 - x0, y1 - y0, model.native_size)
     crop = _rgb(np.ascontiguousarray(image[y0:y1, x0:x1])).resize((work_w, work_h), Image.LANCZOS)
@@ -444,7 +446,7 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
             patch[..., 3] = 255  # repainted pixels are opaque
         canvas[y0:y1, x0:x1] = masks.composite(original[y0:y1, x0:x1], patch, alpha[y0:y1, x0:x1])
         results.append(canvas)
-    return _output(model, params, results, seeds, work_w, work_h)
+    return _output(model, params, results, seeds, w, h)  # Size: the result's, so --from-png makes the same
 
 
 def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], seeds: list[int], w: int, h: int) -> JobOutput:

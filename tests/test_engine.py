@@ -94,10 +94,23 @@ def test_inpaint_leaves_mask_zero_pixels_byte_identical(engine):
     assert (result[inside] != image[inside]).any(axis=1).mean() > 0.5
 
 
-def test_inpaint_with_empty_mask_returns_the_input(engine):
+def test_inpaint_with_an_all_black_mask_is_refused_before_any_work(engine):
     image = np.full((64, 64, 3), 90, np.uint8)
-    out = engine.run(JobParams(kind="inpaint", image=image, mask=np.zeros((64, 64), np.uint8), **FAST))
-    assert np.array_equal(out.images[0][..., :3], image)
+    params = JobParams(kind="inpaint", image=image, mask=np.zeros((64, 64), np.uint8), **FAST)
+    for call in (engine.check, engine.run):
+        with pytest.raises(EngineError) as caught:
+            call(params)
+        assert caught.value.code == "invalid_request" and caught.value.field == "mask"
+        assert "nothing to repaint" in caught.value.message
+
+
+def test_inpaint_infotext_size_is_the_result_size(engine):
+    image = np.full((80, 96, 3), 90, np.uint8)
+    mask = np.zeros((80, 96), np.uint8)
+    mask[20:40, 30:50] = 255
+    out = engine.run(JobParams(kind="inpaint", image=image, mask=mask, inpaint_padding=8, **FAST))
+    assert out.images[0].shape[:2] == (80, 96)
+    assert "Size: 96x80" in out.infotext
 
 
 def test_progress_every_step_and_previews(engine):
