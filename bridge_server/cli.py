@@ -294,6 +294,7 @@ def run_grid(client: Client, args: argparse.Namespace) -> int:
     from PIL import Image
 
     from bridge_server import grids
+    from protocol import plots
     from protocol.plots import Plot
 
     try:
@@ -314,9 +315,13 @@ def run_grid(client: Client, args: argparse.Namespace) -> int:
     write_result(result, args.out, grid=False)
     images = [Image.frombytes("RGBA", (raw.width, raw.height), raw.data) for raw in result.images]
     labels = result.labels or [[] for _ in images]
-    per_cell = args.batch * args.batch_count
-    if per_cell > 1:  # the grid shows each cell's first image
-        images, labels = images[::per_cell], labels[::per_cell]
+    # The grid shows each cell's first image (a prompts-file line may set its own batch size).
+    firsts, at = [], 0
+    for cell in plots.cells(request):
+        firsts.append(at)
+        at += cell.request.batch_size * cell.request.batch_count
+    if at == len(images):
+        images, labels = [images[i] for i in firsts], [labels[i] for i in firsts]
     layout = grids.layout(plot, request.prompt, len(images))
     save_png(grids.draw_grid(images, labels, layout), args.out, result.infotexts[0] if result.infotexts else result.infotext)
     print(f"wrote {args.out} (grid of {len(images)})", file=sys.stderr)
@@ -428,6 +433,8 @@ _FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "
 
 
 def _cli_field_message(exc) -> str:
+    if exc.field.startswith("plot.prompts"):
+        return f"--prompts-from-file: {exc.message}"
     parts = exc.field.split(".")
     name = "-".join(parts[:2]) if parts[0] == "hires" else parts[1] if parts[0] == "upscale" and len(parts) > 1 else parts[0]
     if not name:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shlex
 from dataclasses import dataclass, field, replace
 
 from protocol.errors import ProtocolError, invalid
@@ -110,7 +111,7 @@ def cells(request) -> list[Cell]:
     elif plot.prompt_matrix:
         out = _matrix_cells(base)
     else:
-        out = [Cell(replace(base, prompt=p), [p[:60]]) for p in plot.prompts]
+        out = [_line_cell(base, i, line) for i, line in enumerate(plot.prompts)]
     for cell in out:  # through the protocol's strict checks again: types, ranges, cross-field rules
         try:
             cell.request = from_wire(JobRequest, to_wire(cell.request))
@@ -151,3 +152,71 @@ def _matrix_cells(base) -> list[Cell]:
         label = ("+ " + " + ".join(chosen)) if chosen else first
         out.append(Cell(replace(base, prompt=", ".join([first, *chosen])), [label]))
     return out
+
+
+# The WebUI's "Prompts from file or textbox" options, as its script names them,
+# -> request fields. Options about where the WebUI saves files mean nothing to
+# a server that sends its images back, so they are accepted and ignored.
+LINE_OPTIONS: dict[str, tuple[str, type]] = {
+    "prompt": ("prompt", str),
+    "negative_prompt": ("negative_prompt", str),
+    "seed": ("seed", int),
+    "subseed": ("subseed", int),
+    "subseed_strength": ("subseed_strength", float),
+    "sampler_name": ("sampler", str),
+    "batch_size": ("batch_size", int),
+    "n_iter": ("batch_count", int),
+    "steps": ("steps", int),
+    "cfg_scale": ("cfg_scale", float),
+    "width": ("width", int),
+    "height": ("height", int),
+    "denoising_strength": ("strength", float),
+    "sd_model": ("model", str),
+}
+LINE_IGNORED = {"outpath_samples", "outpath_grids", "prompt_for_display", "do_not_save_samples", "do_not_save_grid"}
+
+
+def parse_line(line: str, where: str = "plot.prompts") -> dict[str, object]:
+    """A prompts-file line: a plain prompt, or (starting with --) WebUI options
+    such as `--prompt "a banana" --steps 3`. As in the WebUI, the words after
+    --prompt / --negative_prompt run up to the next option; anything else must
+    be an option with one value."""
+    if not line.lstrip().startswith("--"):
+        return {"prompt": line}
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise invalid(where, f"{line[:60]!r}: {exc}") from None
+    changes: dict[str, object] = {}
+    pos = 0
+    while pos < len(words):
+        word = words[pos]
+        if not word.startswith("--"):
+            raise invalid(where, f"{line[:60]!r}: {word!r} is not an option; write --prompt \"...\" for the prompt")
+        tag = word[2:]
+        if pos + 1 >= len(words):
+            raise invalid(where, f"{line[:60]!r}: {word} needs a value")
+        if tag in ("prompt", "negative_prompt"):
+            end = pos + 1
+            while end + 1 < len(words) and not words[end + 1].startswith("--"):
+                end += 1
+            changes[tag] = " ".join(words[pos + 1 : end + 1])
+            pos = end + 1
+            continue
+        if tag not in LINE_OPTIONS and tag not in LINE_IGNORED:
+            known = ", ".join("--" + t for t in LINE_OPTIONS)
+            raise invalid(where, f"{line[:60]!r}: unknown option {word}; known: {known}")
+        if tag in LINE_OPTIONS:
+            name, kind = LINE_OPTIONS[tag]
+            try:
+                changes[name] = kind(words[pos + 1])
+            except ValueError:
+                raise invalid(where, f"{line[:60]!r}: {word} takes a {kind.__name__}") from None
+        pos += 2
+    return changes
+
+
+def _line_cell(base, index: int, line: str) -> Cell:
+    changes = parse_line(line, f"plot.prompts[{index}]")
+    prompt = str(changes.get("prompt", base.prompt))
+    return Cell(replace(base, **changes), [prompt[:60]])

@@ -119,3 +119,34 @@ def test_every_option_has_help_and_upscale_lists_only_what_applies():
     assert "--batch" not in upscale and "--subseed" not in upscale and "--width" not in upscale
     generate = parser.commands["generate"].format_help()
     assert "DPM++ 2M Karras" in generate and "PAINTBRIDGE_SERVER" in generate and "(default: 20)" in generate
+
+
+def test_prompts_file_lines_take_the_webui_options():
+    from protocol.errors import ProtocolError
+    from protocol.plots import parse_line
+
+    assert parse_line("a plain banana") == {"prompt": "a plain banana"}
+    assert parse_line('--prompt "a banana" on a table --steps 3 --cfg_scale 5.5 --negative_prompt ugly --n_iter 2') == {
+        "prompt": "a banana on a table", "steps": 3, "cfg_scale": 5.5, "negative_prompt": "ugly", "batch_count": 2}
+    assert parse_line("--sampler_name 'DPM++ 2M' --outpath_samples /tmp --prompt x") == {"sampler": "DPM++ 2M", "prompt": "x"}
+    for bad, words in (("--steps 3 a banana", "'a' is not an option"), ("--steps", "needs a value"),
+                       ("--steps three --prompt x", "takes a int"), ("--restore_faces true", "unknown option"),
+                       ('--prompt "unclosed', "quotation")):
+        try:
+            parse_line(bad)
+        except ProtocolError as exc:
+            assert words in exc.message, exc.message
+        else:
+            raise AssertionError(bad)
+
+
+def test_prompts_file_cells_carry_their_own_settings():
+    from protocol.plots import Plot, cells
+    from protocol.requests import JobRequest
+
+    request = JobRequest(prompt="base", width=64, height=64, steps=2,
+                         plot=Plot(prompts=["a fox", "--prompt a dog --steps 4 --batch_size 2", "--seed 7"]))
+    out = cells(request)
+    assert [(c.request.prompt, c.request.steps, c.request.batch_size) for c in out] == [
+        ("a fox", 2, 1), ("a dog", 4, 2), ("base", 2, 1)]
+    assert out[2].request.seed == 7 and out[1].labels == ["a dog"]
