@@ -63,16 +63,16 @@ def _result(n: int, alpha: int = 255, **parameters):
 def test_a_batch_is_numbered_like_a_plot_and_gets_a_grid(tmp_path, capsys):
     paths = write_result(_result(3), tmp_path / "batch.png")
     assert [p.name for p in paths] == ["batch-001.png", "batch-002.png", "batch-003.png"]
-    grid = Image.open(tmp_path / "batch.png")
-    assert grid.size == (32, 32) and grid.info["parameters"] == "cell 0\nSteps: 1"
-    assert Image.open(paths[1]).info["parameters"] == "cell 1\nSteps: 1"
+    with Image.open(tmp_path / "batch.png") as grid, Image.open(paths[1]) as second:
+        assert grid.size == (32, 32) and grid.info["parameters"] == "cell 0\nSteps: 1"
+        assert second.info["parameters"] == "cell 1\nSteps: 1"
 
 
 def test_opaque_results_are_rgb_pngs_transparent_ones_rgba(tmp_path):
     write_result(_result(1), tmp_path / "a.png")
-    assert Image.open(tmp_path / "a.png").mode == "RGB"
     write_result(_result(1, alpha=0), tmp_path / "b.png")
-    assert Image.open(tmp_path / "b.png").mode == "RGBA"
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "b.png") as b:
+        assert (a.mode, b.mode) == ("RGB", "RGBA")
 
 
 def test_an_upscale_without_denoise_prints_no_seed(tmp_path, capsys):
