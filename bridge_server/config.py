@@ -24,6 +24,11 @@ class ServerConfig:
     max_connections: int = 64  # clients past hello
     max_waiting: int = 32  # sockets that have not sent hello yet; the oldest is dropped beyond
     max_pending_frames: int = 8  # per connection; beyond it previews are dropped
+    # Hostile-client bounds (docs/security.md lists each with its reason).
+    max_hello_bytes: int = 64 * 1024  # largest frame before hello has succeeded
+    max_outbox_frames: int = 256  # unread frames per connection before it is disconnected
+    max_outbox_bytes: int = 64 * 1024 * 1024  # ...or unread bytes (results, shared with the store, not counted)
+    max_queue_bytes: int = 1024**3  # pixels held by queued + running jobs, all clients
     hello_timeout_s: float = 10.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0

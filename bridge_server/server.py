@@ -55,8 +55,10 @@ from protocol import (
     Welcome,
     decode,
     encode,
+    limits,
     plots,
 )
+from protocol.errors import MAX_ERROR_FIELD, MAX_ERROR_MESSAGE, clip
 from protocol.requests import MAX_GENERATE_SIDE
 
 log = logging.getLogger("paintbridge")
@@ -65,26 +67,56 @@ log = logging.getLogger("paintbridge")
 class Session:
     """One connection: its client identity and a bounded outbox.
 
-    Results and errors are always queued; previews are dropped when the
-    client reads slower than we produce, so a slow reader cannot make the
-    server buffer without bound.
+    Previews are dropped when the client reads slower than we produce. Every
+    other frame is queued, up to a bound in frames and in bytes: a client that
+    writes but never reads (each request answered by an error that waits in
+    its outbox) is disconnected when it falls that far behind. Its jobs go on
+    and their results stay fetchable by id. Result frames are shared with the
+    result store (one bytes object for every subscriber), so they count
+    against the frame bound but not the byte bound.
     """
 
-    def __init__(self, ws: ServerConnection, max_pending: int) -> None:
+    def __init__(
+        self, ws: ServerConnection, max_pending: int, max_frames: int = 256, max_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         self.ws = ws
         self.client_id = ""
         self.max_pending = max_pending
-        self._outbox: deque[bytes] = deque()
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._outbox: deque[tuple[bytes, int]] = deque()  # (frame, bytes it holds of its own)
+        self._own_bytes = 0
         self._wake = asyncio.Event()
         self.closed = False
+        self.overflowed = False
 
-    def send(self, message: Message | bytes, droppable: bool = False) -> None:
+    def send(self, message: Message | bytes, droppable: bool = False, shared: bool = False) -> None:
         if self.closed:
             return
         if droppable and len(self._outbox) >= self.max_pending:
             return
-        self._outbox.append(message if isinstance(message, bytes) else encode(message))
+        frame = message if isinstance(message, bytes) else encode(message)
+        own = 0 if shared else len(frame)
+        if len(self._outbox) >= self.max_frames or self._own_bytes + own > self.max_bytes:
+            self._overflow()
+            return
+        self._outbox.append((frame, own))
+        self._own_bytes += own
         self._wake.set()
+
+    def _overflow(self) -> None:
+        """Too far behind: drop what waits and end the connection."""
+        log.warning("disconnecting client %s: %d frames (%d bytes) unread", self.client_id or "(no hello)",
+                    len(self._outbox), self._own_bytes)
+        self.closed = self.overflowed = True
+        self._outbox.clear()
+        self._own_bytes = 0
+        self._wake.set()
+
+    def take(self) -> bytes:
+        frame, own = self._outbox.popleft()
+        self._own_bytes -= own
+        return frame
 
     async def pump(self) -> None:
         """Write the outbox to the socket, in order, until the connection ends."""
@@ -92,17 +124,29 @@ class Session:
             while not self.closed:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._outbox:
-                    await self.ws.send(self._outbox.popleft())
+                while self._outbox and not self.closed:
+                    await self.ws.send(self.take())
         except ConnectionClosed:
             pass
         finally:
             self.closed = True
+            if self.overflowed:
+                await _close_or_abort(self.ws, 1008, "too far behind: read your messages")
+
+
+async def _close_or_abort(ws: ServerConnection, code: int, reason: str, timeout: float = 2.0) -> None:
+    """A close handshake needs the peer to read; one that does not is cut off."""
+    try:
+        await asyncio.wait_for(ws.close(code, reason), timeout)
+    except (asyncio.TimeoutError, ConnectionClosed, OSError):
+        ws.transport.abort()
 
 
 def _error(exc: ProtocolError | EngineError, job_id: str = "") -> Error:
     code = exc.code.value if isinstance(exc.code, ErrorCode) else str(exc.code)
-    return Error(code=code, message=exc.message, job_id=job_id or getattr(exc, "job_id", ""), field=exc.field)
+    # Engine messages quote names the client sent: capped like the protocol's own.
+    return Error(code=code, message=clip(exc.message, MAX_ERROR_MESSAGE), job_id=job_id or getattr(exc, "job_id", ""),
+                 field=clip(exc.field, MAX_ERROR_FIELD), ref=getattr(exc, "ref", ""))
 
 
 class PaintBridgeServer:
@@ -132,7 +176,9 @@ class PaintBridgeServer:
             self.config.host,
             self.config.port,
             process_request=self._check_handshake,
-            max_size=self.config.max_message_bytes,
+            # Until hello has succeeded only small frames: a client without the token
+            # must not make us buffer and decode hundreds of MiB per socket.
+            max_size=min(self.config.max_hello_bytes, self.config.max_message_bytes),
             compression=None,  # no permessage-deflate: no inflate bombs, raw pixels barely compress
             ping_interval=self.config.ping_interval_s,
             ping_timeout=self.config.ping_timeout_s,
@@ -140,10 +186,8 @@ class PaintBridgeServer:
             server_header=f"PaintBridge/{__version__}",
         )
         self._worker = asyncio.create_task(self._run_jobs())
-        if self.config.preload:
-            default = self.engine.registry.default_checkpoint()
-            if default is not None:
-                self._loop.run_in_executor(self.executor, self._preload, default)
+        if self.config.preload and self.engine.registry.default_checkpoint() is not None:
+            self._loop.run_in_executor(self.executor, self._preload)
 
     @property
     def port(self) -> int:
@@ -164,13 +208,15 @@ class PaintBridgeServer:
             job.cancel.set()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _preload(self, entry) -> None:
+    def _preload(self) -> None:
+        """The default checkpoint: the first that loads (broken ones are logged and skipped)."""
         try:
             started = time.monotonic()
-            self.engine.models.get(entry)
-            log.info("loaded %s in %.1fs", entry.name, time.monotonic() - started)
+            model = self.engine.load_default()
+            if model is not None:
+                log.info("loaded %s in %.1fs", model.entry.name, time.monotonic() - started)
         except Exception as exc:  # the first job will report it properly
-            log.warning("could not preload %s: %s", entry.name, exc)
+            log.warning("could not preload a default checkpoint: %s", exc)
 
     def _background(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
@@ -196,7 +242,8 @@ class PaintBridgeServer:
 
     # -- connections -------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
-        session = Session(ws, self.config.max_pending_frames)
+        session = Session(ws, self.config.max_pending_frames, self.config.max_outbox_frames,
+                          self.config.max_outbox_bytes)
         self.waiting[session] = None
         while len(self.waiting) > self.config.max_waiting:
             # Too many sockets that never said hello: drop the oldest of them.
@@ -211,6 +258,8 @@ class PaintBridgeServer:
             if hello_ok and not session.closed:
                 self.sessions.add(session)
                 async for frame in ws:
+                    if session.closed:
+                        break
                     self._on_frame(session, frame)
         except ConnectionClosed:
             pass
@@ -253,6 +302,9 @@ class PaintBridgeServer:
             await self._refuse(session, Error(ErrorCode.UNAUTHORIZED.value, "wrong or missing token"))
             return False
         session.client_id = hello.client_id or secrets.token_hex(16)
+        # Past hello: frames up to the full limit. The parser reads this when the
+        # next frame starts, so a client that waits for `welcome` gets it.
+        session.ws.protocol.max_message_size = self.config.max_message_bytes
         session.send(
             Welcome(
                 protocol=PROTOCOL_VERSION,
@@ -268,7 +320,7 @@ class PaintBridgeServer:
         session.closed = True
         with contextlib.suppress(ConnectionClosed):
             while session._outbox:
-                await session.ws.send(session._outbox.popleft())
+                await session.ws.send(session.take())
             await session.ws.close(1008, error.code)
 
     def capabilities(self) -> Capabilities:
@@ -313,7 +365,7 @@ class PaintBridgeServer:
         except (ProtocolError, EngineError) as exc:
             error = _error(exc)
             if isinstance(message, Submit):
-                error.ref = message.ref
+                error.ref = message.ref  # refusals of a well-formed submit (names, limits, queue)
             session.send(error)
         except Exception:  # a bug must not take the connection down
             log.exception("error handling a message")
@@ -321,11 +373,22 @@ class PaintBridgeServer:
 
     def _submit(self, session: Session, message: Submit) -> None:
         request = message.request
-        # Names and combinations: bad input fails before queueing (every cell of a plot).
-        for cell in plots.cells(request) if request.plot is not None else [plots.Cell(request, [])]:
-            self.engine.check(to_params(cell.request))
+        # Names, combinations and sizes: bad input fails before queueing (every cell of a plot).
+        cells = plots.cells(request) if request.plot is not None else [plots.Cell(request, [])]
+        sized = []
+        for cell in cells:
+            entry = self.engine.check(to_params(cell.request))
+            native = entry.native_size if entry is not None and entry.native_size else limits.MAX_NATIVE
+            limits.check_sides(cell.request, native)
+            sized.append((cell.request, native))
+        # The whole result travels as one message: it must fit the limit the client was told.
+        limits.check_result_bytes(sized, self.config.max_message_bytes)
         if len(self.jobs) >= self.config.max_queue:
             raise EngineError("queue_full", f"the queue is full ({self.config.max_queue} jobs); try again later")
+        held = sum(limits.request_bytes(j.request) for j in self.jobs.values()) + limits.request_bytes(request)
+        if held > self.config.max_queue_bytes:
+            raise EngineError("queue_full", f"the queued jobs' images would hold {held / 2**20:.0f} MiB, more than "
+                                            f"{self.config.max_queue_bytes / 2**20:.0f} MiB; try again when one is done")
         job = Job(id=f"{self.boot}-{next(self._ids):06d}", owner=session.client_id, request=request)
         job.subscribers.add(session)
         self.jobs[job.id] = job
@@ -376,7 +439,7 @@ class PaintBridgeServer:
         if job is None:
             return
         if job.done:
-            session.send(job.frame)
+            session.send(job.frame, shared=True)
         else:
             job.subscribers.add(session)
             session.send(JobStatus(job.id, job.state, self._position(job)))
@@ -455,5 +518,5 @@ class PaintBridgeServer:
         self.jobs.pop(job.id, None)
         self.results.add(job)  # kept by id, even if every subscriber has left
         for session in job.subscribers:
-            session.send(job.frame)
+            session.send(job.frame, shared=True)
         job.subscribers.clear()

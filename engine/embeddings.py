@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import re
 
-from engine.errors import EngineError
-from engine.models import LoadedModel, one_line
+from engine.models import LoadedModel
 from engine.registry import EMBEDDING, Registry
-from engine.weights import load_weights
+from engine.weights import load_failure, load_weights
 
 
 def used_in(registry: Registry, *texts: str) -> list:
@@ -46,7 +45,6 @@ def activate(model: LoadedModel, registry: Registry, prompt: str, negative: str)
             else:
                 pipe.load_textual_inversion(str(entry.path), token=token)
         except Exception as exc:
-            raise EngineError("model_load_failed", f"could not load embedding {entry.name}: {one_line(exc)}",
-                              field="prompt") from exc
+            raise load_failure(entry.path, f"embedding {entry.name}", exc, field="prompt") from exc
         model.embeddings.add(entry.name)
     return [e.name for e in entries]

@@ -8,6 +8,7 @@ callback, and format the WebUI-style record of what was done.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -30,6 +31,7 @@ from engine.registry import CHECKPOINT, LORA, VAE, ModelEntry, Registry
 from engine.samplers import lookup, make_scheduler
 from engine.upscalers import Upscalers
 
+log = logging.getLogger("paintbridge")
 PREVIEW_INTERVAL_S = 0.25  # at most four previews a second
 NOTHING_TO_REPAINT = "the mask is all black: nothing to repaint (white = repaint)"
 
@@ -53,6 +55,32 @@ class Engine:
 
     def check(self, params: JobParams) -> ModelEntry | None:
         return check_job(self, params)
+
+    def load_default(self) -> LoadedModel | None:
+        """Load the default checkpoint (the server's preload); None if there is none."""
+        entry = self.registry.default_checkpoint()
+        return load_checkpoint(self, entry, by_default=True) if entry is not None else None
+
+
+def load_checkpoint(engine: Engine, entry: ModelEntry, by_default: bool) -> LoadedModel:
+    """Load `entry`. A checkpoint chosen as the default that does not load is
+    remembered as broken (with why) and the next one is tried: the default is
+    the first checkpoint that loads, not the first name in the folder. One a
+    request named fails as it is."""
+    while True:
+        try:
+            return engine.models.get(entry)
+        except EngineError as exc:
+            if not by_default or exc.code not in ("model_load_failed", "unsafe_file"):
+                raise
+            engine.registry.mark_broken(entry, f"{exc.code}: {exc.message}")
+            log.warning("default checkpoint %s does not load (%s); trying the next", entry.name, exc)
+            following = engine.registry.default_checkpoint()
+            if following is None:
+                reasons = "; ".join(f"{name}: {why}" for name, (_, why) in engine.registry.broken.items())
+                raise EngineError(exc.code, f"no checkpoint in the models folder loads ({reasons})",
+                                  field="model") from exc
+            entry = following
 
 
 def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
@@ -110,7 +138,7 @@ def run_job(
         return _generate(engine, model, job, progress, cancel)
 
     def work() -> JobOutput:
-        model = engine.models.get(entry)
+        model = load_checkpoint(engine, entry, by_default=not params.model)
         loras.activate(model, engine.registry, wanted_loras)
         vaes.activate(model, engine.models, engine.registry, params.vae)
         embeddings.activate(model, engine.registry, params.prompt, params.negative_prompt)
@@ -454,21 +482,28 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
     kwargs.update(image=crop, mask_image=crop_mask, strength=params.strength, width=work_w, height=work_h,
                   num_inference_steps=denoise_steps(params.steps, params.strength))
     generated = _to_rgba(pipe(**kwargs).images)
-    alpha = blend if blend is not None else masks.feather(mask, params.mask_blur)
+    if blend is not None:
+        alpha = blend[y0:y1, x0:x1]
+    else:
+        # Feather only around the repainted box (with the blur's reach), not the whole layer: three float32
+        # copies of a 16384^2 mask would be 3 GiB for a selection of a few hundred pixels.
+        fx0, fy0, fx1, fy1 = masks.expand_box((x0, y0, x1, y1), 3 * params.mask_blur + 2, w, h)
+        near = masks.feather(np.ascontiguousarray(mask[fy0:fy1, fx0:fx1]), params.mask_blur)
+        alpha = near[y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]
     original = image if image.shape[2] == 4 else np.dstack([image, np.full((h, w), 255, np.uint8)])
     results = []
     for patch in generated:
         patch = np.asarray(Image.fromarray(patch).resize((x1 - x0, y1 - y0), Image.LANCZOS))
         if params.result_alpha == "mask":  # layer-ready: the new pixels, alpha = the blend mask
             canvas = np.zeros_like(original)
-            canvas[y0:y1, x0:x1] = masks.layer(patch, alpha[y0:y1, x0:x1])
+            canvas[y0:y1, x0:x1] = masks.layer(patch, alpha)
             results.append(canvas)
             continue
         canvas = original.copy()
         if original[..., 3].min() < 255:
             patch = patch.copy()
             patch[..., 3] = 255  # repainted pixels are opaque
-        canvas[y0:y1, x0:x1] = masks.composite(original[y0:y1, x0:x1], patch, alpha[y0:y1, x0:x1])
+        canvas[y0:y1, x0:x1] = masks.composite(original[y0:y1, x0:x1], patch, alpha)
         results.append(canvas)
     output = _output(model, params, results, seeds, w, h)  # Size: the result's, so --from-png makes the same
     if params.resolution == "auto":  # both sizes for the painter: the crop's working size, the image's

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 
-from engine.errors import EngineError
-from engine.models import LoadedModel, one_line
+from engine.models import LoadedModel
 from engine.registry import LORA, Registry
+from engine.weights import load_failure
 
 
 def adapter_name(name: str) -> str:
@@ -31,7 +31,7 @@ def activate(model: LoadedModel, registry: Registry, loras: list[tuple[str, floa
         try:
             pipe.load_lora_weights(str(entry.path), adapter_name=adapter)
         except Exception as exc:
-            raise EngineError("model_load_failed", f"could not load LoRA {entry.name}: {one_line(exc)}", field="prompt") from exc
+            raise load_failure(entry.path, f"LoRA {entry.name}", exc, field="prompt") from exc
         model.adapters.add(adapter)
     if entries:
         pipe.enable_lora()

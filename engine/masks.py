@@ -13,10 +13,12 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 
 
 def mask_box(mask: np.ndarray) -> Box | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    # Row and column reductions, not np.nonzero: nonzero returns two int64
+    # indices per masked pixel (16 bytes a pixel: 4 GiB for a full 16384^2 mask).
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(cols) == 0:
         return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def expand_box(box: Box, padding: int, width: int, height: int) -> Box:
@@ -35,7 +37,14 @@ def working_size(width: int, height: int, native: int) -> tuple[int, int]:
     the WebUI's "only masked" inpainting does); large ones are scaled down.
     """
     scale = native / (width * height) ** 0.5
-    return round8(width * scale), round8(height * scale)
+    # A long thin crop (a 16384x8 stroke) would work at native*sqrt(aspect) on
+    # its long side (65536 px): cap it at 4x native; the short side keeps 64.
+    longest = 4 * native
+    w, h = width * scale, height * scale
+    if max(w, h) > longest:
+        shrink = longest / max(w, h)
+        w, h = w * shrink, h * shrink
+    return round8(w), round8(h)
 
 
 def feather(mask: np.ndarray, blur: int) -> np.ndarray:

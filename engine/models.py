@@ -23,7 +23,7 @@ from engine.families import FAMILIES, detect
 from engine.paths import cache_dir
 from engine.registry import ModelEntry
 from engine.tokenizers import clip_tokenizer
-from engine.weights import load_weights
+from engine.weights import load_failure, load_weights
 
 _PIPELINES = {
     # family group -> task -> diffusers pipeline class name
@@ -169,7 +169,7 @@ class ModelManager:
                 free_memory()
                 if is_out_of_memory(exc):
                     raise EngineError("out_of_memory", f"not enough memory to load {entry.name}") from exc
-                raise EngineError("model_load_failed", f"could not load {entry.name}: {one_line(exc)}") from exc
+                raise load_failure(entry.path, entry.name, exc) from exc
             return self.loaded
 
     def unload(self) -> None:

@@ -114,6 +114,9 @@ class Registry:
         self.root = Path(root)
         self.entries: dict[tuple[str, str], ModelEntry] = {}
         self._header_cache: dict[tuple[str, int, int], dict[str, list[int]] | None] = {}
+        # Checkpoints that failed to load, by name: (file signature, why). Skipped
+        # as the default until the file changes.
+        self.broken: dict[str, tuple[tuple[int, int], str]] = {}
 
     # -- scanning -------------------------------------------------------------
     def scan(self) -> Registry:
@@ -220,9 +223,18 @@ class Registry:
         return [e for (k, _), e in self.entries.items() if kind is None or k == kind]
 
     def default_checkpoint(self) -> ModelEntry | None:
-        checkpoints = self.list(CHECKPOINT)
+        """The first checkpoint by name (plain before inpainting ones) that has
+        not failed to load."""
+        checkpoints = [e for e in self.list(CHECKPOINT) if not self.is_broken(e)]
         plain = [e for e in checkpoints if not e.inpainting]
         return (plain or checkpoints or [None])[0]
+
+    def mark_broken(self, entry: ModelEntry, why: str) -> None:
+        self.broken[entry.name] = (_signature(entry.path), why)
+
+    def is_broken(self, entry: ModelEntry) -> bool:
+        known = self.broken.get(entry.name)
+        return known is not None and known[0] == _signature(entry.path)
 
     def vae_for(self, checkpoint: ModelEntry) -> ModelEntry | None:
         """The checkpoint's own VAE file, as the WebUI's "Automatic" finds it:
@@ -245,6 +257,14 @@ class Registry:
             raise EngineError("unknown_model", f"no {KIND_LABELS.get(kind, kind)} named {name!r} in the models folder "
                               f"(have: {names})", field=field)
         return entry
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def _kind_from_shapes(shapes: dict[str, list[int]]) -> str | None:

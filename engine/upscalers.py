@@ -23,7 +23,7 @@ from engine.errors import EngineError, JobCancelled
 from engine.models import free_memory, is_out_of_memory, one_line
 from engine.params import CancelFlag
 from engine.registry import UPSCALER, ModelEntry, Registry
-from engine.weights import load_weights
+from engine.weights import load_weights, refused_pickle, unsafe_file
 
 BUILTIN = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
 MIN_TILE = 32
@@ -78,6 +78,8 @@ class Upscalers:
         except EngineError:
             raise
         except Exception as exc:
+            if refused_pickle(exc) is not None:
+                raise unsafe_file(entry.path, exc) from exc
             raise EngineError("model_load_failed", f"{entry.name} is not a supported upscaler: {one_line(exc)}") from exc
         if not isinstance(descriptor, spandrel.ImageModelDescriptor):
             raise EngineError("model_load_failed", f"{entry.name} is not an image upscaler")

@@ -8,9 +8,9 @@ pipeline of the model; a request without one gets the model's own VAE back.
 
 from __future__ import annotations
 
-from engine.errors import EngineError
-from engine.models import LoadedModel, ModelManager, one_line
+from engine.models import LoadedModel, ModelManager
 from engine.registry import VAE, Registry
+from engine.weights import load_failure
 
 
 def activate(model: LoadedModel, manager: ModelManager, registry: Registry, name: str) -> None:
@@ -37,5 +37,5 @@ def _load(model: LoadedModel, manager: ModelManager, entry):
             str(entry.path), config=str(config), subfolder="vae", local_files_only=True, torch_dtype=manager.dtype
         )
     except Exception as exc:
-        raise EngineError("model_load_failed", f"could not load VAE {entry.name}: {one_line(exc)}", field="vae") from exc
+        raise load_failure(entry.path, f"VAE {entry.name}", exc, field="vae") from exc
     return vae.to(manager.device)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgpack
 
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.fields import from_wire, to_wire
-from protocol.messages import MESSAGE_TYPES, Message
+from protocol.errors import ErrorCode, ProtocolError, clip, invalid
+from protocol.fields import MAX_TEXT, from_wire, to_wire
+from protocol.messages import MESSAGE_TYPES, Message, Submit
 from protocol.requests import JobRequest
 
 
@@ -33,9 +33,30 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message needs a string 'type'")
     cls = MESSAGE_TYPES.get(kind)
     if cls is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {kind!r}")
-    message = from_wire(cls, wire)
-    request = getattr(message, "request", None)
-    if isinstance(request, JobRequest):
-        request.validate()
+        raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {clip(repr(kind), 60)}")
+    if cls is Submit:
+        return _submit(wire)
+    return from_wire(cls, wire)
+
+
+def _submit(wire: dict) -> Submit:
+    """A submit, its request read at the root: every `field` of a refused
+    submit is named relative to the request ("steps", "hires.scale",
+    "image.width"), as the later checks (validate, the engine's names) name
+    theirs, and the error carries the submit's `ref` so a client with several
+    submits in flight can pair the two."""
+    ref = wire.get("ref", "")
+    try:
+        if type(ref) is not str:
+            ref = ""
+            raise invalid("ref", "ref must be a string")
+        message = from_wire(Submit, {**wire, "request": {}})  # ref and unknown keys; the request below
+        body = wire.get("request")
+        if not isinstance(body, dict):
+            raise invalid("request", "missing field 'request'" if body is None else "request must be a map")
+        message.request = from_wire(JobRequest, body)
+        message.request.validate()
+    except ProtocolError as exc:
+        exc.ref = ref if len(ref) <= MAX_TEXT else ""
+        raise
     return message

@@ -29,8 +29,24 @@ class ErrorCode(str, Enum):
     INTERNAL = "internal_error"
 
 
+# An error echoes parts of what the client sent (a field name, a value, an
+# unknown type): capped, so a reply is never bigger than a few KiB however
+# long the input was.
+MAX_ECHO = 200  # characters of a client's string quoted in an error
+MAX_ERROR_MESSAGE = 4_000  # characters of an error's message
+MAX_ERROR_FIELD = 200  # characters of an error's field path
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """`text`, or its start and a note of how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 class ProtocolError(Exception):
-    """A typed failure that travels to the peer as an `error` message."""
+    """A typed failure that travels to the peer as an `error` message.
+
+    `ref` is the `ref` of the `submit` it refuses, when known (so a client with
+    several submits in flight can pair the two)."""
 
     def __init__(
         self,
@@ -39,12 +55,15 @@ class ProtocolError(Exception):
         *,
         field: str = "",
         job_id: str = "",
+        ref: str = "",
     ) -> None:
+        message, field = clip(message, MAX_ERROR_MESSAGE), clip(field, MAX_ERROR_FIELD)
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = message
         self.field = field
         self.job_id = job_id
+        self.ref = ref
 
     def __str__(self) -> str:
         return f"{self.code.value}: {self.message}"

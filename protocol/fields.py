@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Union
 
-from protocol.errors import invalid
+from protocol.errors import clip, invalid
 from protocol.images import RawImage
 
 MAX_TEXT = 20_000  # characters in one string field (prompts included)
@@ -48,7 +48,8 @@ def from_wire(cls: type, data: Any, path: str = "") -> Any:
     unknown = [k for k in data if k not in fields]
     if unknown:
         where = f" in {path}" if path else ""
-        raise invalid(f"{path}.{unknown[0]}".lstrip("."), f"unknown field {unknown[0]!r}{where}")
+        name = clip(str(unknown[0]), 60)
+        raise invalid(f"{path}.{name}".lstrip("."), f"unknown field {name!r}{where}")
     kwargs = {}
     for name, f in fields.items():
         where = f"{path}.{name}" if path else name
@@ -70,7 +71,7 @@ def _check_metadata(f: dataclasses.Field, value: Any, where: str) -> None:
         if not lo <= value <= hi:
             raise invalid(where, f"{where} must be in {lo}..{hi}, got {value!r}")
     if "choices" in f.metadata and value not in f.metadata["choices"]:
-        raise invalid(where, f"{where} must be one of {', '.join(f.metadata['choices'])}; got {value!r}")
+        raise invalid(where, f"{where} must be one of {', '.join(f.metadata['choices'])}; got {clip(repr(value))}")
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

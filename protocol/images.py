@@ -27,7 +27,8 @@ class RawImage:
             value = getattr(self, name)
             if type(value) is not int or not 1 <= value <= MAX_SIDE:
                 raise invalid(f"{field}.{name}", f"{field}.{name} must be an integer in 1..{MAX_SIDE}, got {value!r}")
-        if self.channels not in CHANNELS:
+        # `type(...) is int`: 4.0 == 4 and True == 1 in Python, but neither is an integer on the wire.
+        if type(self.channels) is not int or self.channels not in CHANNELS:
             raise invalid(f"{field}.channels", f"{field}.channels must be one of {CHANNELS}, got {self.channels!r}")
         if not isinstance(self.data, (bytes, bytearray, memoryview)):
             raise invalid(f"{field}.data", f"{field}.data must be bytes")

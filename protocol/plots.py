@@ -14,8 +14,8 @@ import math
 import shlex
 from dataclasses import dataclass, field, replace
 
-from protocol.errors import ProtocolError, invalid
-from protocol.fields import from_wire, to_wire
+from protocol.errors import ProtocolError, clip, invalid
+from protocol.fields import MAX_TEXT, from_wire, to_wire
 
 MAX_CELLS = 100
 
@@ -135,12 +135,27 @@ def _axis_cells(base, axes: list[PlotAxis]) -> list[Cell]:
         labels = []
         for (label, name, values), value in zip(parsed, reversed(combo), strict=True):
             if name == "prompt":  # Prompt S/R: the first value is replaced by each in turn
-                changes["prompt"] = str(changes.get("prompt", base.prompt)).replace(str(values[0]), str(value))
+                changes["prompt"] = search_replace(str(changes.get("prompt", base.prompt)), str(values[0]), str(value))
             else:
                 changes[name] = value
             labels.append(f"{label}: {value}")
         out.append(Cell(replace(base, **changes), labels))
     return out
+
+
+def search_replace(prompt: str, search: str, value: str) -> str:
+    """Prompt S/R for one cell, its length checked *before* it is built: a
+    short search in a long prompt, replaced by a long value, would otherwise
+    build a string of len(prompt) x len(value) characters (gigabytes from a
+    frame of a few hundred KB) only to refuse it afterwards."""
+    if not search:
+        raise invalid("plot.axes", "Prompt S/R: the first value (the text to search for) must not be empty")
+    hits = prompt.count(search)
+    length = len(prompt) + hits * (len(value) - len(search))
+    if length > MAX_TEXT:
+        raise invalid("plot.axes", f"Prompt S/R: replacing {clip(search, 60)!r} by a value of {len(value)} characters "
+                                   f"would make a prompt of {length} characters; at most {MAX_TEXT}")
+    return prompt.replace(search, value)
 
 
 def _matrix_cells(base) -> list[Cell]:

@@ -8,12 +8,13 @@ from enum import Enum
 from protocol.errors import invalid
 from protocol.fields import bounded, choice
 from protocol.images import RawImage
+from protocol.limits import MAX_GENERATE_SIDE, check_sides
 from protocol.plots import Plot, check
 from protocol.resolution import RESOLUTIONS
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
-MAX_GENERATE_SIDE = 8192
 INPAINT_MODES = ("original", "fill", "expand", "add", "remove")
+__all__ = ["INPAINT_MODES", "MAX_GENERATE_SIDE", "MAX_SEED", "HiresFix", "JobKind", "JobRequest", "Upscale"]
 
 
 class JobKind(str, Enum):
@@ -123,15 +124,8 @@ class JobRequest:
             options = self.upscale or Upscale()
             if options.overlap >= options.tile:
                 raise invalid("upscale.overlap", f"overlap ({options.overlap}) must be smaller than the tile ({options.tile})")
-            base_w, base_h = (self.image.width, self.image.height) if options.keep_size or not self.width else (self.width, self.height or self.image.height)
-            if max(base_w, base_h) * options.scale > MAX_GENERATE_SIDE:
-                raise invalid("upscale.scale", f"the result would be larger than {MAX_GENERATE_SIDE} pixels on a side")
         if self.plot is not None:
             check(self.plot, self.prompt)
-        if self.hires is not None and self.resolution == "exact" and not (self.hires.resize_width or self.hires.resize_height):
-            side = max(self.width or 1024, self.height or 1024) * self.hires.scale
-            if side > MAX_GENERATE_SIDE:
-                raise invalid("hires.scale", f"the result would be larger than {MAX_GENERATE_SIDE} pixels on a side")
         if kind in (JobKind.IMG2IMG, JobKind.INPAINT, JobKind.UPSCALE):
             if self.image is None:
                 raise invalid("image", f"{kind.value} needs an image")
@@ -149,3 +143,5 @@ class JobRequest:
             raise invalid("mask", f"{kind.value} takes no mask")
         if kind is JobKind.TXT2IMG and self.image is not None:
             raise invalid("image", "txt2img takes no image; use img2img")
+        # Every size the engine will make (derived from the image, hires, upscale), before queueing.
+        check_sides(self)

@@ -184,7 +184,7 @@ def test_slow_reader_previews_are_dropped_results_never():
             session.send(b"preview", droppable=True)
         for _ in range(3):
             session.send(b"result")
-        return list(session._outbox)
+        return [frame for frame, _ in session._outbox]
 
     outbox = asyncio.run(scenario())
     assert outbox.count(b"preview") == 4 and outbox.count(b"result") == 3
