@@ -61,6 +61,12 @@ class JobParams:
     vae: str = ""  # "" = the checkpoint's own
     hires: HiresParams | None = None
     upscale: UpscaleParams | None = None
+    # WebUI reproduction (issue 15): the schedule type, and how noise is made (engine/noise.py).
+    schedule_type: str = "Automatic"  # Automatic = the sampler's own spacing
+    rng: str = "gpu"  # gpu | cpu | nv (NVIDIA's generator emulated on the CPU); the WebUI's default is GPU
+    eta_noise_seed_delta: int = 0  # WebUI "Eta noise seed delta" (ENSD)
+    seed_resize_from_w: int = 0  # WebUI "Resize seed from width/height"; 0 = off
+    seed_resize_from_h: int = 0
 
 
 @dataclass

@@ -12,6 +12,9 @@ from protocol.plots import Plot, check
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
 MAX_GENERATE_SIDE = 8192
+# The WebUI's schedule types (engine/schedules.py spaces the sigmas by them).
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+                  "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
 
 
 class JobKind(str, Enum):
@@ -76,6 +79,12 @@ class JobRequest:
     hires: HiresFix | None = None  # txt2img only
     upscale: Upscale | None = None  # upscale only (defaults when absent)
     plot: Plot | None = None  # X/Y/Z plot, prompt matrix or prompt list: many images, each labelled
+    # WebUI reproduction: schedule type (Automatic = the sampler's own), noise source and seeds.
+    schedule_type: str = choice("Automatic", SCHEDULE_TYPES)
+    rng: str = choice("gpu", ("gpu", "cpu", "nv"))  # nv: NVIDIA's CUDA generator, emulated on any machine
+    eta_noise_seed_delta: int = bounded(0, 0, MAX_SEED)  # WebUI "Eta noise seed delta"
+    seed_resize_from_w: int = bounded(0, 0, MAX_GENERATE_SIDE)  # WebUI "Resize seed from width"; 0 = off
+    seed_resize_from_h: int = bounded(0, 0, MAX_GENERATE_SIDE)
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
