@@ -63,7 +63,8 @@ def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None):
 class Denoiser:
     """D(x, sigma) over a model's training noise schedule."""
 
-    def __init__(self, scheduler_config: dict[str, Any], predict: Predict, dtype, check: Callable[[], None] | None = None):
+    def __init__(self, scheduler_config: dict[str, Any], predict: Predict, dtype, check: Callable[[], None] | None = None,
+                 lcm: bool = False):
         from diffusers import EulerDiscreteScheduler
 
         # The training schedule (betas -> cumulative alphas) as diffusers computes it.
@@ -76,6 +77,7 @@ class Denoiser:
         self.check = check  # called before every model call (cancel)
         self.known: tuple[Any, Any] | None = None  # inpainting: (x0 of the image, 1 where it is kept)
         self.calls = 0
+        self.lcm = lcm  # the WebUI's LCM: 50 of the training timesteps, the consistency boundary scaling
 
     @property
     def sigma_min(self) -> float:
@@ -87,7 +89,36 @@ class Denoiser:
 
     def timestep(self, sigma: float) -> float:
         """sigma -> the fractional training timestep, interpolating log sigma."""
+        if self.lcm:
+            return float(self._lcm_timestep(sigma))
         return float(np.interp(math.log(sigma), self.log_sigmas, np.arange(len(self.log_sigmas))))
+
+    # -- LCM (Luo et al. 2023), as the WebUI's LCM sampler wraps the model -----------------
+    LCM_ORIGINAL_STEPS = 50  # the 50 timesteps 19, 39, ... 999 LCM was distilled on
+
+    def _lcm_table(self) -> np.ndarray:
+        stride = len(self.log_sigmas) // self.LCM_ORIGINAL_STEPS
+        return self.log_sigmas[stride - 1 :: stride]
+
+    def _lcm_timestep(self, sigma: float) -> int:
+        """The nearest of LCM's timesteps (quantised, as LCM was trained)."""
+        stride = len(self.log_sigmas) // self.LCM_ORIGINAL_STEPS
+        return int(np.abs(math.log(sigma) - self._lcm_table()).argmin()) * stride + stride - 1
+
+    def lcm_sigmas(self, steps: int) -> list[float]:
+        """Timesteps evenly from 999 to 19, interpolated in LCM's table; then 0."""
+        stride = len(self.log_sigmas) // self.LCM_ORIGINAL_STEPS
+        table = self._lcm_table()
+        ts = np.linspace(self._lcm_timestep(self.sigma_max), self._lcm_timestep(self.sigma_min), steps)
+        index = np.clip((ts - (stride - 1)) / stride, 0, len(table) - 1)
+        return [float(s) for s in np.exp(np.interp(index, np.arange(len(table)), table))] + [0.0]
+
+    def _lcm_boundary(self, x0, x, sigma: float):
+        """The consistency model's skip connection: c_skip x + c_out x0 at 10 x the timestep."""
+        scaled = self._lcm_timestep(sigma) * 10.0
+        c_skip = 0.25 / (scaled**2 + 0.25)
+        c_out = scaled / math.sqrt(scaled**2 + 0.25)
+        return c_out * x0 + c_skip * x
 
     def sigmas(self, steps: int, karras: bool = False) -> list[float]:
         """k-diffusion's schedules: timesteps evenly spaced from the last to 0
@@ -111,6 +142,8 @@ class Denoiser:
             x0 = out
         else:
             x0 = x - out * sigma
+        if self.lcm:
+            x0 = self._lcm_boundary(x0, x, sigma)
         if self.known is not None:
             image, keep = self.known
             x0 = image * keep + x0 * (1.0 - keep)

@@ -21,14 +21,14 @@ from PIL import Image
 from engine import autosize, embeddings, inpainting, loras, masks, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
-from engine.kpipeline import KPipeline, decode_images
+from engine.kpipeline import KPipeline, NoiseOptions, decode_images
 from engine.models import LoadedModel, ModelManager, is_out_of_memory
-from engine.noise import initial_noise
+from engine.noise import DEFAULT_RNG, INFOTEXT_RNG, check_source, initial_noise
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
 from engine.preview import latent_preview
 from engine.prompts import extract_loras
 from engine.registry import CHECKPOINT, LORA, VAE, ModelEntry, Registry
-from engine.samplers import lookup, make_scheduler
+from engine.samplers import lookup, make_scheduler, resolve
 from engine.upscalers import Upscalers
 
 log = logging.getLogger("paintbridge")
@@ -88,7 +88,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
     upscaler, VAE, LoRAs) and their combination. The server runs it before
     queueing, so bad input fails at once. Returns the checkpoint to load, or
     None for an upscaler-only job."""
-    lookup(params.sampler)
+    resolve(params.sampler, params.schedule_type)
+    check_source(params.rng)
     assert engine.upscalers is not None
     if params.hires is not None and params.hires.upscaler != "Latent":
         engine.upscalers.resolve(params.hires.upscaler, "hires.upscaler")
@@ -286,12 +287,20 @@ def denoise_steps(steps: int, strength: float) -> int:
 def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel: CancelFlag | None):
     """The pipeline for a task: diffusers' with the sampler's scheduler, or
     KPipeline for the samplers written here (engine/ksampling.py)."""
-    spec = lookup(params.sampler)
+    spec, schedule = resolve(params.sampler, params.schedule_type)
     if spec.uses_function(params.eta):
-        return KPipeline(model, spec.function, spec.karras, spec.eta_for(params.eta), lambda: _check_cancel(cancel))
+        return KPipeline(model, spec, eta=spec.eta_for(params.eta), check=lambda: _check_cancel(cancel),
+                         schedule=schedule, noise=noise_options(params, params.batch_size))
     pipe = model.pipeline(task)
     pipe.scheduler = make_scheduler(spec.name, model.base.scheduler.config, seed)
     return pipe
+
+
+def noise_options(params: JobParams, count: int) -> NoiseOptions:
+    """The request's variation seed, resize seed, RNG source and ENSD for KPipeline."""
+    subseeds = resolve_seeds(params.subseed, count) if params.subseed_strength > 0 else None
+    return NoiseOptions(subseeds, params.subseed_strength, (params.seed_resize_from_w, params.seed_resize_from_h),
+                        params.rng, params.eta_noise_seed_delta)
 
 
 def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, cancel) -> JobOutput:
@@ -321,12 +330,15 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
 
 
 def _noise(model: LoadedModel, params: JobParams, seeds: list[int], width: int, height: int):
-    """txt2img start noise; with a variation seed, blended towards its noise."""
-    if params.subseed_strength <= 0:
+    """txt2img start noise for a diffusers scheduler (UniPC) with a variation seed,
+    resize seed or RNG source (KPipeline makes its own)."""
+    plain = params.subseed_strength <= 0 and params.rng == "cpu" and not params.seed_resize_from_w
+    if plain or lookup(params.sampler).uses_function(params.eta):
         return None  # diffusers draws the same noise from the seeded generators
     channels = model.base.unet.config.in_channels
     subseeds = resolve_seeds(params.subseed, len(seeds))
-    noise = initial_noise(seeds, subseeds, params.subseed_strength, (channels, height // 8, width // 8))
+    noise = initial_noise(seeds, subseeds, params.subseed_strength, (channels, height // 8, width // 8), params.rng,
+                          (params.seed_resize_from_w, params.seed_resize_from_h))
     return noise.to(model.base._execution_device, model.base.unet.dtype)
 
 
@@ -423,7 +435,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         upscaled = tiled.tiled_img2img(
             model, params.sampler, source, params.prompt, params.negative_prompt, params.steps, options.denoise,
             params.cfg_scale, seeds[0], options.tile, options.overlap, options.tile_batch, options.vae_tile, report,
-            cancel, params.clip_skip, params.eta,
+            cancel, params.clip_skip, params.eta, params.schedule_type,
         )
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
@@ -512,7 +524,7 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
 
 
 def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], seeds: list[int], w: int, h: int) -> JobOutput:
-    spec = lookup(params.sampler)
+    spec, schedule = resolve(params.sampler, params.schedule_type)
     parameters: dict[str, Any] = {
         "kind": params.kind,
         "prompt": params.prompt,
@@ -534,8 +546,16 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
         parameters["resolution"] = "auto"
     if params.eta is not None and spec.eta is not None and params.eta != spec.eta:
         parameters["eta"] = params.eta  # as the WebUI: only when not the sampler's default
+    if spec.function and not spec.timesteps and spec.function not in ("sample_dpm_fast", "sample_dpm_adaptive"):
+        parameters["schedule_type"] = schedule  # as the WebUI 1.9+ writes it, never "Automatic"
     if params.subseed_strength > 0:
         parameters.update(subseed=params.subseed, subseed_strength=params.subseed_strength)
+    if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0:
+        parameters["seed_resize_from"] = (params.seed_resize_from_w, params.seed_resize_from_h)
+    if params.rng != DEFAULT_RNG:
+        parameters["rng"] = params.rng
+    if params.eta_noise_seed_delta and spec.uses_ensd and spec.eta_for(params.eta) != 0:
+        parameters["ensd"] = params.eta_noise_seed_delta
     if params.kind == "img2img" and params.resize_mode != "just resize":
         parameters["resize_mode"] = params.resize_mode
     if params.kind != "txt2img":
@@ -570,8 +590,16 @@ def infotext(p: dict[str, Any]) -> str:
     ]
     if "eta" in p:
         fields.append(f"{'Eta DDIM' if p['sampler'] == 'DDIM' else 'Eta'}: {p['eta']:g}")
+    if p.get("schedule_type"):
+        fields.insert(2, f"Schedule type: {p['schedule_type']}")
     if p.get("subseed_strength"):
         fields += [f"Variation seed: {p['subseed']}", f"Variation seed strength: {p['subseed_strength']:g}"]
+    if p.get("seed_resize_from"):
+        fields.append("Seed resize from: {}x{}".format(*p["seed_resize_from"]))
+    if p.get("rng"):
+        fields.append(f"RNG: {INFOTEXT_RNG[p['rng']]}")
+    if p.get("ensd"):
+        fields.append(f"ENSD: {p['ensd']}")
     if p.get("vae"):
         fields.append(f"VAE: {_quote(p['vae'])}")
     if p.get("clip_skip", 1) > 1:

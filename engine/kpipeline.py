@@ -1,9 +1,9 @@
-"""A pipeline for the samplers written here (engine/ksampling.py).
+"""The pipeline every WebUI sampler runs in (engine/ksampling.py's functions).
 
-jobs.py drives diffusers pipelines. For the samplers diffusers lacks (and the
-ancestral samplers with a chosen eta) it uses this class instead: it takes
-the same call arguments and runs the loop as the WebUI does with
-k-diffusion. x starts at the first sigma (noise, or the encoded image plus
+It takes a diffusers pipeline's call arguments and runs the loop as the WebUI
+does with k-diffusion: sigmas by the schedule type (engine/schedules.py), the
+noise from each image's seeded generator (engine/noise.py) or a Brownian tree,
+img2img over the WebUI's last t_enc + 1 steps. x starts at the first sigma (noise, or the encoded image plus
 noise), the UNet is a denoiser D(x, sigma) -> x0 (engine/denoiser.py), and for
 inpainting with an ordinary model D's estimate keeps the known image outside
 the mask (the WebUI's way; diffusers re-noises the image instead, which needs
@@ -12,29 +12,62 @@ a scheduler). Encoding and decoding use the model's own VAE.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from engine import ksampling, tiled
+from engine import ksampling, schedules, tiled
 from engine.denoiser import Denoiser, Guidance, guided_unet
+from engine.noise import DEFAULT_RNG, ImageNoise
+from engine.samplers import SamplerSpec
 
 ENCODE_TILE = 1024  # pixels: larger inputs (hires passes) encode in tiles
 
 
-class KPipeline:
-    """txt2img without `image`, img2img with it, inpainting with `mask_image` too."""
+@dataclass
+class NoiseOptions:
+    """How the noise is made (engine/noise.py): the WebUI's variation seed, resize
+    seed, RNG source and eta noise seed delta."""
 
-    def __init__(self, model: Any, function: str, karras: bool, eta: float, check: Callable[[], None] | None = None):
+    subseeds: list[int] | None = None
+    subseed_strength: float = 0.0
+    resize_from: tuple[int, int] = (0, 0)  # (width, height); (0, 0) = off
+    rng: str = DEFAULT_RNG
+    eta_noise_seed_delta: int = 0
+
+
+class KPipeline:
+    """txt2img without `image`, img2img with it, inpainting with `mask_image` too.
+
+    `sampler` is a SamplerSpec (or, as before, a function name of
+    engine/ksampling.py with `karras` choosing its spacing); `schedule` a
+    schedule type ("Automatic": the sampler's own)."""
+
+    def __init__(self, model: Any, sampler: SamplerSpec | str, karras: bool = False, eta: float = 1.0,
+                 check: Callable[[], None] | None = None, schedule: str = "Automatic",
+                 noise: NoiseOptions | None = None):
+        if isinstance(sampler, str):
+            sampler = SamplerSpec(sampler, sampler, schedule="Karras" if karras else "Uniform")
         self.model = model  # a LoadedModel
-        self.function = function
-        self.karras = karras
+        self.spec = sampler
+        self.schedule = sampler.schedule if schedules.canonical(schedule) == "Automatic" else schedules.canonical(schedule)
         self.eta = eta
         self.check = check
+        self.noise_options = noise or NoiseOptions()
         self.num_timesteps = 0  # read by the step callback, as on a diffusers pipeline
+
+    @property
+    def function(self) -> str:
+        return self.spec.function
+
+    def sigmas(self, denoiser: Denoiser, steps: int, strength: float | None = None) -> tuple[list[float], float]:
+        sdxl = getattr(self.model, "family", "") == "sdxl"
+        return plan_sigmas(self.spec, self.schedule, denoiser, steps, strength, sdxl)
 
     def __call__(
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
@@ -43,19 +76,19 @@ class KPipeline:
         image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, **_: Any,
     ) -> SimpleNamespace:
         import torch
-        from diffusers.utils.torch_utils import randn_tensor
 
         pipe = self.model.base
         unet, device = pipe.unet, pipe._execution_device
         batch = len(generator)
-        init = self._encode(image, generator[0]) if image is not None else None
+        seeds = [g.initial_seed() for g in generator]
+        # The VAE's sampling draws from its own generator, so the images' noise is the seeds' alone.
+        init = self._encode(image, torch.Generator("cpu").manual_seed(seeds[0])) if image is not None else None
         if init is not None:
             height, width = init.shape[2] * 8, init.shape[3] * 8
         assert width and height
-        shape = (batch, 4, height // 8, width // 8)
-
-        def noise():  # drawn on the CPU per image, so a seed means the same on every device
-            return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
+        options = self.noise_options
+        rng = ImageNoise((4, height // 8, width // 8), seeds, options.subseeds, options.subseed_strength,
+                         options.resize_from, options.rng, device, options.eta_noise_seed_delta)
 
         guidance = Guidance(prompt_embeds, negative_prompt_embeds, guidance_scale, pooled_prompt_embeds,
                             negative_pooled_prompt_embeds)
@@ -69,25 +102,19 @@ class KPipeline:
             mask = self._mask(mask_image, width, height, device)
             if unet.config.in_channels == 9:  # inpainting model: mask + masked image as extra channels
                 pixels = np.asarray(image.convert("RGB")) * (np.asarray(mask_image.convert("L")) < 128)[..., None]
-                masked = self._encode(Image.fromarray(pixels.astype(np.uint8)), generator[0])
+                masked = self._encode(Image.fromarray(pixels.astype(np.uint8)), torch.Generator().manual_seed(seeds[0]))
                 extra = torch.cat([mask, masked], dim=1).repeat(batch, 1, 1, 1)
             else:
                 keep = 1.0 - mask
 
         denoiser = Denoiser(dict(pipe.scheduler.config), lambda x, t: guided_unet(unet, x, t, guidance, extra),
-                            unet.dtype, self.check)
-        sigmas = denoiser.sigmas(num_inference_steps, self.karras)
+                            unet.dtype, self.check, lcm=self.spec.lcm)
+        x0 = None
         if init is not None:
-            # img2img: the last steps of the schedule, as many as the strength asks for.
-            sigmas = sigmas[num_inference_steps - min(num_inference_steps, max(1, int(num_inference_steps * strength))):]
             x0 = init.float().expand(batch, -1, -1, -1) if init.shape[0] == 1 else init.float()
-            x = x0 + noise() * sigmas[0]
             if keep is not None:
                 denoiser.known = (x0, keep)
-        else:
-            start = latents.to(device, torch.float32) if latents is not None else noise()
-            x = start * sigmas[0]
-        self.num_timesteps = len(sigmas) - 1
+        start = latents.to(device, torch.float32) if latents is not None and x0 is None else None
 
         def progress(x, denoised, done: float) -> None:
             if callback_on_step_end is not None:
@@ -95,12 +122,45 @@ class KPipeline:
                 callback_on_step_end(self, step, None, {"latents": x})
 
         with torch.inference_mode():
-            x = ksampling.sample(self.function, denoiser, x, sigmas, noise, progress, self.eta)
+            x = self.run(denoiser, num_inference_steps, rng, x0=x0, strength=strength, start=start, callback=progress)
             if keep is not None:
                 x = denoiser.known[0] * keep + x * (1.0 - keep)
             if output_type == "latent":
                 return SimpleNamespace(images=x.to(unet.dtype))
             return SimpleNamespace(images=decode_images(pipe.vae, x))
+
+    def run(self, denoiser: Any, steps: int, rng: ImageNoise, x0: Any = None, strength: float = 1.0, start: Any = None,
+            callback: ksampling.Callback = ksampling._none):
+        """The sampling itself, on any denoiser (with the model's `log_sigmas`):
+        txt2img from the seeds' noise (or `start`), img2img from the clean latent
+        x0; returns the final latent."""
+        import torch
+
+        sigmas, start_sigma = self.sigmas(denoiser, steps, strength if x0 is not None else None)
+        noise = rng.first().to(rng.device, torch.float32) if start is None else start
+        if x0 is not None:
+            x = x0 + noise * start_sigma
+            if self.spec.timesteps:  # noised to one timestep, sampled from the next one down (the WebUI's way)
+                x = x * math.sqrt((1 + sigmas[0] ** 2) / (1 + start_sigma**2))
+        else:
+            # Timestep samplers start from unit noise in x_t = sqrt(a) x0 + sqrt(1 - a) eps.
+            x = noise * (math.sqrt(1 + sigmas[0] ** 2) if self.spec.timesteps else sigmas[0])
+        self.num_timesteps = max(1, len(sigmas) - 1)
+        step_noise = self._noise_sampler(rng, sigmas, rng.seeds, x)
+        x = ksampling.sample(self.function, denoiser, x, sigmas, step_noise, callback, self.eta,
+                             **self.spec.sampler_options())
+        if self.spec.timesteps:  # ends at the lowest timestep, decoded as it is
+            x = x / math.sqrt(1 + sigmas[-1] ** 2)
+        return x
+
+    def _noise_sampler(self, rng: ImageNoise, sigmas: list[float], seeds: list[int], x) -> ksampling.Noise:
+        """The SDE samplers' Brownian tree over the sigma range, one tree per image
+        seed (the WebUI's batch-deterministic noise); the others continue each
+        image's generator."""
+        if self.spec.brownian:
+            positive = [s for s in sigmas if s > 0]
+            return brownian_noise(x, min(positive), max(positive), seeds)
+        return lambda sigma, sigma_next: rng.next().to(x.device, x.dtype)
 
     def _encode(self, image: Any, generator):
         """A PIL image (or a list, one per image of the batch) -> scaled latents;
@@ -122,6 +182,44 @@ class KPipeline:
 
         small = mask_image.convert("L").resize((width // 8, height // 8), Image.NEAREST)
         return torch.from_numpy((np.asarray(small) >= 128).astype(np.float32))[None, None].to(device)
+
+
+def plan_sigmas(spec: SamplerSpec, schedule: str, denoiser: Denoiser, steps: int, strength: float | None = None,
+                sdxl: bool = False) -> tuple[list[float], float]:
+    """The sigmas to walk and the sigma of the start noise, as the WebUI picks them.
+    img2img (a strength) runs the last int(strength * steps) + 1 steps of the
+    full schedule (the WebUI's t_enc + 1)."""
+    discrete = schedules.Discrete(denoiser.log_sigmas)
+    if spec.timesteps:
+        return schedules.timestep_sigmas(steps, discrete, strength)
+    if spec.lcm:
+        full = denoiser.lcm_sigmas(steps)
+    else:
+        full = schedules.sigmas(schedule, steps, discrete, sdxl, spec.discard_penultimate)
+    if strength is not None:
+        t_enc = int(min(strength, 0.999) * steps)
+        full = full[max(0, steps - t_enc - 1):]
+    return full, full[0]
+
+
+def brownian_noise(x, sigma_min: float, sigma_max: float, seeds: list[int]) -> ksampling.Noise:
+    """Unit noise for the step from sigma to sigma_next from a Brownian tree per
+    image (torchsde's, as k-diffusion's BrownianTreeNoiseSampler builds it): the
+    increment over [sigma_next, sigma] divided by sqrt of its length."""
+    import torch
+    import torchsde
+
+    t0, t1 = torch.tensor(sigma_min, dtype=torch.float32), torch.tensor(sigma_max, dtype=torch.float32)
+    w0 = torch.zeros_like(x[0])
+    trees = [torchsde.BrownianTree(t0, w0, t1, entropy=seed) for seed in seeds]
+
+    def noise(sigma: float, sigma_next: float):
+        a, b = torch.tensor(sigma, dtype=torch.float32), torch.tensor(sigma_next, dtype=torch.float32)
+        low, high, sign = (a, b, 1) if a < b else (b, a, -1)
+        w = torch.stack([tree(low, high) for tree in trees]) * sign
+        return w / (high - low).abs().sqrt()
+
+    return noise
 
 
 def decode_images(vae, latents) -> np.ndarray:

@@ -1,27 +1,31 @@
-"""The WebUI samplers diffusers has no scheduler for, in the k-diffusion style.
+"""The WebUI's samplers, written as k-diffusion writes them.
 
-diffusers ships most of the WebUI's samplers as schedulers (engine/samplers.py).
-DPM++ 2S a, DPM fast and DPM adaptive have none, and the ancestral samplers'
-eta is not exposed by diffusers' ancestral schedulers, so these are written
-here as k-diffusion writes them: one short function per sampler, each taking
+Every sampler name the WebUI offers runs one of these functions (DDIM and PLMS
+as the WebUI's own timestep samplers), so a seed gives the picture the WebUI
+gives. One short function per sampler, each taking
 
     model(x, sigma) -> denoised x0, the start x (already at sigmas[0]),
-    the sigmas (a decreasing list ending in 0) or the sigma range,
+    the sigmas (a decreasing list, normally ending in 0) or the sigma range,
 
-plus `noise()` for fresh Gaussian noise shaped like x (seeded by the caller)
-and `callback(x, denoised, done)`, with `done` the fraction of the way
-(0..1], called once per step. Sigmas are plain floats: they are the same for
-every image of a batch.
+plus `noise(sigma, sigma_next)` for the Gaussian noise a stochastic step adds
+between two noise levels (the caller decides where it comes from: each image's
+seeded generator, as the WebUI 1.6+ continues it, or a Brownian tree for the
+SDE samplers) and `callback(x, denoised, done)`, with `done` the fraction of
+the way (0..1], called once per step. Sigmas are plain floats: they are the
+same for every image of a batch. The functions mirror k-diffusion's
+(crowsonkb/k-diffusion, sampling.py), which the tests run next to them.
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 Model = Callable[[Any, float], Any]  # (x, sigma) -> denoised
-Noise = Callable[[], Any]
+Noise = Callable[[float, float], Any]  # (sigma, sigma_next) -> unit Gaussian noise shaped like x
 Callback = Callable[[Any, Any, float], None]  # (x, denoised, fraction done)
 
 
@@ -69,7 +73,7 @@ def _ancestral(step: Step, model: Model, x, sigmas: Sequence[float], noise: Nois
         else:
             x = step(model, x, sigma, sigma_down, denoised)
         if sigma_up:
-            x = x + noise() * sigma_up
+            x = x + noise(sigma, sigmas[i + 1]) * sigma_up
         callback(x, denoised, (i + 1) / steps)
     return x
 
@@ -110,6 +114,279 @@ def sample_dpmpp_2s_ancestral(model: Model, x, sigmas: Sequence[float], noise: N
                               eta: float = 1.0):
     """DPM++ 2S a: single-step DPM-Solver++ of second order, two model calls a step."""
     return _ancestral(_dpmpp_2s, model, x, sigmas, noise, callback, eta)
+
+
+# -- deterministic samplers (Karras et al. 2022, Algorithm 2 without churn) ----------
+def sample_euler(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+    """Euler: first order, one model call a step."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        x = x + _d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+        callback(x, denoised, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+def sample_heun(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+    """Heun: Euler, then the trapezoid of both slopes (two calls a step, one for the last)."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma)
+        d = _d(x, sigma, denoised)
+        x_2 = x + d * (sigma_next - sigma)
+        if sigma_next:
+            x_2 = x + (d + _d(x_2, sigma_next, model(x_2, sigma_next))) / 2 * (sigma_next - sigma)
+        x = x_2
+        callback(x, denoised, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+def sample_dpm_2(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+    """DPM2: the midpoint (in log sigma) slope for the whole step; Euler to 0."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma)
+        x = _dpm_2(model, x, sigma, sigma_next, denoised) if sigma_next else _euler(model, x, sigma, 0.0, denoised)
+        callback(x, denoised, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+def lms_coefficient(order: int, sigmas: Sequence[float], i: int, j: int) -> float:
+    """The integral from sigmas[i] to sigmas[i+1] of the Lagrange basis polynomial
+    of sigmas[i-j] over the last `order` sigmas (linear multistep). Integrated
+    exactly with numpy's polynomials; k-diffusion integrates numerically to 1e-4."""
+    import numpy as np
+
+    poly = np.polynomial.Polynomial([1.0])
+    for k in range(order):
+        if k != j:
+            poly = poly * np.polynomial.Polynomial([-sigmas[i - k], 1.0]) / (sigmas[i - j] - sigmas[i - k])
+    integral = poly.integ()
+    return float(integral(sigmas[i + 1]) - integral(sigmas[i]))
+
+
+def sample_lms(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none, order: int = 4):
+    """LMS: Adams-Bashforth of up to fourth order on the ODE's slopes."""
+    slopes: list[Any] = []
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        slopes = [*slopes[-(order - 1):], _d(x, sigmas[i], denoised)]
+        current = min(i + 1, order)
+        x = x + sum(lms_coefficient(current, sigmas, i, j) * d for j, d in enumerate(reversed(slopes)))
+        callback(x, denoised, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+def sample_dpmpp_2m(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second order from the previous
+    step's estimate; the first and the last step are first order."""
+    old_denoised, h_last = None, 0.0
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma)
+        if not sigma_next:
+            x = denoised  # the first-order step to sigma 0 lands on the estimate
+        else:
+            h = math.log(sigma) - math.log(sigma_next)
+            d = denoised
+            if old_denoised is not None:
+                r = h_last / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (sigma_next / sigma) * x - math.expm1(-h) * d
+            h_last = h
+        old_denoised = denoised
+        callback(x, denoised, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+# -- stochastic samplers on a Brownian tree (their noise depends on the interval) ------
+def sample_dpmpp_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                     eta: float = 1.0, r: float = 1 / 2):
+    """DPM++ SDE: stochastic DPM-Solver++ with a midpoint estimate, two calls a step."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma)
+        if not sigma_next:
+            x = denoised
+        else:
+            h = math.log(sigma) - math.log(sigma_next)
+            sigma_s = math.exp(math.log(sigma) - r * h)
+            down, up = ancestral_step(sigma, sigma_s, eta)
+            x_2 = (down / sigma) * x - math.expm1(math.log(down) - math.log(sigma)) * denoised
+            if up:
+                x_2 = x_2 + noise(sigma, sigma_s) * up
+            denoised_2 = model(x_2, sigma_s)
+            down, up = ancestral_step(sigma, sigma_next, eta)
+            mixed = (1 - 1 / (2 * r)) * denoised + 1 / (2 * r) * denoised_2
+            x = (down / sigma) * x - math.expm1(math.log(down) - math.log(sigma)) * mixed
+            if up:
+                x = x + noise(sigma, sigma_next) * up
+        callback(x, denoised, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+def sample_dpmpp_2m_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                        eta: float = 1.0, solver_type: str = "midpoint"):
+    """DPM++ 2M SDE: the multistep solver of the SDE (eta 1) or ODE (eta 0); its
+    second-order correction by the midpoint or Heun's rule."""
+    old_denoised, h_last = None, 0.0
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma)
+        if not sigma_next:
+            x = denoised
+        else:
+            h = math.log(sigma) - math.log(sigma_next)
+            eta_h = eta * h
+            phi = -math.expm1(-h - eta_h)
+            x = sigma_next / sigma * math.exp(-eta_h) * x + phi * denoised
+            if old_denoised is not None:
+                r = h_last / h
+                if solver_type == "heun":
+                    x = x + (phi / (-h - eta_h) + 1) * (1 / r) * (denoised - old_denoised)
+                else:
+                    x = x + 0.5 * phi * (1 / r) * (denoised - old_denoised)
+            if eta:
+                x = x + noise(sigma, sigma_next) * sigma_next * math.sqrt(-math.expm1(-2 * eta_h))
+            h_last = h
+        old_denoised = denoised
+        callback(x, denoised, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+def sample_dpmpp_3m_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                        eta: float = 1.0):
+    """DPM++ 3M SDE: third-order multistep from the last two estimates."""
+    denoised_1 = denoised_2 = None
+    h_1 = h_2 = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma)
+        h = None
+        if not sigma_next:
+            x = denoised
+        else:
+            h = math.log(sigma) - math.log(sigma_next)
+            h_eta = h * (eta + 1)
+            x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised
+            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0 = (denoised - denoised_1) / r0
+                d1_1 = (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+            elif h_1 is not None:
+                x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
+            if eta:
+                x = x + noise(sigma, sigma_next) * sigma_next * math.sqrt(-math.expm1(-2 * h * eta))
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
+        callback(x, denoised, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+# -- the WebUI's own additions ----------------------------------------------------------
+def sample_lcm(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+    """LCM (Luo et al. 2023): jump to the consistency model's estimate, then re-noise
+    it to the next sigma with fresh noise."""
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i])
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+        callback(x, denoised, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+def restart_steps(sigmas: Sequence[float]) -> list[tuple[float, float]]:
+    """Restart sampling (Xu et al. 2023) as the WebUI schedules it: from 20 steps on,
+    fewer Karras steps plus restart intervals that jump back from sigma ~0.1 to ~2
+    (once, twice from 36 steps) and run Heun down again."""
+    steps = len(sigmas) - 1
+    restarts: dict[int, tuple[int, int, float]] = {}
+    if steps >= 20:
+        count, times = (steps // 4, 2) if steps >= 36 else (9, 1)
+        sigmas = karras_sigmas(steps - count * times, sigmas[-2], sigmas[0])
+        restarts = {_nearest(sigmas, 0.1): (count + 1, times, 2.0)}
+    pairs = []
+    for i in range(len(sigmas) - 1):
+        pairs.append((sigmas[i], sigmas[i + 1]))
+        if i + 1 in restarts:
+            count, times, high = restarts[i + 1]
+            top = _nearest(sigmas, high)
+            if top < i + 1:
+                ladder = karras_sigmas(count, sigmas[i + 1], sigmas[top])[:-1]
+                pairs += list(itertools.pairwise(ladder)) * times
+    return pairs
+
+
+def _nearest(sigmas: Sequence[float], value: float) -> int:
+    return min(range(len(sigmas)), key=lambda k: (abs(sigmas[k] - value), k))
+
+
+def sample_restart(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+    """Restart: Heun steps; before each jump back up, noise to the higher sigma."""
+    pairs = restart_steps(sigmas)
+    last = None
+    for n, (sigma, sigma_next) in enumerate(pairs):
+        if last is not None and last < sigma:
+            x = x + noise(last, sigma) * math.sqrt(sigma**2 - last**2)
+        x = sample_heun(model, x, [sigma, sigma_next], noise)
+        last = sigma_next
+        callback(x, x, (n + 1) / len(pairs))
+    return x
+
+
+# -- the WebUI's timestep samplers (DDIM, PLMS), in sigma space ------------------------
+# The WebUI runs these on the variance-preserving x_t = sqrt(a) x0 + sqrt(1 - a) eps
+# over its integer timesteps (engine/schedules.py: webui_timesteps). Here x is
+# x_t / sqrt(a) = x0 + sigma eps, so the same model (a denoiser) serves; the
+# steps are the same arithmetic, and the run ends, as the WebUI's does, at
+# the lowest timestep (sigmas has no 0): the caller rescales that x by sqrt(a).
+def _eps(model: Model, x, sigma: float):
+    return (x - model(x, sigma)) / sigma
+
+
+def sample_ddim(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                eta: float = 0.0):
+    """DDIM (Song et al. 2021, eq. 12): one model call a step, `eta` of DDPM's noise."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_prev = sigmas[i], sigmas[i + 1]
+        a, a_prev = 1 / (1 + sigma**2), 1 / (1 + sigma_prev**2)
+        eps = _eps(model, x, sigma)
+        x0 = x - sigma * eps
+        sigma_t = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+        x_vp = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma_t**2) * eps
+        if sigma_t:
+            x_vp = x_vp + sigma_t * noise(sigma, sigma_prev)
+        x = x_vp / math.sqrt(a_prev)
+        callback(x, x0, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
+def sample_plms(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+    """PLMS (Liu et al. 2022, pseudo linear multistep): the first step is pseudo
+    improved Euler (two calls), then Adams-Bashforth of orders 2-4 on eps."""
+    old: list[Any] = []
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_prev = sigmas[i], sigmas[i + 1]
+        eps = _eps(model, x, sigma)
+        if not old:
+            eps_next = _eps(model, x + (sigma_prev - sigma) * eps, sigma_prev)
+            combined = (eps + eps_next) / 2
+        elif len(old) == 1:
+            combined = (3 * eps - old[-1]) / 2
+        elif len(old) == 2:
+            combined = (23 * eps - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            combined = (55 * eps - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        old = [*old[-2:], eps]
+        # In sigma space a DDIM step (eta 0) with a given eps is an Euler step.
+        x_next = x + (sigma_prev - sigma) * combined
+        callback(x_next, x - sigma * combined, (i + 1) / (len(sigmas) - 1))
+        x = x_next
+    return x
 
 
 # -- DPM-Solver: fixed budget and adaptive ------------------------------------------
@@ -185,7 +462,7 @@ def sample_dpm_fast(model: Model, x, sigma_min: float, sigma_max: float, n: int,
         target, sigma_up = solver.ancestral(ts[i], ts[i + 1], eta)
         x_next = steps[order](x, ts[i], target, cache)
         solver.report(x, cache, ts[i], ts[i + 1])
-        x = x_next + sigma_up * noise() if sigma_up else x_next
+        x = x_next + sigma_up * noise(solver.sigma(ts[i]), solver.sigma(ts[i + 1])) if sigma_up else x_next
     return x
 
 
@@ -242,22 +519,45 @@ def sample_dpm_adaptive(model: Model, x, sigma_min: float, sigma_max: float, noi
         if control.propose(error):
             solver.report(x, cache, s, t)
             x_prev = x_low
-            x = x_high + sigma_up * noise() if sigma_up else x_high
+            x = x_high + sigma_up * noise(solver.sigma(s), solver.sigma(t)) if sigma_up else x_high
             s = t
     return x
 
 
 # -- by name ---------------------------------------------------------------------------
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    f.__name__: f
+    for f in (
+        sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral, sample_euler, sample_heun,
+        sample_dpm_2, sample_lms, sample_dpmpp_2m, sample_dpmpp_sde, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde,
+        sample_lcm, sample_restart, sample_ddim, sample_plms,
+    )
+}
+
+
+def _legacy(noise: Callable[..., Any]) -> Noise:
+    """Accept a zero-argument noise function (this module's older interface)."""
+    try:
+        takes_none = not inspect.signature(noise).parameters
+    except (TypeError, ValueError):
+        takes_none = False
+    return (lambda sigma, sigma_next: noise()) if takes_none else noise
+
+
 def sample(function: str, model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
-           eta: float = 1.0):
+           eta: float = 1.0, **options: Any):
     """Run the named sampler over `sigmas`. The DPM-Solvers take their range from
     it (the first sigma down to the last non-zero one) and DPM fast spends
-    len(sigmas) - 1 calls; a single step (an empty range) is one Euler step to 0."""
+    len(sigmas) - 1 calls; a single step (an empty range) is one Euler step to 0.
+    `eta` goes to the samplers that take one; `options` (solver_type) as named."""
+    noise = _legacy(noise)
     if function in ("sample_dpm_fast", "sample_dpm_adaptive") and len(sigmas) < 3:
         return sample_euler_ancestral(model, x, sigmas, noise, callback, eta=0.0)
     if function == "sample_dpm_fast":
         return sample_dpm_fast(model, x, sigmas[-2], sigmas[0], len(sigmas) - 1, noise, callback, eta)
     if function == "sample_dpm_adaptive":
         return sample_dpm_adaptive(model, x, sigmas[-2], sigmas[0], noise, callback, eta)
-    samplers = {f.__name__: f for f in (sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral)}
-    return samplers[function](model, x, sigmas, noise, callback, eta)
+    f = FUNCTIONS[function]
+    if "eta" in inspect.signature(f).parameters:
+        options["eta"] = eta
+    return f(model, x, sigmas, noise, callback, **options)

@@ -68,6 +68,12 @@ class JobParams:
     mask_grow: int = 0  # px; -1 = auto
     mask_feather: int = 0  # px; -1 = auto
     result_alpha: str = "opaque"  # "mask": repainted pixels with alpha = the blend mask
+    # WebUI reproduction (issue 15): the schedule type, and how noise is made (engine/noise.py).
+    schedule_type: str = "Automatic"  # Automatic = the sampler's own spacing
+    rng: str = "gpu"  # gpu | cpu | nv (NVIDIA's generator emulated on the CPU); the WebUI's default is GPU
+    eta_noise_seed_delta: int = 0  # WebUI "Eta noise seed delta" (ENSD)
+    seed_resize_from_w: int = 0  # WebUI "Resize seed from width/height"; 0 = off
+    seed_resize_from_h: int = 0
 
 
 @dataclass

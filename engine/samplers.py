@@ -1,86 +1,119 @@
-"""WebUI sampler names -> diffusers schedulers.
+"""The WebUI's sampler names, each with the function that runs it and how.
 
-The WebUI's samplers are k-diffusion functions; diffusers ships most of the
-same algorithms as schedulers. k-diffusion spaces its sigmas evenly over the
-whole training schedule ("linspace"), while the WebUI's DDIM/PLMS use the
-original "leading" spacing, so each entry pins the spacing as well as the
-algorithm. The rest (DPM++ 2S a, DPM fast, DPM adaptive, and the ancestral
-samplers at an eta other than 1) are functions in engine/ksampling.py.
+Every name the WebUI 1.6-1.10 offers runs a function of engine/ksampling.py
+through engine/kpipeline.py, called as the WebUI calls k-diffusion: sigmas
+from the model's own discretisation spaced by the schedule type, one more step
+scheduled and the next-to-last sigma dropped for DPM2 and DPM++ 3M SDE, start
+noise times the first sigma, the SDE samplers' noise from a Brownian tree
+seeded with the image seeds, and the other stochastic samplers' noise drawn
+on, from each image's seeded generator. DDIM and PLMS are the WebUI's own
+timestep samplers. Only UniPC stays a diffusers scheduler.
+
+A name may carry its schedule ("DPM++ 2M Karras", as the WebUI before 1.9
+named them); a request's separate schedule type (1.9+) wins over it unless
+it is "Automatic". Automatic means the name's own spacing as the WebUI 1.6-1.8
+ran it, so a request of protocol 2 keeps its meaning; the WebUI 1.9+ changed
+some defaults (DPM++ 2M became Karras), and `webui19_schedule` records them for
+reading its infotexts, which say "Schedule type: Automatic".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from engine import schedules
 from engine.errors import EngineError
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     name: str
-    scheduler: str = ""  # a diffusers scheduler class name; "" = only written here
-    options: Mapping[str, Any] = field(default_factory=dict)
-    function: str = ""  # the k-diffusion-style function in engine/ksampling.py, if there is one
-    karras: bool = False  # with `function`: Karras sigmas
+    function: str = ""  # in engine/ksampling.py; "" = a diffusers scheduler only
+    schedule: str = "Uniform"  # the spacing "Automatic" means for this name
     eta: float | None = None  # the default eta of a sampler that takes one
+    discard_penultimate: bool = False  # one more step scheduled, the next-to-last sigma dropped
+    brownian: bool = False  # SDE samplers: noise from a seeded Brownian tree
+    solver_type: str = ""  # DPM++ 2M SDE: "heun" for its Heun variant
+    timesteps: bool = False  # the WebUI's DDIM/PLMS: integer timesteps, unit start noise
+    lcm: bool = False  # LCM: the consistency model's discretisation and output scaling
+    uses_ensd: bool = False  # "Eta noise seed delta" reseeds its step noise
+    aliases: tuple[str, ...] = ()  # the WebUI's API names (k_euler_a...)
+    webui19_schedule: str = ""  # what "Automatic" meant in the WebUI 1.9+, where it differs
+    scheduler: str = ""  # a diffusers scheduler class name (UniPC)
+    options: Mapping[str, Any] = field(default_factory=dict)  # for the diffusers scheduler
+
+    @property
+    def karras(self) -> bool:
+        return self.schedule == "Karras"
 
     def eta_for(self, eta: float | None) -> float:
         """A request's eta, or this sampler's default where it gave none."""
         return eta if eta is not None else (self.eta or 0.0)
 
-    def uses_function(self, eta: float | None) -> bool:
-        """Run by engine/ksampling.py: no diffusers scheduler, or an eta it cannot take."""
-        if not self.scheduler:
-            return True
-        return bool(self.function) and eta is not None and eta != self.eta
+    def uses_function(self, eta: float | None = None) -> bool:
+        """Run by engine/ksampling.py through KPipeline (all but UniPC)."""
+        return bool(self.function)
+
+    def sampler_options(self) -> dict[str, Any]:
+        return {"solver_type": self.solver_type} if self.solver_type else {}
 
 
-def _k(name: str, scheduler: str, karras: bool = False, **options: Any) -> SamplerSpec:
-    """A k-diffusion sampler: its sigmas spaced as k-diffusion spaces them."""
-    options = {"timestep_spacing": "linspace", **options}
-    if karras:
-        name, options = f"{name} Karras", {**options, "use_karras_sigmas": True}
-    return SamplerSpec(name, scheduler, options)
+def _named(base: SamplerSpec, schedule: str, aliases: tuple[str, ...]) -> SamplerSpec:
+    """The "<name> Karras" / "<name> Exponential" variant of a sampler."""
+    return replace(base, name=f"{base.name} {schedule}", schedule=schedule, aliases=aliases, webui19_schedule="")
 
 
-def _ancestral(name: str, scheduler: str, function: str, karras: bool = False) -> SamplerSpec:
-    """An ancestral sampler (eta 1 by default): diffusers' scheduler at eta 1,
-    engine/ksampling.py at any other eta (and where diffusers has none)."""
-    spec = _k(name, scheduler, karras) if scheduler else SamplerSpec(name + " Karras" * karras)
-    return SamplerSpec(spec.name, scheduler, spec.options, function, karras, 1.0)
+_A = {"eta": 1.0, "uses_ensd": True}  # ancestral: eta 1 by default, noise reseeded by ENSD
+_SDE = {"eta": 1.0, "brownian": True}
 
+EULER_A = SamplerSpec("Euler a", "sample_euler_ancestral", aliases=("k_euler_a", "k_euler_ancestral"), **_A)
+EULER = SamplerSpec("Euler", "sample_euler", aliases=("k_euler",))
+LMS = SamplerSpec("LMS", "sample_lms", aliases=("k_lms",))
+HEUN = SamplerSpec("Heun", "sample_heun", aliases=("k_heun",))
+DPM2 = SamplerSpec("DPM2", "sample_dpm_2", discard_penultimate=True, aliases=("k_dpm_2",), webui19_schedule="Karras")
+DPM2_A = SamplerSpec("DPM2 a", "sample_dpm_2_ancestral", discard_penultimate=True, aliases=("k_dpm_2_a",),
+                     webui19_schedule="Karras", **_A)
+DPMPP_2S_A = SamplerSpec("DPM++ 2S a", "sample_dpmpp_2s_ancestral", aliases=("k_dpmpp_2s_a",),
+                         webui19_schedule="Karras", **_A)
+DPMPP_2M = SamplerSpec("DPM++ 2M", "sample_dpmpp_2m", aliases=("k_dpmpp_2m",), webui19_schedule="Karras")
+DPMPP_SDE = SamplerSpec("DPM++ SDE", "sample_dpmpp_sde", aliases=("k_dpmpp_sde",), webui19_schedule="Karras", **_SDE)
+DPMPP_2M_SDE = SamplerSpec("DPM++ 2M SDE", "sample_dpmpp_2m_sde", aliases=("k_dpmpp_2m_sde",),
+                           webui19_schedule="Exponential", **_SDE)
+DPMPP_2M_SDE_HEUN = SamplerSpec("DPM++ 2M SDE Heun", "sample_dpmpp_2m_sde", solver_type="heun",
+                                aliases=("k_dpmpp_2m_sde_heun",), webui19_schedule="Exponential", **_SDE)
+DPMPP_3M_SDE = SamplerSpec("DPM++ 3M SDE", "sample_dpmpp_3m_sde", discard_penultimate=True,
+                           aliases=("k_dpmpp_3m_sde",), webui19_schedule="Exponential", **_SDE)
+DPM_FAST = SamplerSpec("DPM fast", "sample_dpm_fast", aliases=("k_dpm_fast",), **_A)
+DPM_ADAPTIVE = SamplerSpec("DPM adaptive", "sample_dpm_adaptive", aliases=("k_dpm_ad",), **_A)
 
-_DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
-_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
-
-# In the WebUI's order (its menu lists the Karras variants after the plain ones).
+# In the WebUI 1.6-1.8's order (its menu lists the Karras variants after the plain ones).
 SAMPLERS: dict[str, SamplerSpec] = {
     s.name: s
     for s in [
-        _ancestral("Euler a", "EulerAncestralDiscreteScheduler", "sample_euler_ancestral"),
-        _k("Euler", "EulerDiscreteScheduler"),
-        _k("LMS", "LMSDiscreteScheduler"),
-        _k("Heun", "HeunDiscreteScheduler"),
-        _k("DPM2", "KDPM2DiscreteScheduler"),
-        _ancestral("DPM2 a", "KDPM2AncestralDiscreteScheduler", "sample_dpm_2_ancestral"),
-        _ancestral("DPM++ 2S a", "", "sample_dpmpp_2s_ancestral"),
-        _k("DPM++ 2M", "DPMSolverMultistepScheduler", **_DPMPP),
-        _k("DPM++ SDE", "DPMSolverSDEScheduler"),
-        _k("DPM++ 2M SDE", "DPMSolverMultistepScheduler", **_SDE),
-        _ancestral("DPM fast", "", "sample_dpm_fast"),
-        _ancestral("DPM adaptive", "", "sample_dpm_adaptive"),
-        _k("LMS", "LMSDiscreteScheduler", karras=True),
-        _k("DPM2", "KDPM2DiscreteScheduler", karras=True),
-        _ancestral("DPM2 a", "KDPM2AncestralDiscreteScheduler", "sample_dpm_2_ancestral", karras=True),
-        _ancestral("DPM++ 2S a", "", "sample_dpmpp_2s_ancestral", karras=True),
-        _k("DPM++ 2M", "DPMSolverMultistepScheduler", karras=True, **_DPMPP),
-        _k("DPM++ SDE", "DPMSolverSDEScheduler", karras=True),
-        _k("DPM++ 2M SDE", "DPMSolverMultistepScheduler", karras=True, **_SDE),
-        SamplerSpec("DDIM", "DDIMScheduler", {"timestep_spacing": "leading", "set_alpha_to_one": False}, eta=0.0),
-        SamplerSpec("PLMS", "PNDMScheduler", {"timestep_spacing": "leading", "skip_prk_steps": True}),
-        SamplerSpec("UniPC", "UniPCMultistepScheduler", {"timestep_spacing": "linspace"}),
+        EULER_A, EULER, LMS, HEUN, DPM2, DPM2_A, DPMPP_2S_A, DPMPP_2M, DPMPP_SDE, DPMPP_2M_SDE,
+        DPMPP_2M_SDE_HEUN,
+        _named(DPMPP_2M_SDE_HEUN, "Karras", ("k_dpmpp_2m_sde_heun_ka",)),
+        _named(DPMPP_2M_SDE_HEUN, "Exponential", ("k_dpmpp_2m_sde_heun_exp",)),
+        DPMPP_3M_SDE,
+        _named(DPMPP_3M_SDE, "Karras", ("k_dpmpp_3m_sde_ka",)),
+        _named(DPMPP_3M_SDE, "Exponential", ("k_dpmpp_3m_sde_exp",)),
+        DPM_FAST, DPM_ADAPTIVE,
+        _named(LMS, "Karras", ("k_lms_ka",)),
+        _named(DPM2, "Karras", ("k_dpm_2_ka",)),
+        _named(DPM2_A, "Karras", ("k_dpm_2_a_ka",)),
+        _named(DPMPP_2S_A, "Karras", ("k_dpmpp_2s_a_ka",)),
+        _named(DPMPP_2M, "Karras", ("k_dpmpp_2m_ka",)),
+        _named(DPMPP_SDE, "Karras", ("k_dpmpp_sde_ka",)),
+        _named(DPMPP_2M_SDE, "Karras", ("k_dpmpp_2m_sde_ka",)),
+        _named(DPMPP_2M_SDE, "Exponential", ("k_dpmpp_2m_sde_exp",)),
+        SamplerSpec("Restart", "sample_restart", schedule="Karras", aliases=("restart",)),
+        SamplerSpec("DDIM", "sample_ddim", eta=0.0, timesteps=True, aliases=("ddim",)),
+        SamplerSpec("PLMS", "sample_plms", timesteps=True, aliases=("plms",)),
+        SamplerSpec("UniPC", scheduler="UniPCMultistepScheduler", options={"timestep_spacing": "linspace"},
+                    aliases=("unipc",)),
+        SamplerSpec("LCM", "sample_lcm", lcm=True, aliases=("k_lcm",)),
     ]
 }
 SAMPLER_NAMES = list(SAMPLERS)
@@ -89,27 +122,56 @@ SAMPLER_NAMES = list(SAMPLERS)
 _RESET = ("use_karras_sigmas", "timestep_spacing", "algorithm_type", "solver_order", "skip_prk_steps")
 
 
+def _fold(name: str) -> str:
+    return name.lower().replace(" ", "")
+
+
+def _find(name: str) -> SamplerSpec | None:
+    if name in SAMPLERS:
+        return SAMPLERS[name]
+    # Be forgiving about case and spacing, as the WebUI's API is, and take its aliases.
+    folded = _fold(name)
+    for spec in SAMPLERS.values():
+        if folded == _fold(spec.name) or folded in (_fold(a) for a in spec.aliases):
+            return spec
+    return None
+
+
 def lookup(name: str) -> SamplerSpec:
-    spec = SAMPLERS.get(name)
+    """A sampler by any WebUI name or alias; a name with a schedule type on its end
+    ("Euler Karras", "DPM++ 2M SGM Uniform", as the WebUI 1.9+ accepts) is that
+    sampler with that spacing."""
+    spec = _find(name)
     if spec is None:
-        # Be forgiving about case and spacing, as the WebUI's API is.
-        folded = {n.lower().replace(" ", ""): s for n, s in SAMPLERS.items()}
-        spec = folded.get(name.lower().replace(" ", ""))
+        for label, aliases in schedules.SCHEDULE_TYPES.items():
+            for suffix in (label, *aliases):
+                if label != "Automatic" and _fold(name).endswith(_fold(suffix)) and len(name) > len(suffix):
+                    base = _find(name[: len(name) - len(suffix)].rstrip(" _"))
+                    if base is not None and base.function and not base.timesteps:
+                        spec = replace(base, name=f"{base.name} {label}", schedule=label, aliases=())
+                        break
+            if spec is not None:
+                break
     if spec is None:
         raise EngineError("unknown_sampler", f"unknown sampler {name!r}; valid: {', '.join(SAMPLER_NAMES)}", field="sampler")
     return spec
 
 
+def resolve(name: str, schedule_type: str = "Automatic") -> tuple[SamplerSpec, str]:
+    """(the sampler, the schedule type label it runs with): a request's schedule
+    type, or for "Automatic" the name's own."""
+    spec = lookup(name)
+    label = schedules.canonical(schedule_type or "Automatic")
+    return spec, spec.schedule if label == "Automatic" else label
+
+
 def make_scheduler(name: str, base_config: Mapping[str, Any], seed: int = 0):
-    """A fresh scheduler for `name`, keeping the model's training schedule
-    (betas, prediction type) from `base_config`."""
+    """A fresh diffusers scheduler for `name` (UniPC), keeping the model's training
+    schedule (betas, prediction type) from `base_config`."""
     import diffusers
 
     spec = lookup(name)
     assert spec.scheduler, f"{spec.name} has no diffusers scheduler"
     cls = getattr(diffusers, spec.scheduler)
     config = {k: v for k, v in base_config.items() if k not in _RESET}
-    options = dict(spec.options)
-    if spec.scheduler == "DPMSolverSDEScheduler":
-        options["noise_sampler_seed"] = seed  # its Brownian noise would otherwise be unseeded
-    return cls.from_config(config, **options)
+    return cls.from_config(config, **dict(spec.options))

@@ -31,7 +31,7 @@ from engine.errors import JobCancelled
 from engine.models import LoadedModel, free_memory, is_out_of_memory
 from engine.params import CancelFlag
 from engine.prompts import extract_loras
-from engine.samplers import lookup, make_scheduler
+from engine.samplers import make_scheduler, resolve
 
 MIN_VAE_TILE = 128
 Report = Callable[[int, int, int, int], None]  # step, steps, tile, tiles
@@ -205,6 +205,7 @@ def tiled_img2img(
     cancel: CancelFlag | None = None,
     clip_skip: int = 1,
     eta: float | None = None,
+    schedule_type: str = "Automatic",
 ) -> np.ndarray:
     """img2img of an image of any size (multiple of 8) by MultiDiffusion."""
     import torch
@@ -245,17 +246,30 @@ def tiled_img2img(
     def noise():
         return randn_tensor(latents.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
 
-    spec = lookup(sampler)
+    spec, schedule = resolve(sampler, schedule_type)
     with torch.inference_mode():
-        if spec.uses_function(eta):  # a sampler written here: the blend is the denoiser's prediction
-            denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype)
-            sigmas = denoiser.sigmas(steps, spec.karras)[steps - run :]
+        if spec.uses_function(eta):  # the blend is the denoiser's prediction
+            from engine.kpipeline import brownian_noise, plan_sigmas
+
+            denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype, lcm=spec.lcm)
+            sigmas, start = plan_sigmas(spec, schedule, denoiser, steps, strength, model.family == "sdxl")
+            run = max(1, len(sigmas) - 1)
 
             def step_done(x, denoised, fraction: float) -> None:
                 done[0] = round(fraction * run)
 
-            x = latents.float() + noise() * sigmas[0]
-            x = ksampling.sample(spec.function, denoiser, x, sigmas, noise, step_done, spec.eta_for(eta))
+            x = latents.float() + noise() * start
+            if spec.timesteps:  # noised to one timestep, sampled from the next one down (the WebUI's way)
+                x = x * math.sqrt((1 + sigmas[0] ** 2) / (1 + start**2))
+            if spec.brownian:
+                positive = [s for s in sigmas if s > 0]
+                step_noise = brownian_noise(x, min(positive), max(positive), [seed])
+            else:
+                step_noise = lambda sigma, sigma_next: noise()  # noqa: E731
+            x = ksampling.sample(spec.function, denoiser, x, sigmas, step_noise, step_done, spec.eta_for(eta),
+                                 **spec.sampler_options())
+            if spec.timesteps:
+                x = x / math.sqrt(1 + sigmas[-1] ** 2)
             latents = x.to(dtype)
         else:
             scheduler = make_scheduler(sampler, pipe.scheduler.config, seed)

@@ -14,7 +14,11 @@ from protocol.resolution import RESOLUTIONS
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
 INPAINT_MODES = ("original", "fill", "expand", "add", "remove")
-__all__ = ["INPAINT_MODES", "MAX_GENERATE_SIDE", "MAX_SEED", "HiresFix", "JobKind", "JobRequest", "Upscale"]
+__all__ = ["INPAINT_MODES", "MAX_GENERATE_SIDE", "MAX_SEED", "SCHEDULE_TYPES", "HiresFix", "JobKind", "JobRequest",
+           "Upscale"]
+# The WebUI's schedule types (engine/schedules.py spaces the sigmas by them).
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+                  "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
 
 
 class JobKind(str, Enum):
@@ -95,6 +99,12 @@ class JobRequest:
     # "mask": the result is layer-ready RGBA, the repainted pixels with alpha = the blend mask,
     # transparent elsewhere (inpaint only); "opaque": composited over the input image.
     result_alpha: str = choice("opaque", ("opaque", "mask"))
+    # WebUI reproduction: schedule type (Automatic = the sampler's own), noise source and seeds.
+    schedule_type: str = choice("Automatic", SCHEDULE_TYPES)
+    rng: str = choice("gpu", ("gpu", "cpu", "nv"))  # nv: NVIDIA's CUDA generator, emulated on any machine
+    eta_noise_seed_delta: int = bounded(0, 0, MAX_SEED)  # WebUI "Eta noise seed delta"
+    seed_resize_from_w: int = bounded(0, 0, MAX_GENERATE_SIDE)  # WebUI "Resize seed from width"; 0 = off
+    seed_resize_from_h: int = bounded(0, 0, MAX_GENERATE_SIDE)
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""

@@ -35,7 +35,7 @@ def start(n: int = 4096, seed: int = 0):
 
 def seeded_noise(like, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
-    return lambda: torch.randn(like.shape, generator=g, dtype=like.dtype)
+    return lambda *_: torch.randn(like.shape, generator=g, dtype=like.dtype)
 
 
 def error(function: str, steps: int, **options) -> float:

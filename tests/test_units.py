@@ -72,10 +72,19 @@ def test_every_diffusers_sampler_builds_and_keeps_the_model_schedule(name):
     assert len(scheduler.timesteps) >= 10
 
 
-def test_karras_variant_uses_karras_sigmas():
-    assert make_scheduler("DPM++ 2M Karras", BASE).config.use_karras_sigmas
-    assert not make_scheduler("DPM++ 2M", BASE).config.use_karras_sigmas
-    assert make_scheduler("DPM++ 2M", BASE).config.algorithm_type == "dpmsolver++"
+def test_names_carry_their_schedule_and_the_schedule_type_wins():
+    from engine.samplers import resolve
+
+    assert resolve("DPM++ 2M Karras") == (lookup("DPM++ 2M Karras"), "Karras")
+    assert resolve("DPM++ 2M")[1] == "Uniform"  # protocol 2's meaning: the WebUI 1.6-1.8's
+    assert resolve("DPM++ 2M", "karras")[1] == "Karras"
+    assert resolve("DPM++ 2M Karras", "SGM Uniform")[1] == "SGM Uniform"
+    assert resolve("Euler Karras") [0].function == "sample_euler"  # any name + schedule, as the WebUI 1.9+
+    assert resolve("k_dpmpp_2m_sde_heun_exp")[0].solver_type == "heun"
+    assert lookup("k_euler_a").name == "Euler a" and lookup("k_lms_ka").name == "LMS Karras"
+    with pytest.raises(EngineError) as caught:
+        resolve("Euler", "Karras-ish")
+    assert caught.value.field == "schedule_type"
 
 
 def test_unknown_sampler_lists_the_valid_ones():

@@ -1,0 +1,222 @@
+"""Every WebUI sampler name x schedule type against k-diffusion itself.
+
+k-diffusion (the PyPI release, a test dependency) is the oracle: its sampling
+functions run as the WebUI calls them (sigmas from the model's discretisation
+spaced by the schedule type, one step more and the next-to-last sigma dropped
+for DPM2 and DPM++ 3M SDE, start noise times sigma_max, step noise continuing
+each image's seeded generator, the SDE samplers' Brownian tree seeded with
+the image seeds), and ours (engine/kpipeline.py's KPipeline.run) next to them,
+on the exact denoiser of Gaussian data. The WebUI's own additions (its
+schedules beyond k-diffusion's, DDIM and PLMS on integer timesteps, LCM,
+Restart) are written here from its documented behaviour as oracles.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from engine import schedules
+from engine.denoiser import Denoiser
+from engine.kpipeline import KPipeline
+from engine.noise import ImageNoise
+from engine.samplers import SAMPLER_NAMES, lookup, resolve
+
+MU, S = 0.3, 0.5  # the data: x0 ~ N(MU, S^2) per element
+SHAPE = (4, 8, 8)
+SEEDS = [11, 12]
+SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+TOLERANCE = 1e-3  # relative: max |ours - theirs| / max |theirs|
+MEASURED: dict[str, float] = {}
+
+
+def _k_diffusion():
+    """k_diffusion.sampling without its package __init__ (which imports training code)."""
+    if "k_diffusion.sampling" not in sys.modules:
+        spec = importlib.util.find_spec("k_diffusion")
+        if spec is None:
+            pytest.skip("k-diffusion (the oracle, a test dependency) is not installed")
+        package = types.ModuleType("k_diffusion")
+        package.__path__ = list(spec.submodule_search_locations or [])
+        sys.modules.setdefault("k_diffusion", package)
+    from k_diffusion import external, sampling
+
+    return sampling, external
+
+
+def gaussian(x, sigma):
+    """The ideal denoiser for N(MU, S^2) data, for a float or per-image tensor sigma."""
+    if torch.is_tensor(sigma) and sigma.ndim:
+        sigma = sigma.reshape(-1, *[1] * (x.ndim - 1))
+    return (S**2 * x + sigma**2 * MU) / (S**2 + sigma**2)
+
+
+class ExactDenoiser(Denoiser):
+    """The engine's Denoiser (its schedule tables), predicting with the exact x0."""
+
+    def __init__(self, lcm: bool = False):
+        super().__init__(SD_SCHEDULE, lambda x, t: x, torch.float32, lcm=lcm)
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        x0 = gaussian(x, sigma)
+        return self._lcm_boundary(x0, x, sigma) if self.lcm else x0
+
+
+def training_sigmas() -> torch.Tensor:
+    from diffusers import EulerDiscreteScheduler
+
+    alphas = EulerDiscreteScheduler.from_config(SD_SCHEDULE).alphas_cumprod.float()
+    return ((1 - alphas) / alphas) ** 0.5
+
+
+def ours(name: str, schedule: str, steps: int, eta: float | None) -> tuple[torch.Tensor, int]:
+    spec, label = resolve(name, schedule)
+    denoiser = ExactDenoiser(lcm=spec.lcm)
+    pipe = KPipeline(None, spec, eta=spec.eta_for(eta), schedule=label)
+    rng = ImageNoise(SHAPE, SEEDS, source="cpu")
+    return pipe.run(denoiser, steps, rng), denoiser.calls
+
+
+# -- the oracle ---------------------------------------------------------------------------
+def webui_sigmas(schedule: str, steps: int, discard: bool) -> torch.Tensor:
+    """The WebUI's get_sigmas: k-diffusion's DiscreteSchedule and schedule functions,
+    and the WebUI's own schedules written from its source's behaviour."""
+    sampling, external = _k_diffusion()
+    table = training_sigmas()
+    model = external.DiscreteSchedule(table, quantize=False)
+    n = steps + 1 if discard else steps
+    lo, hi = table[0].item(), table[-1].item()
+    if schedule == "Uniform":
+        sigmas = model.get_sigmas(n)
+    elif schedule == "Karras":
+        sigmas = sampling.get_sigmas_karras(n, lo, hi)
+    elif schedule == "Exponential":
+        sigmas = sampling.get_sigmas_exponential(n, lo, hi)
+    elif schedule == "Polyexponential":
+        sigmas = sampling.get_sigmas_polyexponential(n, lo, hi, rho=1.0)
+    elif schedule in ("SGM Uniform", "Normal"):
+        start, end = model.sigma_to_t(torch.tensor(hi)), model.sigma_to_t(torch.tensor(lo))
+        ts = torch.linspace(start, end, n + 1)[:-1] if schedule == "SGM Uniform" else torch.linspace(start, end, n)
+        sigmas = sampling.append_zero(model.t_to_sigma(ts))
+    elif schedule == "KL Optimal":
+        i = torch.arange(n + 1) / n
+        sigmas = torch.tan(i * math.atan(lo) + (1 - i) * math.atan(hi))
+    elif schedule == "Align Your Steps":
+        table10 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+        if n == len(table10):
+            sigmas = torch.tensor([*table10, 0.0])
+        else:
+            ys = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, 11), np.log(table10[::-1]))
+            sigmas = torch.tensor([*np.exp(ys)[::-1], 0.0], dtype=torch.float32)
+    elif schedule == "Simple":
+        stride = len(table) / n
+        sigmas = sampling.append_zero(torch.stack([table[-(1 + int(k * stride))] for k in range(n)]))
+    elif schedule == "DDIM":
+        stride = max(len(table) // n, 1)
+        sigmas = sampling.append_zero(table[1::stride].flip(0))
+    elif schedule == "Beta":
+        from scipy import stats
+
+        quantiles = [stats.beta.ppf(q, 0.6, 0.6) for q in 1 - np.linspace(0, 1, n)]
+        sigmas = sampling.append_zero(torch.tensor([lo + q * (hi - lo) for q in quantiles]))
+    else:
+        raise AssertionError(schedule)
+    sigmas = sigmas.float()
+    return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
+
+
+class GeneratorNoise:
+    """The WebUI 1.6+'s ImageRNG on the CPU: each image's generator, continued."""
+
+    def __init__(self, seeds):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def __call__(self, *_):
+        return torch.stack([torch.randn(SHAPE, generator=g) for g in self.generators])
+
+
+def theirs(name: str, schedule: str, steps: int, eta: float | None) -> tuple[torch.Tensor, int]:
+    sampling, _ = _k_diffusion()
+    spec, label = resolve(name, schedule)
+    calls = [0]
+
+    def model(x, sigma):
+        calls[0] += 1
+        return gaussian(x, sigma)
+
+    rng = GeneratorNoise(SEEDS)
+    start = rng()
+    sigmas = webui_sigmas(label, steps, spec.discard_penultimate)
+    x = start * sigmas[0]
+    kwargs = {}
+    f = getattr(sampling, spec.function)
+    if spec.function in ("sample_dpm_fast", "sample_dpm_adaptive"):
+        table = training_sigmas()
+        kwargs = {"sigma_min": table[0].item(), "sigma_max": table[-1].item()}
+        if spec.function == "sample_dpm_fast":
+            kwargs["n"] = steps
+    else:
+        kwargs["sigmas"] = sigmas
+    if spec.brownian:
+        positive = sigmas[sigmas > 0]
+        kwargs["noise_sampler"] = sampling.BrownianTreeNoiseSampler(x, positive.min(), positive.max(), seed=SEEDS)
+    parameters = inspect.signature(f).parameters
+    if "noise_sampler" in parameters and not spec.brownian:
+        kwargs["noise_sampler"] = rng
+    if "eta" in parameters:
+        kwargs["eta"] = spec.eta_for(eta)
+    if spec.solver_type:
+        kwargs["solver_type"] = spec.solver_type
+    return f(model, x, disable=True, **kwargs), calls[0]
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+K_NAMES = [n for n in SAMPLER_NAMES if lookup(n).function and not lookup(n).timesteps
+           and lookup(n).function not in ("sample_lcm", "sample_restart")]
+SCHEDULES = [s for s in schedules.SCHEDULE_TYPES if s != "Automatic"]
+
+
+def _check(name: str, schedule: str, steps: int, eta: float | None) -> None:
+    a, calls_a = ours(name, schedule, steps, eta)
+    b, calls_b = theirs(name, schedule, steps, eta)
+    error = relative(a, b)
+    MEASURED[f"{name} | {schedule} | {steps} | eta {eta}"] = error
+    assert error < TOLERANCE, (name, schedule, steps, eta, error)
+    if lookup(name).function != "sample_dpm_adaptive":
+        assert calls_a == calls_b, (name, schedule, steps, calls_a, calls_b)
+
+
+@pytest.mark.parametrize("name", K_NAMES)
+@pytest.mark.parametrize("eta", [None, 0.0])
+def test_every_name_at_its_own_schedule_equals_k_diffusion(name, eta):
+    """Quick tier: each name with "Automatic" (its own spacing), 20 steps."""
+    _check(name, "Automatic", 20, eta)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_schedule_type_equals_the_webui(schedule):
+    """Quick tier: every schedule type under one first-order and one multistep sampler."""
+    for name in ("Euler", "DPM++ 2M"):
+        _check(name, schedule, 10, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", K_NAMES)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_matrix_name_x_schedule_x_steps_x_eta(name, schedule):
+    for steps in (10, 20, 30):
+        for eta in (None, 0.0):
+            if eta == 0.0 and lookup(name).eta is None:
+                continue
+            _check(name, schedule, steps, eta)
