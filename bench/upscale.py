@@ -1,13 +1,16 @@
-"""Tiled upscale: peak memory and time for outputs of 1x, 4x and 16x the area.
+"""Tiled upscale: the job's own working memory and its time per output
+megapixel, for outputs of 1x, 4x and 16x the area.
 
-    .venv/bin/python bench/upscale.py [--quick]
+    .venv/bin/python bench/upscale.py [--quick] [--reps N]
 
-Each size runs in its own process (the same demo models, warmed up first),
-so peak memory is measured per size: the kernel's high-water mark (VmHWM) is
-reset after warm-up and read after the job. Printed as ratios to the 1x run,
-because absolute numbers on a shared machine are noise. Expected: memory
-ratio near 1 (set by tile size and batch, not image size) and time growing
-with the tile count.
+Each run is its own process (the same demo models, loaded and warmed up
+first). Working memory = the kernel's high-water mark during the job (VmHWM,
+reset after warm-up) minus the idle process's RSS with the model loaded: what
+the job itself costs, not torch and the weights. The sizes run interleaved
+(1x, 4x, 16x, 1x, 4x, 16x, ...), so a slow spell of the machine touches every
+size alike; each ratio is printed with its spread over the repetitions.
+Goals: working memory at 16x within 1.3x of 1x; time per output megapixel at
+16x within 1.15x of 4x.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -66,9 +70,26 @@ def child(side: int, scale: float, steps: int, denoise: float) -> None:
                       "tiles": max(tiles or [0])}))
 
 
+def run_child(side: int, steps: int, denoise: float) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(side), "--steps", str(steps), "--denoise", str(denoise)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=True,
+    )
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    w, h = (int(v) for v in row["out"].split("x"))
+    row["working_mib"] = row["peak_mib"] - row["baseline_mib"]
+    row["s_per_mp"] = row["seconds"] / (w * h / 1e6)
+    return row
+
+
+def spread(values: list[float]) -> list[float]:
+    return [min(values), max(values)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="outputs of 512..2048 px instead of 1024..4096")
+    parser.add_argument("--reps", type=int, default=0, help="repetitions of each size (default 2, quick 2)")
     parser.add_argument("--child", type=int)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--denoise", type=float, default=0.5)
@@ -77,29 +98,36 @@ def main() -> None:
         child(args.child, 4.0, args.steps, args.denoise)
         return
     base = 128 if args.quick else 256
-    rows = []
-    for factor in (1, 2, 4):  # side x1, x2, x4 = area x1, x4, x16
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", str(base * factor), "--steps", str(args.steps),
-             "--denoise", str(args.denoise)],
-            capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=True,
-        )
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    first = rows[0]
-    first_growth = first["peak_mib"] - first["baseline_mib"]
-    print(f"{'output':>10} {'area':>5} {'tiles':>6} {'time':>7} {'time/tile':>10} {'peak RSS':>9} {'job peak over baseline':>23}")
-    results = []
-    for area, row in zip((1, 4, 16), rows, strict=True):
-        growth = row["peak_mib"] - row["baseline_mib"]
-        time_ratio = row["seconds"] / first["seconds"]
-        per_tile = time_ratio / (row["tiles"] / first["tiles"])
-        print(f"{row['out']:>10} {area:>4}x {row['tiles']:>6} {time_ratio:>6.2f}x {per_tile:>9.2f}x "
-              f"{row['peak_mib'] / first['peak_mib']:>8.2f}x {growth:>10.0f} MiB ({growth / max(first_growth, 1):.2f}x)")
-        results.append({**row, "area_ratio": area, "time_ratio": time_ratio, "time_per_tile_ratio": per_tile,
-                        "memory_ratio": row["peak_mib"] / first["peak_mib"]})
+    reps = args.reps or 2
+    runs: dict[int, list[dict]] = {1: [], 4: [], 16: []}
+    for _ in range(reps):
+        for area, factor in ((1, 1), (4, 2), (16, 4)):  # side x1, x2, x4 = area x1, x4, x16 (interleaved)
+            runs[area].append(run_child(base * factor, args.steps, args.denoise))
+    print(f"{'output':>10} {'area':>5} {'tiles':>6} {'working MiB':>12} {'vs 1x':>6} {'s/MP':>7} {'vs 4x':>6}")
+    memory = {a: [r["working_mib"] for r in rows] for a, rows in runs.items()}
+    per_mp = {a: [r["s_per_mp"] for r in rows] for a, rows in runs.items()}
+    # Per repetition: the ratio within one interleaved round, then the median and spread over rounds.
+    mem_ratios = {a: [m / max(one, 1.0) for m, one in zip(memory[a], memory[1], strict=True)] for a in runs}
+    time_ratios = {a: [t / four for t, four in zip(per_mp[a], per_mp[4], strict=True)] for a in runs}
+    for area, rows in runs.items():
+        print(f"{rows[0]['out']:>10} {area:>4}x {rows[0]['tiles']:>6} {statistics.median(memory[area]):>12.0f} "
+              f"{statistics.median(mem_ratios[area]):>5.2f}x {statistics.median(per_mp[area]):>7.2f} "
+              f"{statistics.median(time_ratios[area]):>5.2f}x")
+    summary = {
+        "memory_ratio_16x": statistics.median(mem_ratios[16]),
+        "memory_ratio_16x_spread": spread(mem_ratios[16]),
+        "memory_ratio_4x": statistics.median(mem_ratios[4]),
+        "time_per_mp_ratio_16x_4x": statistics.median(time_ratios[16]),
+        "time_per_mp_ratio_16x_4x_spread": spread(time_ratios[16]),
+        "working_mib_1x": statistics.median(memory[1]),
+        "working_mib_16x": statistics.median(memory[16]),
+        "sizes": [rows[0]["out"] for rows in runs.values()],
+        "reps": reps,
+    }
     out = ROOT / "bench" / "upscale-results.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"(absolute: 1x took {first['seconds']:.1f}s, peak {first['peak_mib']:.0f} MiB; written to {out.name})")
+    out.write_text(json.dumps({"summary": summary, "runs": {str(a): r for a, r in runs.items()}}, indent=2) + "\n")
+    print(f"memory 16x/1x {summary['memory_ratio_16x']:.2f} (spread {spread(mem_ratios[16])}), "
+          f"time per MP 16x/4x {summary['time_per_mp_ratio_16x_4x']:.2f}; written to {out.name}")
 
 
 if __name__ == "__main__":
