@@ -70,9 +70,9 @@ class InProcessServer:
 
 
 def bench_server_overhead(engine, server, reps: int) -> dict:
-    from bridge_server.client import Client
     from bridge_server.convert import to_params
     from protocol import JobRequest
+    from protocol.shell.client import Client
 
     request = JobRequest(prompt="a cat", width=512, height=512, steps=4, seed=1, preview=False)
     client = Client(server.url)
@@ -85,8 +85,8 @@ def bench_server_overhead(engine, server, reps: int) -> dict:
 def bench_transfer(server, reps: int) -> dict:
     import msgpack
 
-    from bridge_server.client import Client
     from protocol import JobRequest, RawImage, encode
+    from protocol.shell.client import Client
 
     side = 4096
     image = RawImage(side, side, 4, np.random.default_rng(0).integers(0, 256, side * side * 4, np.uint8).tobytes())

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from bridge_server import __version__
-from bridge_server.client import Client, ClientError
+from protocol.shell.client import Client, ClientError
 
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
 EXIT_FAILED, EXIT_USAGE = 1, 2

@@ -2,7 +2,7 @@
 
 Krita runs plugins in its own Python, which on Windows and macOS has no pip.
 So the plugin carries everything it imports besides the standard library and
-PyQt5: our `protocol` package and client, and pure-Python copies of
+PyQt5: our `protocol` package (with its client shell, protocol/shell/), and pure-Python copies of
 `websockets` and `msgpack` (their C speed-ups are left out; both fall back to
 pure Python by themselves).
 """
@@ -41,9 +41,6 @@ def plugin_files() -> dict[str, Path]:
     files |= _py_files(source / NAME, NAME)
     vendor = f"{NAME}/vendor"
     files |= _py_files(_package_dir("protocol"), f"{vendor}/protocol")
-    server = _package_dir("bridge_server")
-    files[f"{vendor}/bridge_server/__init__.py"] = server / "__init__.py"
-    files[f"{vendor}/bridge_server/client.py"] = server / "client.py"
     files |= _py_files(_package_dir("websockets"), f"{vendor}/websockets")
     files |= _py_files(_package_dir("msgpack"), f"{vendor}/msgpack")
     return files

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect
 
-from bridge_server.client import Client, ClientError
 from engine.errors import EngineError
 from protocol import PROTOCOL_VERSION, ErrorCode, Hello, JobRequest, ProtocolError, RawImage, Welcome, decode, encode
+from protocol.shell.client import Client, ClientError
 from tests.conftest import ServerProcess, run_cli
 
 pytestmark = pytest.mark.slow

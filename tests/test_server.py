@@ -11,8 +11,8 @@ from PIL import Image
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from bridge_server.client import Client, ClientError
 from protocol import PROTOCOL_VERSION, Error, Hello, JobRequest, Progress, Welcome, decode, encode
+from protocol.shell.client import Client, ClientError
 from tests.conftest import ServerProcess, run_cli
 
 pytestmark = pytest.mark.slow

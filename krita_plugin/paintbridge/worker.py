@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bridge_server.client import Client, ClientError
 from protocol import Accepted, Cancel, Cancelled, Error, FetchResult, JobRequest, Progress, Result, Submit, Welcome
+from protocol.shell.client import Client, ClientError
 
 from .connection import CONNECTED, ConnectionState, explain
 
