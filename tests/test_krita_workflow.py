@@ -148,3 +148,12 @@ def test_expand_canvas_geometry():
     assert len(mask) == e.area.width * e.area.height and mask[-1] == 255
     vertical = regions.strip_mask(top.area, top.strip, feather=0)
     assert vertical[: top.area.width] == b"\xff" * top.area.width and vertical[-1] == 0
+
+
+def test_png_writer_is_lossless():
+    from krita_plugin.paintbridge import pngio
+
+    width, height = 7, 5
+    rgba = bytes((i * 37) % 256 for i in range(width * height * 4))
+    image = Image.open(io.BytesIO(pngio.encode_rgba(width, height, rgba)))
+    assert image.mode == "RGBA" and image.size == (width, height) and image.tobytes() == rgba

@@ -60,12 +60,14 @@ def load(store: Store, settings) -> None:
 
 
 def save(store: Store, settings, remember_token: bool) -> None:
-    store.set("remember_token", _encode(remember_token))
     for f in fields(settings):
+        if f.name == "remember_token":
+            continue
         value = getattr(settings, f.name)
         if f.name == "token":
             value = value if remember_token else ""  # forget it when unticked
         store.set(f.name, _encode(value))
+    store.set("remember_token", _encode(remember_token))
 
 
 def remember_family(store: Store, family: str, settings) -> None:
