@@ -1,7 +1,14 @@
 """The PaintBridge docker: Krita and Qt on one side, the plain logic on the other.
 
 Everything here runs on Krita's UI thread and never blocks on the network:
-requests go to the worker thread, and a timer picks up its events.
+requests go to the worker thread, and a timer picks up its events. Pixels move
+through Krita's and Qt's C++ (kritadoc.py); the history's PNGs are written on a
+background thread (pngio.py).
+
+Layout, for a 1280x800 screen shared with Krita's default dockers: the prompt,
+the strength, Generate/Cancel, the progress bar and the status line are always
+at the top; the queue, the history and every other setting sit in tabs below,
+each in its own scroll area, so the docker's minimum height stays small.
 """
 
 from __future__ import annotations
@@ -9,14 +16,20 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import queue
+import threading
+import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Krita
-from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtGui import QImage, QPixmap
+from PyQt5.QtCore import QSize, Qt, QTimer
+from PyQt5.QtGui import QIcon, QImage, QPixmap
 from PyQt5.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QButtonGroup,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -24,108 +37,68 @@ from PyQt5.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QSlider,
     QSpinBox,
+    QStackedWidget,
+    QTabWidget,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from protocol import RawImage
 
-from . import colors
-from .placement import Placement, plan
-from .regions import Rect, work_area
-from .requests import LAYER, VISIBLE, Settings, generate_request, inpaint_request, upscale_request
+from . import jobqueue, kritadoc, pngio, prefs
+from .connection import CONNECTED
+from .history import Entry, History
+from .kritadoc import UserError
+from .regions import SIDES, Rect, expand, strip_mask, work_area
+from .requests import LAYER, VISIBLE, Settings, generate_request, plan_sizes, upscale_request
 from .worker import Worker
 
 DOCKER_ID = "paintbridge_docker"
-SETTINGS_GROUP = "paintbridge"
 DOCKERS: list[PaintBridgeDocker] = []  # live dockers, for the test scenario
-
-
-class UserError(Exception):
-    """Something the painter can fix; shown in the docker."""
+MODE_NAMES = {"txt2img": "generate", "img2img": "refine", "inpaint": "inpaint", "upscale": "upscale"}
 
 
 @dataclass
 class PendingJob:
     kind: str
+    mode: str  # generate | refine | inpaint | expand | upscale
     document: Any
     rect: Rect
     prompt: str
+    settings: dict
     mask: bytes | None = None
     scale_to: tuple[int, int] | None = None  # upscale: the document's new size
+    first_pass: tuple[int, int] | None = None
     job_id: str = ""
-    started_layers: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)  # UI-thread milliseconds, per phase
 
 
-# -- reading and writing pixels (the Krita adapter) ----------------------------------
-def read_rgba(document, rect: Rect, source: str) -> RawImage:
-    """The visible image (Krita's own rendering) or the active layer, as RGBA8."""
-    model, depth = document.colorModel(), document.colorDepth()
-    if source == LAYER:
-        node = document.activeNode()
-        if node is None:
-            raise UserError("There is no active layer.")
-        try:
-            data = colors.to_rgba8(bytes(node.pixelData(rect.x, rect.y, rect.width, rect.height)), model, depth)
-        except colors.UnsupportedColorSpace as exc:
-            raise UserError(str(exc)) from None
-    elif (model, depth) in colors.SUPPORTED:
-        data = colors.to_rgba8(bytes(document.pixelData(rect.x, rect.y, rect.width, rect.height)), model, depth)
-    else:
-        # Any other colour space: Krita renders the projection to sRGB for us.
-        image = document.projection(rect.x, rect.y, rect.width, rect.height).convertToFormat(QImage.Format_ARGB32)
-        data = colors.argb32_to_rgba8(bytes(image.constBits().asstring(image.sizeInBytes())))
-    return RawImage(rect.width, rect.height, 4, data)
+class Encoder(threading.Thread):
+    """History PNGs off the UI thread (zlib releases the GIL)."""
 
+    def __init__(self) -> None:
+        super().__init__(name="paintbridge-png", daemon=True)
+        self.jobs: queue.Queue = queue.Queue()
+        self.done: queue.Queue = queue.Queue()
 
-def selection_of(document) -> Rect | None:
-    selection = document.selection()
-    if selection is None or selection.width() <= 0 or selection.height() <= 0:
-        return None
-    return Rect(selection.x(), selection.y(), selection.width(), selection.height())
-
-
-def selection_mask(document, rect: Rect) -> bytes:
-    """8-bit selection over `rect`: soft selections keep their softness."""
-    return bytes(document.selection().pixelData(rect.x, rect.y, rect.width, rect.height))
-
-
-def resized(rgba: bytes, width: int, height: int, to: Rect) -> bytes:
-    if (width, height) == (to.width, to.height):
-        return rgba
-    image = QImage(rgba, width, height, width * 4, QImage.Format_RGBA8888)
-    scaled = image.scaled(to.width, to.height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
-    scaled = scaled.convertToFormat(QImage.Format_RGBA8888)
-    return bytes(scaled.constBits().asstring(scaled.sizeInBytes()))
-
-
-def add_layers(document, placement: Placement) -> list[str]:
-    """New layers above the active one (or in a new group); nothing else changes."""
-    model, depth = document.colorModel(), document.colorDepth()
-    root = document.rootNode()
-    active = document.activeNode()
-    parent, above = root, active if active is not None and active.parentNode() is not None else None
-    if above is not None and above.parentNode() is not None:
-        parent = above.parentNode()
-    if placement.group is not None:
-        group = document.createGroupLayer(placement.group)
-        parent.addChildNode(group, above)
-        parent, above = group, None
-    names = []
-    for layer in placement.layers:
-        node = document.createNode(layer.name, "paintlayer")
-        r = layer.rect
-        node.setPixelData(colors.from_rgba8(layer.rgba, model, depth), r.x, r.y, r.width, r.height)
-        parent.addChildNode(node, above)
-        above = node
-        names.append(layer.name)
-    document.refreshProjection()
-    return names
+    def run(self) -> None:
+        while True:
+            key, entry, width, height, rgba = self.jobs.get()
+            try:
+                entry.png = pngio.encode_rgba(width, height, rgba)
+            except Exception:
+                entry.png = b""
+            self.done.put(key)
 
 
 # -- the docker --------------------------------------------------------------------------
@@ -133,15 +106,29 @@ class PaintBridgeDocker(DockWidget):
     def __init__(self) -> None:
         super().__init__()
         self.setWindowTitle("PaintBridge")
-        self.settings = self._load_settings()
+        app = Krita.instance()
+        self.store = prefs.Store(app.readSetting, app.writeSetting)
+        self.settings = Settings()
+        prefs.load(self.store, self.settings)
         self.jobs: dict[str, PendingJob] = {}
+        self.queue = jobqueue.JobQueue()
+        self.histories: dict[str, History] = {}
+        self._pixels: dict[str, QImage] = {}  # entry id -> layer-ready image, this session
+        self._dirty: set[str] = set()  # documents whose history annotation needs writing
+        self._documents: dict[str, Any] = {}
         self._tags = (f"t{i}" for i in itertools.count(1))
         self.last_seed: int | None = None
         self.capabilities = None
+        self.connection = ("disconnected", "")
         self.log: list[str] = []  # what the docker showed, for tests and bug reports
+        self.timer_gaps: list[float] = []  # ms between UI timer ticks (a stalled UI shows here)
+        self._last_tick = time.perf_counter()
+        self.presets_folder = prefs.presets_dir(_resource_root())
+        self.encoder = Encoder()
+        self.encoder.start()
         self._build_ui()
-        client_id = Krita.instance().readSetting(SETTINGS_GROUP, "client_id", "") or uuid.uuid4().hex
-        Krita.instance().writeSetting(SETTINGS_GROUP, "client_id", client_id)
+        client_id = self.store.get("client_id", "") or uuid.uuid4().hex
+        self.store.set("client_id", client_id)
         self.worker = Worker(self.settings.server, self.settings.token, client_id)
         self.worker.start()
         self.timer = QTimer(self)
@@ -150,47 +137,199 @@ class PaintBridgeDocker(DockWidget):
         DOCKERS.append(self)
 
     def canvasChanged(self, canvas) -> None:
-        pass
+        self._refresh_history()
+        self._update_labels()
 
-    # -- UI ----------------------------------------------------------------------
+    # -- UI ----------------------------------------------------------------------------
     def _build_ui(self) -> None:
         s = self.settings
         root = QWidget(self)
         layout = QVBoxLayout(root)
-        form = QFormLayout()
-        self.server_edit = QLineEdit(s.server)
-        self.token_edit = QLineEdit(s.token)
-        self.token_edit.setEchoMode(QLineEdit.Password)
-        self.server_edit.editingFinished.connect(self._reconfigure)
-        self.token_edit.editingFinished.connect(self._reconfigure)
-        form.addRow("Server", self.server_edit)
-        form.addRow("Token", self.token_edit)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(3)
+
+        modes = QHBoxLayout()
+        self.mode_group = QButtonGroup(self)
+        self.mode_buttons = {}
+        for index, (key, text, tip) in enumerate((
+            ("generate", "Generate", "Generate, refine or inpaint: the strength and the selection decide"),
+            ("upscale", "Upscale", "Make the whole image bigger"),
+            ("live", "Live", "Live painting (coming)"),
+        )):
+            button = QToolButton()
+            button.setText(text)
+            button.setToolTip(tip)
+            button.setCheckable(True)
+            button.setAutoRaise(True)
+            button.setEnabled(key != "live")
+            self.mode_group.addButton(button, index)
+            self.mode_buttons[key] = button
+            modes.addWidget(button)
+        modes.addStretch(1)
+        self.mode_buttons["upscale" if s.mode == "upscale" else "generate"].setChecked(True)
+        self.mode_group.buttonClicked.connect(lambda _b: self._mode_changed())
+        layout.addLayout(modes)
+
+        self.prompt_edit = QPlainTextEdit(s.prompt)
+        self.prompt_edit.setPlaceholderText("Prompt, e.g. a lighthouse at dusk, (oil painting:1.2)")
+        self.prompt_edit.setFixedHeight(54)
+        layout.addWidget(self.prompt_edit)
+
+        # One row whose content changes with the mode; both pages have the same height.
+        self.mode_stack = QStackedWidget()
+        strength_page = QWidget()
+        row = QHBoxLayout(strength_page)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.strength_slider = QSlider(Qt.Horizontal)
+        self.strength_slider.setRange(1, 100)
+        self.strength_slider.setValue(round(s.strength * 100))
+        self.strength_slider.setToolTip("100%: paint new content. Below: keep that much less of the current pixels")
+        self.strength_label = QLabel()
+        self.strength_label.setFixedWidth(self.strength_label.fontMetrics().horizontalAdvance("Refine selection 100%") + 6)
+        self.strength_slider.valueChanged.connect(self._update_labels)
+        row.addWidget(self.strength_slider, 1)
+        row.addWidget(self.strength_label)
+        upscale_page = QWidget()
+        row = QHBoxLayout(upscale_page)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("Upscale by"))
+        self.factor_spin = _dspin(1.0, 8.0, s.upscale_factor, 0.5)
+        self.factor_spin.setSuffix("×")
+        self.factor_spin.setToolTip("The image's new size: this many times the current one")
+        self.upscaler_combo = QComboBox()
+        self.upscaler_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.upscaler_combo.setMinimumContentsLength(8)
+        self.upscaler_combo.currentIndexChanged.connect(self._upscaler_tip)
+        row.addWidget(self.factor_spin)
+        row.addWidget(self.upscaler_combo, 1)
+        self.mode_stack.addWidget(strength_page)
+        self.mode_stack.addWidget(upscale_page)
+        self.mode_stack.setFixedHeight(max(strength_page.sizeHint().height(), upscale_page.sizeHint().height()))
+        layout.addWidget(self.mode_stack)
+
+        buttons = QHBoxLayout()
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setDefault(True)
+        self.generate_button.clicked.connect(lambda: self._guard(self.run_mode))
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Cancel the running job (the queue tab cancels others, or all)")
+        self.cancel_button.clicked.connect(self.cancel_current)
+        buttons.addWidget(self.generate_button, 2)
+        buttons.addWidget(self.cancel_button, 1)
+        layout.addLayout(buttons)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("Idle")
+        self.progress.setFixedHeight(self.progress.sizeHint().height())
+        layout.addWidget(self.progress)
         self.status = QLabel("Connecting…")
-        self.status.setWordWrap(True)
-        form.addRow(self.status)
+        self.message = QLabel("")
+        for label in (self.status, self.message):
+            label.setWordWrap(False)
+            label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)  # long text never widens the docker
+            layout.addWidget(label)
+
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self._queue_tab(), "Queue")
+        self.tabs.addTab(self._history_tab(), "History")
+        self.tabs.addTab(_scrolled(self._options_tab()), "Options")
+        self.tabs.addTab(_scrolled(self._connection_tab()), "Server")
+        self.tabs.setMinimumHeight(self.tabs.tabBar().sizeHint().height() + 8)
+        layout.addWidget(self.tabs, 1)
+        root.setMinimumHeight(0)
+        self.setWidget(root)
+        self._mode_changed()
+
+    def _queue_tab(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.setContentsMargins(0, 2, 0, 0)
+        self.queue_list = QListWidget()
+        self.queue_list.setIconSize(QSize(40, 40))
+        self.queue_list.setMinimumHeight(0)
+        layout.addWidget(self.queue_list, 1)
+        row = QHBoxLayout()
+        for text, action in (("Cancel selected", self.cancel_selected), ("Cancel all", self.cancel_all),
+                             ("Clear finished", self._clear_finished)):
+            button = QPushButton(text)
+            button.clicked.connect(action)
+            row.addWidget(button)
+        layout.addLayout(row)
+        return page
+
+    def _history_tab(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        layout.setContentsMargins(0, 2, 0, 0)
+        self.history_search = QLineEdit()
+        self.history_search.setPlaceholderText("Search by prompt")
+        self.history_search.setClearButtonEnabled(True)
+        self.history_search.textChanged.connect(lambda _t: self._refresh_history())
+        layout.addWidget(self.history_search)
+        self.history_list = QListWidget()
+        self.history_list.setIconSize(QSize(64, 64))
+        self.history_list.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.history_list.setMinimumHeight(0)
+        self.history_list.currentItemChanged.connect(lambda item, _prev: self._preview_item(item))
+        layout.addWidget(self.history_list, 1)
+        row = QHBoxLayout()
+        self.history_buttons = {}
+        for key, text, tip, action in (
+            ("apply", "Apply", "Keep this result as a layer above the active one", self.apply_selected),
+            ("all", "Apply all", "Keep every image of this batch", self.apply_batch),
+            ("discard", "Discard", "Remove this result from the history", self.discard_selected),
+            ("reuse", "Reuse", "Load this result's prompt, seed and settings", self.reuse_selected),
+            ("copy", "Copy", "Copy the WebUI parameters text", self.copy_parameters),
+        ):
+            button = QPushButton(text)
+            button.setToolTip(tip)
+            button.clicked.connect(lambda _c=False, a=action: self._guard(a))
+            self.history_buttons[key] = button
+            row.addWidget(button)
+        layout.addLayout(row)
+        return page
+
+    def _options_tab(self) -> QWidget:
+        s = self.settings
+        page = QWidget()
+        form = QFormLayout(page)
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        self.negative_edit = QPlainTextEdit(s.negative_prompt)
+        self.negative_edit.setPlaceholderText("Negative prompt")
+        self.negative_edit.setFixedHeight(44)
+        form.addRow(self.negative_edit)
+        self.preset_combo = QComboBox()
+        preset_row = QHBoxLayout()
+        preset_row.addWidget(self.preset_combo, 1)
+        for text, tip, action in (("Use", "Apply this style preset", self.use_preset),
+                                  ("Save…", "Save the current settings as a preset (JSON, shareable)", self.save_preset)):
+            button = QPushButton(text)
+            button.setToolTip(tip)
+            button.clicked.connect(lambda _c=False, a=action: self._guard(a))
+            preset_row.addWidget(button)
+        self.preset_name = QLineEdit()
+        self.preset_name.setPlaceholderText("New preset name")
+        form.addRow("Style", preset_row)
+        form.addRow("", self.preset_name)
         self.model_combo = QComboBox()
+        self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.sampler_combo = QComboBox()
         self.sampler_combo.addItem(s.sampler)
         form.addRow("Model", self.model_combo)
         form.addRow("Sampler", self.sampler_combo)
-        self.prompt_edit = QPlainTextEdit(s.prompt)
-        self.prompt_edit.setPlaceholderText("Prompt, e.g. a lighthouse at dusk, (oil painting:1.2)")
-        self.prompt_edit.setMaximumHeight(70)
-        self.negative_edit = QPlainTextEdit(s.negative_prompt)
-        self.negative_edit.setPlaceholderText("Negative prompt")
-        self.negative_edit.setMaximumHeight(45)
-        form.addRow(self.prompt_edit)
-        form.addRow(self.negative_edit)
-        self.strength_slider = QSlider(Qt.Horizontal)
-        self.strength_slider.setRange(1, 100)
-        self.strength_slider.setValue(round(s.strength * 100))
-        self.strength_label = QLabel()
-        self.strength_slider.valueChanged.connect(self._strength_text)
-        self._strength_text()
-        strength_row = QHBoxLayout()
-        strength_row.addWidget(self.strength_slider)
-        strength_row.addWidget(self.strength_label)
-        form.addRow("Strength", strength_row)
+        lora_row = QHBoxLayout()
+        self.lora_combo = QComboBox()
+        self.lora_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        add_lora = QPushButton("Add")
+        add_lora.setToolTip("Insert <lora:name:0.8> into the prompt")
+        add_lora.clicked.connect(self.add_lora)
+        lora_row.addWidget(self.lora_combo, 1)
+        lora_row.addWidget(add_lora)
+        form.addRow("LoRA", lora_row)
         self.steps_spin = _spin(1, 150, s.steps)
         self.cfg_spin = _dspin(0.0, 30.0, s.cfg_scale, 0.5)
         self.batch_spin = _spin(1, 16, s.batch)
@@ -201,60 +340,136 @@ class PaintBridgeDocker(DockWidget):
         self.seed_spin = _spin(0, 2**31 - 1, s.seed)
         self.random_check = QCheckBox("random")
         self.random_check.setChecked(s.random_seed)
-        self.last_seed_label = QLabel("")
-        seed_row.addWidget(self.seed_spin)
+        seed_row.addWidget(self.seed_spin, 1)
         seed_row.addWidget(self.random_check)
-        seed_row.addWidget(self.last_seed_label)
         form.addRow("Seed", seed_row)
+        self.last_seed_label = QLabel("")
+        form.addRow("", self.last_seed_label)
+        self.resolution_combo = QComboBox()
+        self.resolution_combo.addItem("Automatic (native size + hires fix)", "auto")
+        self.resolution_combo.addItem("Exact size", "exact")
+        self.resolution_combo.setCurrentIndex(0 if s.resolution == "auto" else 1)
+        self.resolution_combo.currentIndexChanged.connect(self._update_labels)
+        form.addRow("Resolution", self.resolution_combo)
+        self.sizes_label = QLabel("")
+        self.sizes_label.setToolTip("Size the model paints first → size of the result")
+        form.addRow("Sizes", self.sizes_label)
+        self.hires_spin = _dspin(0.0, 1.0, s.hires_denoise, 0.05)
+        self.hires_spin.setToolTip("Hires fix denoising strength (WebUI default range 0.4-0.5)")
+        form.addRow("Hires denoise", self.hires_spin)
         self.source_combo = QComboBox()
         self.source_combo.addItem("Visible image", VISIBLE)
         self.source_combo.addItem("Active layer", LAYER)
         self.source_combo.setCurrentIndex(0 if s.source == VISIBLE else 1)
         form.addRow("Source", self.source_combo)
-        layout.addLayout(form)
-
-        buttons = QHBoxLayout()
-        self.generate_button = QPushButton("Generate")
-        self.inpaint_button = QPushButton("Inpaint selection")
-        self.cancel_button = QPushButton("Cancel")
-        self.generate_button.clicked.connect(lambda: self._guard(self.generate))
-        self.inpaint_button.clicked.connect(lambda: self._guard(self.inpaint))
-        self.cancel_button.clicked.connect(self.cancel)
-        for b in (self.generate_button, self.inpaint_button, self.cancel_button):
-            buttons.addWidget(b)
-        layout.addLayout(buttons)
-        upscale_row = QHBoxLayout()
-        self.factor_spin = _dspin(1.0, 8.0, s.upscale_factor, 0.5)
-        self.upscaler_combo = QComboBox()
+        self.grow_spin = _spin(0, 256, s.mask_grow)
+        self.grow_spin.setSuffix(" px")
+        self.feather_spin = _spin(0, 256, s.mask_feather)
+        self.feather_spin.setSuffix(" px")
+        self.feather_spin.setToolTip("Soft edge of the repainted area: the new layer fades into the painting")
+        form.addRow("Selection grow", self.grow_spin)
+        form.addRow("Selection feather", self.feather_spin)
+        self.inpaint_combo = QComboBox()
+        for key, text in (("fill", "Fill (replace the content)"), ("add", "Add content"), ("remove", "Remove content")):
+            self.inpaint_combo.addItem(text, key)
+        self.inpaint_combo.setCurrentIndex(max(0, self.inpaint_combo.findData(s.inpaint_mode)))
+        self.inpaint_combo.currentIndexChanged.connect(self._update_labels)
+        form.addRow("Inpaint", self.inpaint_combo)
+        expand_row = QHBoxLayout()
+        self.expand_spin = _spin(8, 2048, s.expand_pixels)
+        self.expand_spin.setSuffix(" px")
+        self.expand_side = QComboBox()
+        self.expand_side.addItems(SIDES)
+        self.expand_side.setCurrentIndex(max(0, self.expand_side.findText(s.expand_side)))
+        self.expand_button = QPushButton("Expand")
+        self.expand_button.setToolTip("Grow the canvas on that side and paint the new strip")
+        self.expand_button.clicked.connect(lambda: self._guard(self.expand_canvas))
+        expand_row.addWidget(self.expand_spin)
+        expand_row.addWidget(self.expand_side)
+        expand_row.addWidget(self.expand_button)
+        form.addRow("Expand canvas", expand_row)
         self.denoise_spin = _dspin(0.0, 1.0, s.upscale_denoise, 0.05)
-        self.denoise_spin.setToolTip("0 = upscaler only; above = tiled diffusion (MultiDiffusion) with this strength")
-        self.upscale_button = QPushButton("Upscale document")
-        self.upscale_button.clicked.connect(lambda: self._guard(self.upscale_document))
-        for w in (QLabel("x"), self.factor_spin, self.upscaler_combo, QLabel("denoise"), self.denoise_spin):
-            upscale_row.addWidget(w)
-        layout.addLayout(upscale_row)
-        layout.addWidget(self.upscale_button)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
-        self.progress.setValue(0)
-        layout.addWidget(self.progress)
-        self.preview = QLabel()
-        self.preview.setAlignment(Qt.AlignCenter)
-        self.preview.setMinimumHeight(128)
-        layout.addWidget(self.preview)
-        self.message = QLabel("")
-        self.message.setWordWrap(True)
-        layout.addWidget(self.message)
-        layout.addStretch(1)
-        self.setWidget(root)
+        self.denoise_spin.setToolTip("Upscale: 0 = the upscaler only; above = tiled diffusion with this strength")
+        form.addRow("Upscale detail", self.denoise_spin)
+        return page
 
-    def _strength_text(self) -> None:
-        value = self.strength_slider.value()
-        self.strength_label.setText(f"{value}%" + (" (generate)" if value == 100 else " (refine)"))
+    def _connection_tab(self) -> QWidget:
+        s = self.settings
+        page = QWidget()
+        form = QFormLayout(page)
+        self.server_edit = QLineEdit(s.server)
+        self.token_edit = QLineEdit(s.token)
+        self.token_edit.setEchoMode(QLineEdit.Password)
+        self.remember_check = QCheckBox("Remember the token")
+        self.remember_check.setChecked(s.remember_token)
+        note = QLabel(prefs.TOKEN_NOTE)
+        note.setWordWrap(True)
+        self.server_edit.editingFinished.connect(self._reconfigure)
+        self.token_edit.editingFinished.connect(self._reconfigure)
+        self.remember_check.toggled.connect(lambda _v: self._read_settings())
+        form.addRow("Server", self.server_edit)
+        form.addRow("Token", self.token_edit)
+        form.addRow(self.remember_check)
+        form.addRow(note)
+        return page
 
+    # -- labels that follow the state -------------------------------------------------------
+    def _mode(self) -> str:
+        return "upscale" if self.mode_buttons["upscale"].isChecked() else "generate"
+
+    def _mode_changed(self) -> None:
+        self.mode_stack.setCurrentIndex(1 if self._mode() == "upscale" else 0)
+        self._update_labels()
+
+    def _has_selection(self) -> bool:
+        document = kritadoc.active_document()
+        return document is not None and kritadoc.selection_rect(document) is not None
+
+    def _update_labels(self) -> None:
+        strength = self.strength_slider.value() / 100
+        selection = self._has_selection()
+        mode = self._mode()
+        label = prefs.strength_label(strength, selection)
+        if selection and strength >= 1.0:
+            label = {"fill": "Fill selection", "add": "Add to selection", "remove": "Remove in selection"}.get(
+                self.inpaint_combo.currentData() or "fill", label)
+        self.strength_label.setText(label)
+        self.generate_button.setText(prefs.button_label(strength, selection, mode))
+        document = kritadoc.active_document()
+        if document is not None:
+            area = work_area(Rect(0, 0, document.width(), document.height()), kritadoc.selection_rect(document), 0)
+            resolution = self.resolution_combo.currentData() or "auto"
+            self.sizes_label.setText(plan_sizes(area.width, area.height, self._native(), resolution).text())
+
+    def _upscaler_tip(self) -> None:
+        self.upscaler_combo.setToolTip(self.upscaler_combo.currentText())
+
+    def _native(self) -> int:
+        info = self._model_info(self.model_combo.currentText())
+        return info.native_size if info is not None and info.native_size else 512
+
+    def _model_info(self, name: str):
+        if self.capabilities is None:
+            return None
+        return next((m for m in self.capabilities.models if m.name == name), None)
+
+    def _model_changed(self) -> None:
+        info = self._model_info(self.model_combo.currentText())
+        if info is not None and info.family:
+            remembered = prefs.family_defaults(self.store, info.family)
+            if remembered.get("sampler") and self.sampler_combo.findText(remembered["sampler"]) >= 0:
+                self.sampler_combo.setCurrentIndex(self.sampler_combo.findText(remembered["sampler"]))
+            if remembered.get("steps"):
+                self.steps_spin.setValue(int(remembered["steps"]))
+            if remembered.get("cfg_scale"):
+                self.cfg_spin.setValue(float(remembered["cfg_scale"]))
+        self._update_labels()
+
+    # -- settings -------------------------------------------------------------------------------
     def _read_settings(self) -> Settings:
         s = self.settings
         s.server, s.token = self.server_edit.text().strip(), self.token_edit.text()
+        s.remember_token = self.remember_check.isChecked()
         s.model = self.model_combo.currentText()
         s.sampler = self.sampler_combo.currentText()
         s.prompt, s.negative_prompt = self.prompt_edit.toPlainText(), self.negative_edit.toPlainText()
@@ -264,29 +479,35 @@ class PaintBridgeDocker(DockWidget):
         s.source = self.source_combo.currentData()
         s.upscale_factor, s.upscale_denoise = self.factor_spin.value(), self.denoise_spin.value()
         s.upscaler = self.upscaler_combo.currentText()
-        self._save_settings(s)
+        s.resolution = self.resolution_combo.currentData()
+        s.hires_denoise = self.hires_spin.value()
+        s.mask_grow, s.mask_feather = self.grow_spin.value(), self.feather_spin.value()
+        s.inpaint_mode = self.inpaint_combo.currentData()
+        s.expand_side, s.expand_pixels = self.expand_side.currentText(), self.expand_spin.value()
+        s.mode = self._mode()
+        prefs.save(self.store, s, s.remember_token)
+        info = self._model_info(s.model)
+        if info is not None:
+            prefs.remember_family(self.store, info.family, s)
         return s
 
-    @staticmethod
-    def _load_settings() -> Settings:
-        s = Settings()
-        app = Krita.instance()
-        for name, value in vars(Settings()).items():
-            stored = app.readSetting(SETTINGS_GROUP, name, "")
-            if stored == "" or name == "token":
-                continue
-            try:
-                setattr(s, name, type(value)(stored == "true" if isinstance(value, bool) else stored))
-            except (TypeError, ValueError):
-                pass
-        return s
-
-    @staticmethod
-    def _save_settings(s: Settings) -> None:
-        app = Krita.instance()
-        for name, value in vars(s).items():
-            if name != "token":  # never written to disk in clear
-                app.writeSetting(SETTINGS_GROUP, name, ("true" if value else "false") if isinstance(value, bool) else str(value))
+    def _load_into_ui(self, values: dict) -> None:
+        """Reuse settings: a result's (or a preset's) values back into the widgets."""
+        widgets = {
+            "prompt": lambda v: self.prompt_edit.setPlainText(v),
+            "negative_prompt": lambda v: self.negative_edit.setPlainText(v),
+            "steps": lambda v: self.steps_spin.setValue(int(v)),
+            "cfg_scale": lambda v: self.cfg_spin.setValue(float(v)),
+            "seed": lambda v: self.seed_spin.setValue(int(v)),
+            "random_seed": lambda v: self.random_check.setChecked(bool(v)),
+            "strength": lambda v: self.strength_slider.setValue(round(float(v) * 100)),
+            "batch": lambda v: self.batch_spin.setValue(int(v)),
+            "model": lambda v: v and self.model_combo.findText(v) >= 0 and self.model_combo.setCurrentIndex(self.model_combo.findText(v)),
+            "sampler": lambda v: v and self.sampler_combo.findText(v) >= 0 and self.sampler_combo.setCurrentIndex(self.sampler_combo.findText(v)),
+        }
+        for key, value in values.items():
+            if key in widgets and value is not None:
+                widgets[key](value)
 
     def _reconfigure(self) -> None:
         s = self._read_settings()
@@ -294,6 +515,7 @@ class PaintBridgeDocker(DockWidget):
 
     def show_message(self, text: str) -> None:
         self.message.setText(text)
+        self.message.setToolTip(text)
         self.log.append(text)
 
     def _guard(self, action) -> None:
@@ -302,9 +524,9 @@ class PaintBridgeDocker(DockWidget):
         except UserError as exc:
             self.show_message(str(exc))
 
-    # -- actions -------------------------------------------------------------------
+    # -- actions ------------------------------------------------------------------------------
     def _document(self):
-        document = Krita.instance().activeDocument()
+        document = kritadoc.active_document()
         if document is None:
             raise UserError("Open or create a document first.")
         return document
@@ -312,54 +534,158 @@ class PaintBridgeDocker(DockWidget):
     def _submit(self, request, job: PendingJob) -> str:
         tag = next(self._tags)
         self.jobs[tag] = job
+        t0 = time.perf_counter()
         self.worker.submit(tag, request)
-        self.progress.setValue(0)
-        self.show_message(f"Sent {job.kind}…")
+        job.timings["submit_ms"] = (time.perf_counter() - t0) * 1000
+        self.queue.add(tag, job.mode, job.prompt)
+        self._refresh_queue()
+        self.show_message(f"Sent: {job.mode}")
         return tag
 
-    def generate(self) -> str:
-        """Generate into a new layer (100%), or refine the current pixels (below)."""
-        s, document = self._read_settings(), self._document()
-        canvas = Rect(0, 0, document.width(), document.height())
-        area = work_area(canvas, selection_of(document), s.context)
-        image = read_rgba(document, area, s.source) if s.strength < 1.0 else None
-        request = generate_request(s, area.width, area.height, image)
-        return self._submit(request, PendingJob(request.kind, document, area, s.prompt))
+    def run_mode(self) -> str:
+        return self.upscale_document() if self._mode() == "upscale" else self.generate()
 
-    def inpaint(self) -> str:
+    def generate(self) -> str:
+        """Generate (100%) or refine (below); with a selection only the selection, softly."""
         s, document = self._read_settings(), self._document()
-        selection = selection_of(document)
-        if selection is None:
-            raise UserError("Select the area to repaint first.")
-        area = selection.expand(s.context, Rect(0, 0, document.width(), document.height()))
-        mask = selection_mask(document, area)
-        request = inpaint_request(s, read_rgba(document, area, s.source), RawImage(area.width, area.height, 1, mask))
-        return self._submit(request, PendingJob("inpaint", document, area, s.prompt, mask=mask))
+        t0 = time.perf_counter()
+        canvas = Rect(0, 0, document.width(), document.height())
+        selection = kritadoc.selection_rect(document)
+        mask = None
+        if selection is not None:
+            margin = s.mask_grow + s.mask_feather + s.context
+            area = selection.expand(margin, canvas).snap8(canvas)
+            mask = kritadoc.soft_mask(document, area, s.mask_grow, s.mask_feather)
+        else:
+            area = canvas
+        image = kritadoc.read_rgba(document, area, s.source) if (s.strength < 1.0 or mask is not None) else None
+        read_ms = (time.perf_counter() - t0) * 1000
+        request = generate_request(s, area.width, area.height, image,
+                                   RawImage(area.width, area.height, 1, mask) if mask is not None else None,
+                                   native=self._native())
+        mode = "inpaint" if mask is not None and s.strength >= 1.0 else "refine" if s.strength < 1.0 else "generate"
+        sizes = plan_sizes(area.width, area.height, self._native(), s.resolution)
+        job = PendingJob(request.kind, mode, document, area, s.prompt, asdict(s), mask=mask,
+                         first_pass=sizes.first if request.kind == "txt2img" else None)
+        job.timings["read_ms"] = read_ms
+        return self._submit(request, job)
+
+    def expand_canvas(self, side: str = "", pixels: int = 0) -> str:
+        """Grow the canvas on one side, then outpaint the new strip into a new layer."""
+        s, document = self._read_settings(), self._document()
+        side, pixels = side or s.expand_side, pixels or s.expand_pixels
+        plan = expand(Rect(0, 0, document.width(), document.height()), side, pixels)
+        document.resizeImage(*plan.resize_args)
+        document.waitForDone()
+        document.refreshProjection()
+        mask = strip_mask(plan.area, plan.strip, min(s.mask_feather, 16))
+        image = kritadoc.read_rgba(document, plan.area, VISIBLE)
+        request = generate_request(Settings(**{**asdict(s), "strength": 1.0}), plan.area.width, plan.area.height, image,
+                                   RawImage(plan.area.width, plan.area.height, 1, mask), inpaint_mode="expand")
+        return self._submit(request, PendingJob("inpaint", "expand", document, plan.area, s.prompt, asdict(s), mask=mask))
 
     def upscale_document(self) -> str:
         s, document = self._read_settings(), self._document()
         canvas = Rect(0, 0, document.width(), document.height())
-        request = upscale_request(s, read_rgba(document, canvas, VISIBLE))
+        t0 = time.perf_counter()
+        image = kritadoc.read_rgba(document, canvas, VISIBLE)
+        read_ms = (time.perf_counter() - t0) * 1000
+        request = upscale_request(s, image)
         new_size = (round(canvas.width * s.upscale_factor), round(canvas.height * s.upscale_factor))
-        return self._submit(request, PendingJob("upscale", document, canvas, s.prompt, scale_to=new_size))
+        job = PendingJob("upscale", "upscale", document, canvas, s.prompt, asdict(s), scale_to=new_size)
+        job.timings["read_ms"] = read_ms
+        return self._submit(request, job)
 
-    def cancel(self) -> None:
-        for tag in list(self.jobs):
-            self.worker.cancel(tag)
+    def cancel(self, tag: str) -> None:
+        if self.queue.request_cancel(tag):
+            if self.connection[0] != CONNECTED:
+                # The server cannot hear us now: the job is cancelled here, its result ignored.
+                self.worker.cancel(tag)
+                self.jobs.pop(tag, None)
+                self.queue.finish(tag, jobqueue.CANCELLED)
+            else:
+                self.worker.cancel(tag)
+        self._refresh_queue()
 
-    # -- events from the worker -------------------------------------------------------
+    def cancel_current(self) -> None:
+        active = self.queue.active()
+        running = [r for r in active if r.state == jobqueue.RUNNING]
+        target = running[0] if running else (active[0] if active else None)
+        if target is not None:
+            self.cancel(target.tag)
+
+    def cancel_selected(self) -> None:
+        item = self.queue_list.currentItem()
+        if item is not None:
+            self.cancel(item.data(Qt.UserRole))
+
+    def cancel_all(self) -> None:
+        for row in self.queue.active():
+            self.cancel(row.tag)
+
+    def _clear_finished(self) -> None:
+        self.queue.clear_done()
+        self._refresh_queue()
+
+    # -- presets and LoRA ---------------------------------------------------------------------------
+    def _load_presets(self) -> None:
+        current = self.preset_combo.currentText()
+        self.preset_combo.clear()
+        self.presets = prefs.load_presets(self.presets_folder)
+        self.preset_combo.addItems([p.name for p in self.presets])
+        self.preset_combo.setCurrentIndex(max(0, self.preset_combo.findText(current)))
+
+    def use_preset(self) -> None:
+        preset = next((p for p in getattr(self, "presets", []) if p.name == self.preset_combo.currentText()), None)
+        if preset is None:
+            raise UserError("No style preset selected.")
+        values = {"model": preset.model, "sampler": preset.sampler, "negative_prompt": preset.negative_prompt or None,
+                  "steps": preset.steps or None, "cfg_scale": preset.cfg_scale or None,
+                  "prompt": preset.apply_prompt(self.prompt_edit.toPlainText())}
+        self._load_into_ui(values)
+        self.show_message(f"Style: {preset.name}")
+
+    def save_preset(self) -> None:
+        name = self.preset_name.text().strip()
+        if not name:
+            raise UserError("Name the preset first.")
+        s = self._read_settings()
+        prefs.save_preset(self.presets_folder, prefs.Preset(name, s.model, s.sampler, s.steps, s.cfg_scale,
+                                                            negative_prompt=s.negative_prompt))
+        self._load_presets()
+        self.preset_combo.setCurrentIndex(self.preset_combo.findText(name))
+        self.show_message(f"Saved style preset '{name}' in {self.presets_folder}")
+
+    def add_lora(self) -> None:
+        name = self.lora_combo.currentText()
+        if name:
+            self.prompt_edit.setPlainText(prefs.insert_lora(self.prompt_edit.toPlainText(), name))
+
+    # -- events from the worker ---------------------------------------------------------------------
     def _poll(self) -> None:
+        now = time.perf_counter()
+        self.timer_gaps.append((now - self._last_tick) * 1000)
+        del self.timer_gaps[:-2000]
+        self._last_tick = now
+        changed = False
         while not self.worker.events.empty():
             event = self.worker.events.get_nowait()
+            changed = True
             try:
                 self._on_event(event)
-            except Exception as exc:  # never let one bad event stop the docker
+            except Exception as exc:
                 self.show_message(f"PaintBridge: {exc}")
+        while not self.encoder.done.empty():
+            self._dirty.add(self.encoder.done.get_nowait())
+        if self._dirty and self.encoder.jobs.empty():
+            self._save_histories()
+        if changed:
+            self._refresh_queue()
 
     def _on_event(self, event) -> None:
         if event.kind == "state":
             state, text = event.data
-            self.status.setText({"connected": f"Connected to {self.settings.server}"}.get(state, text or state.capitalize() + "…"))
+            self.connection = (state, text or "")
             if text:
                 self.log.append(text)
         elif event.kind == "welcome":
@@ -368,72 +694,288 @@ class PaintBridgeDocker(DockWidget):
             job = self.jobs.get(event.tag)
             if job is not None:
                 job.job_id = event.data[0]
-                self.show_message(f"Job {job.job_id} queued" + (f" at position {event.data[1]}" if event.data[1] else ""))
+            self.queue.accepted(event.tag, event.data[0], event.data[1])
         elif event.kind == "progress":
-            self._on_progress(event.data)
+            self._on_progress(event.tag, event.data)
         elif event.kind == "result":
             job = self.jobs.get(event.tag)
             if job is not None:
                 try:
-                    self._apply(job, event.data)
+                    self._on_result(event.tag, job, event.data)
                 finally:  # only now: Krita may run events while it scales the image
                     self.jobs.pop(event.tag, None)
+                    self.queue.finish(event.tag, jobqueue.FINISHED)
         elif event.kind == "cancelled":
             self.jobs.pop(event.tag, None)
-            self.progress.setValue(0)
+            self.queue.finish(event.tag, jobqueue.CANCELLED)
             self.show_message("Cancelled.")
         elif event.kind == "failed":
             self.jobs.pop(event.tag, None)
-            _code, text = event.data
-            self.progress.setValue(0)
+            code, text = event.data
+            self.queue.finish(event.tag, jobqueue.LOST if code == "job_lost" else jobqueue.FAILED_JOB, text)
             self.show_message(f"Failed: {text}")
 
     def _on_welcome(self, welcome) -> None:
         caps = self.capabilities = welcome.capabilities
         wanted_model, wanted_sampler = self.settings.model, self.settings.sampler
+        self.model_combo.blockSignals(True)
         self.model_combo.clear()
         self.model_combo.addItems([m.name for m in caps.models if m.kind == "checkpoint"])
-        index = self.model_combo.findText(wanted_model or caps.default_model)
-        self.model_combo.setCurrentIndex(max(0, index))
+        self.model_combo.setCurrentIndex(max(0, self.model_combo.findText(wanted_model or caps.default_model)))
+        self.model_combo.blockSignals(False)
         self.sampler_combo.clear()
         self.sampler_combo.addItems(caps.samplers)
         self.sampler_combo.setCurrentIndex(max(0, self.sampler_combo.findText(wanted_sampler)))
         self.upscaler_combo.clear()
-        self.upscaler_combo.addItems(caps.upscalers)
+        for name in caps.upscalers:
+            self.upscaler_combo.addItem(name)
+            self.upscaler_combo.setItemData(self.upscaler_combo.count() - 1, name, Qt.ToolTipRole)
+        self.upscaler_combo.view().setMinimumWidth(self.upscaler_combo.view().sizeHintForColumn(0) + 24)
+        self.upscaler_combo.setCurrentIndex(max(0, self.upscaler_combo.findText(self.settings.upscaler)))
+        self._upscaler_tip()
+        self.lora_combo.clear()
+        self.lora_combo.addItems([m.name for m in caps.models if m.kind == "lora"])
+        self._load_presets()
+        self._update_labels()
 
-    def _on_progress(self, progress) -> None:
+    def _on_progress(self, tag: str, progress) -> None:
         total = max(progress.total, 1)
         value = progress.step / total
         if progress.tiles:
             value = (progress.step - 1 + progress.tile / progress.tiles) / total
-        self.progress.setValue(round(100 * value))
-        if progress.preview is not None:
-            p = progress.preview
-            image = QImage(p.data, p.width, p.height, p.width * 4, QImage.Format_RGBA8888).copy()
-            self.preview.setPixmap(QPixmap.fromImage(image).scaled(192, 192, Qt.KeepAspectRatio, Qt.SmoothTransformation))
+        self.queue.progress(tag, progress.step, progress.total, progress.stage, value, progress.preview)
 
-    def _apply(self, job: PendingJob, result) -> None:
+    # -- results -> history -> layers -----------------------------------------------------------------
+    def _history(self, document) -> History:
+        key = kritadoc.document_key(document)
+        self._documents[key] = document
+        if key not in self.histories:
+            self.histories[key] = History.from_bytes(kritadoc.read_history(document))
+            kritadoc.remove_preview(document)  # a preview saved by accident is not the painter's
+        return self.histories[key]
+
+    def _on_result(self, tag: str, job: PendingJob, result) -> None:
+        t0 = time.perf_counter()
         document = job.document
-        rect = job.rect
         if job.scale_to is not None:
-            # Upscale: Krita scales the painter's layers (as Image > Scale would) ...
-            width, height = job.scale_to
-            resolution = int(document.resolution())
-            document.scaleImage(width, height, resolution, resolution, "Bicubic")
-            document.waitForDone()
-            rect = Rect(0, 0, width, height)
-        images = [resized(im.data, im.width, im.height, rect) for im in result.images]
-        placement = plan(job.kind, job.prompt, result.seeds, images, rect, job.mask)
-        if job.scale_to is not None:
-            layers = [n for n in document.topLevelNodes() if not n.type().endswith("mask")]
-            if layers:
-                document.setActiveNode(layers[-1])  # ... and the result goes on top
-        names = add_layers(document, placement)
+            self._apply_upscale(job, result)
+            job.timings["place_ms"] = (time.perf_counter() - t0) * 1000
+            self._record_timings(tag, job)
+            return
+        history = self._history(document)
+        batch = uuid.uuid4().hex[:8] if len(result.images) > 1 else ""
+        infotexts = result.infotexts or [result.infotext] * len(result.images)
+        added = []
+        for index, (image, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
+            ready = kritadoc.layer_ready(image, job.rect, job.mask)
+            entry = Entry(history.new_id(), job.prompt, seed, job.mode, job.kind, job.rect.x, job.rect.y,
+                          job.rect.width, job.rect.height, first_pass=job.first_pass,
+                          settings={**job.settings, "seed": seed, "random_seed": False, "token": ""},
+                          infotext=infotexts[index] if index < len(infotexts) else "", batch=batch,
+                          thumbnail=kritadoc.thumbnail_png(ready))
+            for dropped in history.add(entry):
+                self._pixels.pop(dropped.id, None)
+            self._pixels[entry.id] = ready
+            rgba = kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))
+            self.encoder.jobs.put((kritadoc.document_key(document), entry, ready.width(), ready.height(), rgba))
+            added.append(entry)
         self.last_seed = result.seeds[0] if result.seeds else None
         self.last_seed_label.setText(f"last: {self.last_seed}")
-        self.progress.setValue(100)
-        self.show_message(f"Added {len(names)} layer(s): {names[0]}")
-        job.started_layers = names
+        if kritadoc.document_key(document) == _active_key():
+            self._refresh_history(select=added[0].id if added else None)
+        job.timings["place_ms"] = (time.perf_counter() - t0) * 1000
+        self._record_timings(tag, job)
+        self.show_message(f"{len(added)} result(s) in the history: Apply keeps one as a layer")
+
+    def _record_timings(self, tag: str, job: PendingJob) -> None:
+        self.log.append(f"timings {tag}: " + ", ".join(f"{k} {v:.1f}" for k, v in job.timings.items()))
+        self.last_timings = dict(job.timings)
+
+    def _apply_upscale(self, job: PendingJob, result) -> None:
+        document = job.document
+        width, height = job.scale_to
+        resolution = int(document.resolution())
+        kritadoc.remove_preview(document)
+        document.scaleImage(width, height, resolution, resolution, "Bicubic")  # the painter's layers, as Image > Scale
+        document.waitForDone()
+        rect = Rect(0, 0, width, height)
+        layers = [n for n in document.topLevelNodes() if not n.type().endswith("mask")]
+        top = layers[-1] if layers else None
+        for image, seed in zip(result.images, result.seeds, strict=False):
+            ready = kritadoc.layer_ready(image, rect, None)
+            top = kritadoc.add_layer(document, f"Upscaled ×{job.settings['upscale_factor']:g} (seed {seed})", ready, 0, 0, top)
+        document.refreshProjection()
+        self.show_message(f"Upscaled to {width}x{height}")
+
+    def _save_histories(self) -> None:
+        for key in list(self._dirty):
+            document, history = self._documents.get(key), self.histories.get(key)
+            if document is None or history is None or any(not e.png for e in history.entries if e.id in self._pixels):
+                continue
+            kritadoc.write_history(document, history.to_bytes())
+            self._dirty.discard(key)
+
+    def flush_history(self, timeout: float = 30.0) -> None:
+        """Before saving: wait for the PNG encoder, then write the annotation."""
+        deadline = time.monotonic() + timeout
+        while not self.encoder.jobs.empty() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.05)
+        while not self.encoder.done.empty():
+            self._dirty.add(self.encoder.done.get_nowait())
+        self._save_histories()
+
+    # -- the history list ---------------------------------------------------------------------------
+    def _refresh_history(self, select: str | None = None) -> None:
+        document = kritadoc.active_document()
+        self.history_list.blockSignals(True)
+        current = select or (self.history_list.currentItem().data(Qt.UserRole) if self.history_list.currentItem() else None)
+        self.history_list.clear()
+        if document is not None:
+            for entry in self._history(document).search(self.history_search.text()):
+                item = QListWidgetItem(f"{' '.join(entry.prompt.split()) or '(no prompt)'}\n{entry.describe()}")
+                item.setData(Qt.UserRole, entry.id)
+                item.setToolTip(entry.infotext or entry.prompt)
+                if entry.thumbnail:
+                    item.setIcon(QIcon(QPixmap.fromImage(QImage.fromData(entry.thumbnail, "PNG"))))
+                self.history_list.addItem(item)
+                if entry.id == current:
+                    self.history_list.setCurrentItem(item)
+        self.history_list.blockSignals(False)
+        if select is not None:
+            self._preview_item(self.history_list.currentItem())
+
+    def _selected_entry(self) -> tuple[Any, Entry]:
+        document = self._document()
+        item = self.history_list.currentItem()
+        entry = self._history(document).get(item.data(Qt.UserRole)) if item is not None else None
+        if entry is None:
+            raise UserError("Pick a result in the history first.")
+        return document, entry
+
+    def _pixels_of(self, entry: Entry) -> QImage:
+        image = self._pixels.get(entry.id)
+        if image is None:
+            if not entry.png:
+                raise UserError("This result's pixels were not kept.")
+            image = self._pixels[entry.id] = kritadoc.from_png(entry.png)
+        return image
+
+    def _preview_item(self, item) -> None:
+        document = kritadoc.active_document()
+        if item is None or document is None:
+            return
+        entry = self._history(document).get(item.data(Qt.UserRole))
+        if entry is None or entry.mode == "upscale":
+            return
+        try:
+            kritadoc.show_preview(document, self._pixels_of(entry), entry.x, entry.y)
+        except UserError as exc:
+            self.show_message(str(exc))
+
+    def apply_selected(self) -> list[str]:
+        document, entry = self._selected_entry()
+        return self._apply_entries(document, [entry])
+
+    def apply_batch(self) -> list[str]:
+        document, entry = self._selected_entry()
+        return self._apply_entries(document, self._history(document).batch_of(entry.id))
+
+    def _apply_entries(self, document, entries: list[Entry]) -> list[str]:
+        kritadoc.remove_preview(document)
+        t0 = time.perf_counter()
+        names, above = [], None
+        for entry in entries:
+            if entry.mode == "upscale":
+                continue
+            label = {"generate": "Generated", "refine": "Refined", "inpaint": "Inpainted", "expand": "Expanded"}.get(entry.mode, "PaintBridge")
+            name = f"{label}: {entry.title()}"
+            above = kritadoc.add_layer(document, name, self._pixels_of(entry), entry.x, entry.y, above)
+            names.append(name)
+        document.refreshProjection()
+        self.last_apply_ms = (time.perf_counter() - t0) * 1000
+        self.show_message(f"Applied {len(names)} layer(s)" + (f": {names[0]}" if names else ""))
+        return names
+
+    def discard_selected(self) -> None:
+        document, entry = self._selected_entry()
+        history = self._history(document)
+        row = self.history_list.currentRow()
+        history.discard(entry.id)
+        self._pixels.pop(entry.id, None)
+        kritadoc.remove_preview(document)
+        document.refreshProjection()
+        self._dirty.add(kritadoc.document_key(document))
+        self._refresh_history()
+        if self.history_list.count():
+            self.history_list.setCurrentRow(min(row, self.history_list.count() - 1))
+        self.show_message("Discarded.")
+
+    def reuse_selected(self) -> None:
+        _document, entry = self._selected_entry()
+        self._load_into_ui(entry.settings)
+        self.show_message(f"Settings of seed {entry.seed} loaded")
+
+    def copy_parameters(self) -> None:
+        _document, entry = self._selected_entry()
+        QApplication.clipboard().setText(entry.infotext or entry.prompt)
+        self.show_message("Parameters copied (WebUI text)")
+
+    # -- the queue list and the status line ------------------------------------------------------------
+    def _refresh_queue(self) -> None:
+        current = self.queue_list.currentItem().data(Qt.UserRole) if self.queue_list.currentItem() else None
+        self.queue_list.clear()
+        for row in self.queue.rows:
+            item = QListWidgetItem(row.text())
+            item.setData(Qt.UserRole, row.tag)
+            item.setToolTip(row.text())
+            if row.preview is not None:
+                p = row.preview
+                image = QImage(p.data, p.width, p.height, p.width * 4, QImage.Format_RGBA8888).copy()
+                item.setIcon(QIcon(QPixmap.fromImage(image)))
+            self.queue_list.addItem(item)
+            if row.tag == current:
+                self.queue_list.setCurrentItem(item)
+        state, text = self.connection
+        self.status.setText(self.queue.status_line(state, text))
+        self.status.setToolTip(self.status.text())
+        running = next((r for r in self.queue.rows if r.state == jobqueue.RUNNING), None)
+        if state != CONNECTED and self.queue.active():
+            self.progress.setFormat("Disconnected — waiting for the server")
+        elif running is not None:
+            self.progress.setValue(round(100 * running.fraction))
+            self.progress.setFormat(f"{running.mode} %p% (step {running.step}/{running.total})")
+        elif self.queue.active():
+            self.progress.setValue(0)
+            self.progress.setFormat("Queued")
+        else:
+            done = self.queue.rows[-1] if self.queue.rows else None
+            self.progress.setValue(100 if done is not None and done.state == jobqueue.FINISHED else 0)
+            self.progress.setFormat(done.state.capitalize() if done is not None else "Idle")
+
+
+def _active_key() -> str:
+    document = kritadoc.active_document()
+    return kritadoc.document_key(document) if document is not None else ""
+
+
+def _resource_root() -> str:
+    """Krita's user resource folder (where brushes and presets live), else its data folder."""
+    app = Krita.instance()
+    root = app.readSetting("", "ResourceDirectory", "")
+    if not root:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        root = os.path.join(base, "krita")
+    return root
+
+
+def _scrolled(widget: QWidget) -> QScrollArea:
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QScrollArea.NoFrame)
+    area.setWidget(widget)
+    area.setMinimumHeight(0)
+    return area
 
 
 def _spin(lo: int, hi: int, value: int) -> QSpinBox:

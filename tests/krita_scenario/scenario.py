@@ -1,24 +1,31 @@
 """Runs inside the real Krita (loaded by the plugin's test hook).
 
-Drives the PaintBridge docker through its own code paths, step by step on
-Qt timers: connect, generate, inpaint a selection, upscale the document.
-Writes a JSON report and a screenshot, then quits Krita.
+Drives the PaintBridge docker through its own code paths, step by step on Qt
+timers, as a painter would: the docker's layout on a 1280x800 screen, automatic
+resolution, a feathered selection refine, expand, the history (apply, discard,
+saved in the .kra and restored), the queue (cancel one of two), upscale, and the
+UI-thread time of a 4096x4096 job. Writes a JSON report and screenshots, then
+quits Krita.
 """
 
+import hashlib
 import json
 import os
 import time
 import traceback
 
 from krita import Krita, Selection
-from PyQt5.QtCore import QTimer
+from PyQt5.QtCore import QPoint, QRect, QTimer
 from PyQt5.QtWidgets import QApplication
 
 REPORT = os.environ["PAINTBRIDGE_REPORT"]
 SERVER = os.environ["PAINTBRIDGE_SERVER"]
 SHOT = os.environ.get("PAINTBRIDGE_SCREENSHOT", "")
+WORK = os.environ.get("PAINTBRIDGE_WORKDIR", os.path.dirname(REPORT))
+ONLY = set(filter(None, os.environ.get("PAINTBRIDGE_ONLY", "").split(",")))
 report = {"steps": [], "errors": []}
 state = {"step": 0, "since": time.monotonic()}
+ctx = {}
 
 
 def log(name, **data):
@@ -37,25 +44,59 @@ def docker():
     return DOCKERS[0] if DOCKERS else None
 
 
-def alpha_stats(node, x, y, w, h):
-    data = bytes(node.pixelData(x, y, w, h))
-    alpha = data[3::4]
-    return {"opaque": sum(1 for a in alpha if a == 255), "clear": sum(1 for a in alpha if a == 0), "n": len(alpha)}
+def kd():
+    from paintbridge import kritadoc
+
+    return kritadoc
 
 
-def layer_names(doc):
+def alpha_of(node, x, y, w, h):
+    return bytes(node.pixelData(x, y, w, h))[3::4]
+
+
+def checksum(node, doc):
+    return hashlib.sha256(bytes(node.pixelData(0, 0, doc.width(), doc.height()))).hexdigest()
+
+
+def names(doc):
     return [n.name() for n in doc.topLevelNodes() if not n.type().endswith("mask")]
 
 
-def wait_idle(d):
-    return not d.jobs
+def idle(d):
+    return not d.jobs and d.encoder.jobs.empty()
+
+
+def screenshot(path):
+    window = Krita.instance().activeWindow()
+    if window is not None:
+        window.qwindow().grab().save(path)
+
+
+def new_document(width, height, name, fill=None):
+    app = Krita.instance()
+    doc = app.createDocument(width, height, name, "RGBA", "U8", "", 72.0)
+    app.activeWindow().addView(doc)
+    paint = doc.createNode("Painted", "paintlayer")
+    if fill is None:
+        row = bytearray()
+        for x in range(width):
+            row += bytes(((x * 7) % 256, (x * 3) % 256, 128, 255))  # BGRA stripes
+        data = bytearray()
+        for y in range(height):
+            data += row[4 * (y % 7):] + row[: 4 * (y % 7)]
+        paint.setPixelData(bytes(data), 0, 0, width, height)
+    else:
+        paint.setPixelData(bytes(fill) * (width * height), 0, 0, width, height)
+    doc.rootNode().addChildNode(paint, None)
+    doc.setActiveNode(paint)
+    doc.refreshProjection()
+    return doc, paint
 
 
 def finish():
     try:
-        window = Krita.instance().activeWindow()
-        if SHOT and window is not None:
-            window.qwindow().grab().save(SHOT)
+        if SHOT:
+            screenshot(SHOT)
             report["screenshot"] = SHOT
     except Exception:
         report["errors"].append(traceback.format_exc())
@@ -66,11 +107,12 @@ def finish():
 
 def step():
     try:
-        if time.monotonic() - state["since"] > 120:
-            report["errors"].append(f"timeout in step {state['step']}")
+        limit = STEPS[state["step"]][1] if state["step"] < len(STEPS) else 120
+        if time.monotonic() - state["since"] > limit:
+            report["errors"].append(f"timeout in step {STEPS[state['step']][0].__name__}")
             finish()
             return
-        if STEPS[state["step"]]():
+        if STEPS[state["step"]][0]():
             state["step"] += 1
             state["since"] = time.monotonic()
         if state["step"] >= len(STEPS):
@@ -80,16 +122,28 @@ def step():
         report["errors"].append(traceback.format_exc())
         finish()
         return
-    QTimer.singleShot(200, step)
+    QTimer.singleShot(100, step)
 
 
-ctx = {}
+def configure(d, prompt, steps=2, strength=100, seed=1234, batch=1):
+    d.prompt_edit.setPlainText(prompt)
+    d.steps_spin.setValue(steps)
+    d.strength_slider.setValue(strength)
+    d.random_check.setChecked(False)
+    d.seed_spin.setValue(seed)
+    d.batch_spin.setValue(batch)
+    d.mode_buttons["generate"].setChecked(True)
+    d._mode_changed()
 
 
+# -- steps ---------------------------------------------------------------------------------
 def s_docker():
     d = docker()
-    if d is None or Krita.instance().activeWindow() is None:
+    window = Krita.instance().activeWindow()
+    if d is None or window is None:
         return False
+    # Xvfb has no window manager to maximize it: the painter's full screen, by hand.
+    window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())
     d.show()
     d.raise_()
     d.server_edit.setText(SERVER)
@@ -102,85 +156,303 @@ def s_connected():
     d = docker()
     if d.capabilities is None:
         return False
-    log("connected", models=[m.name for m in d.capabilities.models], status=d.status.text())
-    app = Krita.instance()
-    doc = app.createDocument(256, 256, "PaintBridge test", "RGBA", "U8", "", 72.0)
-    app.activeWindow().addView(doc)
-    paint = doc.createNode("Painted", "paintlayer")
-    pixels = bytearray(256 * 256 * 4)
+    log("connected", models=[m.name for m in d.capabilities.models], status=d.status.text(),
+        upscalers=d.capabilities.upscalers)
+    sent = ctx["sent"] = []
+    submit = d.worker.submit
+
+    def recording(tag, request):  # what the server receives, as sent
+        sent.append(request)
+        submit(tag, request)
+
+    d.worker.submit = recording
+    ctx["doc"], ctx["paint"] = new_document(2048, 1536, "Auto resolution")
+    return True
+
+
+def s_layout():
+    """The painter's screen: 1280x800, Krita's default dockers and ours."""
+    d = docker()
+    if time.monotonic() - state["since"] < 2:  # let the window settle
+        return False
+    screen = QApplication.primaryScreen().geometry()
+    dock_rect = QRect(d.mapToGlobal(QPoint(0, 0)), d.size())
+
+    def on_screen(w):
+        top_left = w.mapToGlobal(QPoint(0, 0))
+        rect = QRect(top_left, w.size())
+        return {"visible": w.isVisible() and not w.visibleRegion().isEmpty(),
+                "on_screen": screen.contains(rect), "in_docker": dock_rect.contains(rect),
+                "rect": [rect.x(), rect.y(), rect.width(), rect.height()]}
+
+    widgets = {"prompt": d.prompt_edit, "strength": d.strength_slider, "generate": d.generate_button,
+               "cancel": d.cancel_button, "progress": d.progress, "status": d.status, "message": d.message}
+    docks = {w.windowTitle(): [w.height(), w.minimumSizeHint().height()] for w in Krita.instance().dockers()
+             if w.isVisible() and not w.isFloating()}
+    qwin = Krita.instance().activeWindow().qwindow()
+    log("layout", screen=[screen.width(), screen.height()], docker=[dock_rect.x(), dock_rect.y(), dock_rect.width(), dock_rect.height()],
+        docker_min_height=d.widget().minimumSizeHint().height(), visible_dockers=docks,
+        widgets={k: on_screen(w) for k, w in widgets.items()}, strength_label=d.strength_label.text(),
+        window=[qwin.width(), qwin.height(), qwin.minimumSizeHint().height()])
+    shot = os.path.join(os.path.dirname(SHOT) or WORK, "krita-layout.png")
+    screenshot(shot)
+    report["layout_screenshot"] = shot
+    return True
+
+
+def s_generate_auto():
+    d = docker()
+    configure(d, "a lighthouse at dusk", steps=2)
+    d.resolution_combo.setCurrentIndex(0)  # automatic
+    ctx["sizes_before"] = d.sizes_label.text()
+    ctx["tag"] = d.generate()
+    return True
+
+
+def s_generated_auto():
+    d, doc = docker(), ctx["doc"]
+    if not idle(d):
+        return False
+    history = d._history(doc)
+    entry = history.entries[-1] if history.entries else None
+    before = names(doc)
+    applied = d.apply_selected() if entry is not None else []
+    new = [n for n in doc.topLevelNodes() if n.name() not in before]
+    bounds = new[0].bounds() if new else None
+    request = ctx["sent"][-1]
+    log("auto resolution", sizes_label=ctx["sizes_before"], request={"kind": request.kind, "width": request.width, "height": request.height,
+        "resolution": getattr(request, "resolution", None), "hires": request.hires and {"scale": request.hires.scale}},
+        infotext=entry.infotext if entry else "", entry_sizes=entry.size_text if entry else "", applied=applied,
+        layer=[bounds.width(), bounds.height()] if bounds else None, message=d.message.text(), queue=[r.text() for r in d.queue.rows])
+    return True
+
+
+def s_refine_ellipse():
+    d = docker()
+    doc, paint = new_document(256, 256, "Feathered refine")
+    ctx.update(doc=doc, paint=paint, paint_sum=checksum(paint, doc))
+    mask = bytearray(256 * 256)
     for y in range(256):
         for x in range(256):
-            i = (y * 256 + x) * 4
-            pixels[i : i + 4] = bytes((x, y, 128, 255))  # BGRA
-    paint.setPixelData(bytes(pixels), 0, 0, 256, 256)
-    doc.rootNode().addChildNode(paint, None)
-    doc.setActiveNode(paint)
-    doc.refreshProjection()
-    ctx.update(doc=doc, paint=paint, original=bytes(paint.pixelData(0, 0, 256, 256)))
-    d.prompt_edit.setPlainText("a lighthouse at dusk")
-    d.steps_spin.setValue(4)
-    d.strength_slider.setValue(100)
-    d.random_check.setChecked(False)
-    d.seed_spin.setValue(1234)
-    return True
-
-
-def s_generate():
-    d = docker()
-    ctx["layers_before"] = layer_names(ctx["doc"])
-    d.generate()
-    return True
-
-
-def s_generated():
-    d, doc = docker(), ctx["doc"]
-    if not wait_idle(d):
-        return False
-    new = [n for n in doc.topLevelNodes() if n.name() not in ctx["layers_before"]]
-    log("generate", layers=layer_names(doc), new=[n.name() for n in new],
-        stats=alpha_stats(new[0], 0, 0, 256, 256) if new else None, message=d.message.text())
+            if ((x - 128) / 70) ** 2 + ((y - 128) / 50) ** 2 <= 1:
+                mask[y * 256 + x] = 255
     selection = Selection()
-    selection.select(64, 64, 96, 80, 255)
+    selection.setPixelData(bytes(mask), 0, 0, 256, 256)
     doc.setSelection(selection)
-    doc.setActiveNode(ctx["paint"])
-    ctx["layers_before"] = layer_names(doc)
-    d.strength_slider.setValue(100)
-    d.inpaint()
+    configure(d, "a glowing moon", steps=4, strength=50, seed=77)
+    d.grow_spin.setValue(4)
+    d.feather_spin.setValue(8)
+    d._update_labels()
+    ctx["strength_label"], ctx["button"] = d.strength_label.text(), d.generate_button.text()
+    from paintbridge.regions import Rect
+
+    ctx["expected"] = kd().soft_mask(doc, Rect(0, 0, 256, 256), 4, 8)
+    ctx["tag"] = d.generate()
     return True
 
 
-def s_inpainted():
+def s_refined():
     d, doc = docker(), ctx["doc"]
-    if not wait_idle(d):
+    if not idle(d):
         return False
-    new = [n for n in doc.topLevelNodes() if n.name() not in ctx["layers_before"]]
-    layer = new[0] if new else None
-    log("inpaint", layers=layer_names(doc), new=[n.name() for n in new], message=d.message.text(),
-        inside=alpha_stats(layer, 64, 64, 96, 80) if layer else None,
-        outside_band=alpha_stats(layer, 0, 0, 256, 60) if layer else None,
-        painted_unchanged=bytes(ctx["paint"].pixelData(0, 0, 256, 256)) == ctx["original"])
+    before = names(doc)
     Krita.instance().action("deselect").trigger()
-    ctx["layers_before"] = layer_names(doc)
-    d.factor_spin.setValue(2.0)
-    d.denoise_spin.setValue(0.0)
-    d.upscale_document()
+    applied = d.apply_selected()
+    new = [n for n in doc.topLevelNodes() if n.name() not in before]
+    alpha = alpha_of(new[0], 0, 0, 256, 256) if new else b""
+    expected = ctx["expected"]
+    diff = max((abs(a - e) for a, e in zip(alpha, expected, strict=False)), default=999)
+    outside = [a for a, e in zip(alpha, expected, strict=False) if e == 0]
+    soft = sum(1 for e in expected if 0 < e < 255)
+    request = ctx["sent"][-1]
+    log("refine selection", applied=applied, new=[n.name() for n in new], max_alpha_diff=diff,
+        outside_max=max(outside, default=0), outside_n=len(outside), soft_pixels=soft, inside_opaque=sum(1 for a in alpha if a == 255),
+        painter_unchanged=checksum(ctx["paint"], doc) == ctx["paint_sum"], strength_label=ctx["strength_label"],
+        button=ctx["button"], request={"kind": request.kind, "strength": request.strength,
+                                       "inpaint_mode": getattr(request, "inpaint_mode", None)},
+        layers=names(doc))
     return True
 
 
-def s_upscaled():
+def s_expand():
+    d = docker()
+    doc, paint = new_document(256, 256, "Expand")
+    ctx.update(doc=doc, paint=paint, original=bytes(paint.pixelData(0, 0, 256, 256)))
+    configure(d, "a calm sea", steps=4, seed=5)
+    ctx["before"] = names(doc)
+    ctx["tag"] = d.expand_canvas("right", 64)
+    return True
+
+
+def s_expanded():
     d, doc = docker(), ctx["doc"]
-    if not wait_idle(d):
+    if not idle(d):
         return False
-    nodes = [n for n in doc.topLevelNodes() if not n.type().endswith("mask")]
-    top = nodes[-1]
-    log("upscale", width=doc.width(), height=doc.height(), layers=layer_names(doc), top=top.name(),
-        top_stats=alpha_stats(top, 0, 0, doc.width(), doc.height()), message=d.message.text(),
-        originals_kept=all(name in layer_names(doc) for name in ctx["layers_before"]))
-    report["log"] = d.log
+    applied = d.apply_selected()
+    new = [n for n in doc.topLevelNodes() if n.name() not in ctx["before"]]
+    strip = bytes(new[0].pixelData(256, 0, 64, 256)) if new else b""
+    strip_alpha = strip[3::4]
+    colours = {strip[i:i + 3] for i in range(0, len(strip), 4 * 97)}
+    log("expand", size=[doc.width(), doc.height()], applied=applied,
+        painter_unchanged=bytes(ctx["paint"].pixelData(0, 0, 256, 256)) == ctx["original"],
+        strip_opaque=sum(1 for a in strip_alpha if a == 255), strip_n=len(strip_alpha), strip_colours=len(colours),
+        request_mode=getattr(ctx["sent"][-1], "inpaint_mode", None))
     return True
 
 
-STEPS = [s_docker, s_connected, s_generate, s_generated, s_inpainted, s_upscaled]
+def s_history():
+    d = docker()
+    doc, paint = new_document(128, 128, "History")
+    ctx.update(doc=doc, paint=paint, before=names(doc))
+    configure(d, "two red apples on a table", steps=3, seed=42, batch=2)
+    ctx["tag"] = d.generate()
+    return True
+
+
+def s_history_done():
+    d, doc = docker(), ctx["doc"]
+    if not idle(d):
+        return False
+    history = d._history(doc)
+    ctx["entries"] = [(e.id, e.seed) for e in history.entries]
+    d.history_list.setCurrentRow(0)
+    preview = kd().find_preview(doc)
+    ctx["preview_seen"] = preview is not None
+    d.discard_selected()
+    d.history_list.setCurrentRow(0)
+    kept = d._selected_entry()[1]
+    ctx["kept"] = {"id": kept.id, "seed": kept.seed, "prompt": kept.prompt}
+    applied = d.apply_selected()
+    new = [n for n in doc.topLevelNodes() if n.name() not in ctx["before"]]
+    path = os.path.join(WORK, "history.kra")
+    d.flush_history()
+    doc.setBatchmode(True)
+    saved = doc.saveAs(path)
+    log("history", entries=ctx["entries"], preview_seen=ctx["preview_seen"], applied=applied,
+        new=[n.name() for n in new], saved=saved, annotation_types=list(doc.annotationTypes()),
+        remaining=[e.id for e in history.entries])
+    ctx["path"] = path
+    doc.close()
+    return True
+
+
+def s_reopen():
+    docker()
+    app = Krita.instance()
+    doc = app.openDocument(ctx["path"])
+    app.activeWindow().addView(doc)
+    ctx["doc"] = doc
+    ctx["reopened_at"] = time.monotonic()
+    return True
+
+
+def s_reopened():
+    d, doc = docker(), ctx["doc"]
+    if time.monotonic() - ctx["reopened_at"] < 1:
+        return False
+    d._refresh_history()
+    history = d._history(doc)
+    items = [d.history_list.item(i) for i in range(d.history_list.count())]
+    entry = history.entries[0] if history.entries else None
+    log("reopened", entries=[(e.id, e.seed, e.prompt) for e in history.entries], kept=ctx["kept"],
+        items=[i.text() for i in items], icons=[not i.icon().isNull() for i in items],
+        settings={k: entry.settings.get(k) for k in ("prompt", "steps", "seed", "sampler")} if entry else None,
+        png_bytes=len(entry.png) if entry else 0, layers=names(doc))
+    ctx["history_shot"] = os.path.join(os.path.dirname(SHOT) or WORK, "krita-history.png")
+    d.tabs.setCurrentIndex(1)
+    return True
+
+
+def s_queue():
+    d = docker()
+    screenshot(ctx["history_shot"])
+    report["history_screenshot"] = ctx["history_shot"]
+    doc, _paint = new_document(256, 256, "Queue")
+    configure(d, "first in line", steps=12, seed=1)
+    first = d.generate()
+    configure(d, "second in line", steps=12, seed=2)
+    second = d.generate()
+    ctx.update(doc=doc, first=first, second=second, seen={})
+    d.tabs.setCurrentIndex(0)
+    return True
+
+
+def s_queue_both_accepted():
+    d = docker()
+    rows = {r.tag: r for r in d.queue.rows}
+    if not all(rows[t].job_id for t in (ctx["first"], ctx["second"])):
+        return False
+    ctx["rows_then"] = [r.text() for r in d.queue.rows if r.tag in (ctx["first"], ctx["second"])]
+    ctx["states_then"] = [rows[ctx["first"]].state, rows[ctx["second"]].state]
+    ctx["status_then"] = d.status.text()
+    d.cancel(ctx["second"])
+    return True
+
+
+def s_queue_done():
+    d = docker()
+    rows = {r.tag: r for r in d.queue.rows}
+    if rows[ctx["first"]].active or rows[ctx["second"]].active:
+        if rows[ctx["first"]].state == "running":
+            ctx["status_running"] = d.status.text()
+            ctx["progress_running"] = d.progress.text()
+        return False
+    log("queue", rows_then=ctx["rows_then"], states_then=ctx["states_then"], status_then=ctx["status_then"],
+        status_running=ctx.get("status_running"), progress_running=ctx.get("progress_running"),
+        final=[rows[ctx["first"]].state, rows[ctx["second"]].state], rows=[r.text() for r in d.queue.rows],
+        status=d.status.text())
+    return True
+
+
+def s_big():
+    """4096x4096: the UI thread's time to read, send, receive and place."""
+    d = docker()
+    if "Lanczos" not in d.capabilities.upscalers and d.upscaler_combo.findText("Lanczos") < 0:
+        d.upscaler_combo.addItem("Lanczos")
+    doc, _paint = new_document(4096, 4096, "Big", fill=bytes((40, 90, 160, 255)))
+    ctx["doc"] = doc
+    d.mode_buttons["upscale"].setChecked(True)
+    d._mode_changed()
+    d.factor_spin.setValue(1.0)
+    d.denoise_spin.setValue(0.0)
+    d.upscaler_combo.setCurrentIndex(d.upscaler_combo.findText("Lanczos"))
+    ctx["gaps_from"] = len(d.timer_gaps)
+    ctx["t0"] = time.perf_counter()
+    ctx["tag"] = d.run_mode()
+    return True
+
+
+def s_big_done():
+    d, doc = docker(), ctx["doc"]
+    if not idle(d):
+        return False
+    gaps = d.timer_gaps[ctx["gaps_from"]:]
+    timings = getattr(d, "last_timings", {})
+    top = [n for n in doc.topLevelNodes()][-1]
+    log("big", timings=timings, ui_total_ms=sum(timings.values()), wall_s=time.perf_counter() - ctx["t0"],
+        max_timer_gap_ms=max(gaps, default=0), timer_gaps_over_100ms=sum(1 for g in gaps if g > 100),
+        ticks=len(gaps), top=top.name(), top_size=[top.bounds().width(), top.bounds().height()], message=d.message.text())
+    report["log"] = d.log[-30:]
+    d.mode_buttons["generate"].setChecked(True)
+    d._mode_changed()
+    return True
+
+
+STEPS = [
+    (s_docker, 120), (s_connected, 120), (s_layout, 30),
+    (s_generate_auto, 10), (s_generated_auto, 300),
+    (s_refine_ellipse, 30), (s_refined, 120),
+    (s_expand, 30), (s_expanded, 120),
+    (s_history, 10), (s_history_done, 120), (s_reopen, 30), (s_reopened, 30),
+    (s_queue, 10), (s_queue_both_accepted, 60), (s_queue_done, 180),
+    (s_big, 60), (s_big_done, 240),
+]
+if ONLY:  # a quicker run of some parts: PAINTBRIDGE_ONLY=layout,refine,...
+    groups = {"auto": (s_generate_auto, s_generated_auto), "refine": (s_refine_ellipse, s_refined),
+              "expand": (s_expand, s_expanded), "history": (s_history, s_history_done, s_reopen, s_reopened),
+              "queue": (s_queue, s_queue_both_accepted, s_queue_done), "big": (s_big, s_big_done)}
+    keep = {s_docker, s_connected, s_layout} | {f for g in ONLY for f in groups.get(g, ())}
+    STEPS = [s for s in STEPS if s[0] in keep]
 
 
 def run():

@@ -1,0 +1,159 @@
+"""The painter's workflow without Krita: history, queue, settings, presets, geometry."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from krita_plugin.paintbridge import jobqueue, prefs, regions
+from krita_plugin.paintbridge.history import Entry, History
+from krita_plugin.paintbridge.regions import Rect
+from krita_plugin.paintbridge.requests import Settings
+
+
+def _png(color, size=(8, 8)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGBA", size, color).save(out, "PNG")
+    return out.getvalue()
+
+
+def _entry(history: History, prompt: str, seed: int, batch: str = "") -> Entry:
+    entry = Entry(history.new_id(), prompt, seed, "generate", "txt2img", 0, 0, 8, 8, first_pass=(512, 384),
+                  settings={"steps": 4, "prompt": prompt}, infotext=f"{prompt}\nSteps: 4, Seed: {seed}", batch=batch,
+                  png=_png((seed % 256, 0, 0, 255)), thumbnail=_png((seed % 256, 0, 0, 255), (4, 4)))
+    history.add(entry)
+    return entry
+
+
+def test_history_round_trip_is_lossless_and_bounded():
+    history = History(limit=3)
+    entries = [_entry(history, f"a red hat {i}", i) for i in range(5)]
+    assert [e.seed for e in history.entries] == [2, 3, 4]  # the last 3 kept
+    restored = History.from_bytes(history.to_bytes(), limit=3)
+    assert [(e.id, e.prompt, e.seed, e.first_pass, e.settings) for e in restored.entries] == \
+        [(e.id, e.prompt, e.seed, e.first_pass, e.settings) for e in entries[2:]]
+    assert restored.entries[-1].png == entries[-1].png and restored.entries[-1].thumbnail == entries[-1].thumbnail
+    assert Image.open(io.BytesIO(restored.entries[0].png)).getpixel((0, 0)) == (2, 0, 0, 255)
+    assert restored.entries[0].size_text == "512x384 → 8x8"
+    # a new id never reuses one that came back from the file
+    assert restored.new_id() not in {e.id for e in restored.entries}
+
+
+def test_history_discard_batch_search_and_names():
+    history = History()
+    a = _entry(history, "A lighthouse at dusk, (oil painting:1.2)", 11, batch="b1")
+    b = _entry(history, "a lighthouse at dawn", 12, batch="b1")
+    c = _entry(history, "a cat", 13)
+    assert [e.id for e in history.batch_of(a.id)] == [a.id, b.id]
+    assert history.batch_of(c.id) == [c]
+    assert [e.id for e in history.search("LIGHTHOUSE dusk")] == [a.id]
+    assert [e.id for e in history.search("")] == [c.id, b.id, a.id]  # newest first
+    assert history.discard(b.id) and not history.discard(b.id)
+    assert a.title() == "A lighthouse at dusk, (oil painting:1.2) (seed 11)"  # the full prompt
+    assert History.from_bytes(b"not a zip").entries == []
+
+
+def test_queue_rows_have_their_own_state_and_the_status_tells_the_truth():
+    q = jobqueue.JobQueue()
+    q.add("t1", "generate", "first")
+    q.add("t2", "refine", "second")
+    assert q.status_line("connected") == "2 job(s) queued"
+    q.accepted("t1", "j1", 0)
+    q.accepted("t2", "j2", 1)
+    assert q.get("t2").text().endswith("queued (1 ahead)")
+    q.progress("t1", 3, 4, "sampling", preview="p1")
+    assert q.get("t1").state == jobqueue.RUNNING and q.get("t1").preview == "p1"
+    assert q.get("t2").state == jobqueue.QUEUED and q.get("t2").preview is None  # its own, none yet
+    assert q.status_line("connected") == "Running: step 3/4, 1 queued"
+    q.request_cancel("t2")
+    q.finish("t2", jobqueue.CANCELLED)
+    q.finish("t1", jobqueue.FINISHED)
+    assert [r.state for r in q.rows] == ["finished", "cancelled"]
+    assert q.status_line("connected") == "Connected — ready"
+    q.add("t3", "generate", "third")
+    q.accepted("t3", "j3", 0)
+    text = q.status_line("disconnected", "No PaintBridge server at ws://x")
+    assert text.startswith("Disconnected: No PaintBridge server") and "1 job(s)" in text
+    q.finish("t3", jobqueue.LOST, "the server restarted")
+    assert q.get("t3").text().endswith("lost: the server restarted")
+    q.add("t4", "generate", "x")
+    q.finish("t4", jobqueue.FAILED_JOB, "model not found")
+    assert "failed: model not found" in q.get("t4").text()
+
+
+def test_queued_position_moves_up_as_jobs_in_front_end():
+    q = jobqueue.JobQueue()
+    for tag in ("a", "b", "c"):
+        q.add(tag, "generate", tag)
+    q.accepted("a", "ja", 0)
+    q.accepted("b", "jb", 1)
+    q.accepted("c", "jc", 2)
+    q.progress("a", 1, 4)
+    q.finish("a", jobqueue.FINISHED)
+    assert (q.get("b").position, q.get("c").position) == (0, 1)
+
+
+def test_settings_stay_and_the_token_only_when_remembered():
+    store = prefs.Store.memory()
+    s = Settings(server="ws://127.0.0.1:9999", token="secret", steps=7, cfg_scale=4.5, random_seed=False)
+    prefs.save(store, s, remember_token=False)
+    back = Settings()
+    prefs.load(store, back)
+    assert (back.server, back.steps, back.cfg_scale, back.random_seed, back.token) == ("ws://127.0.0.1:9999", 7, 4.5, False, "")
+    prefs.save(store, s, remember_token=True)
+    back = Settings()
+    prefs.load(store, back)
+    assert back.token == "secret"
+    prefs.remember_family(store, "sdxl", Settings(model="xl.safetensors", sampler="DPM++ 2M", steps=30, cfg_scale=5.0))
+    assert prefs.family_defaults(store, "sdxl") == {"model": "xl.safetensors", "sampler": "DPM++ 2M", "steps": 30, "cfg_scale": 5.0}
+    assert prefs.family_defaults(store, "sd15") == {}
+
+
+def test_lora_picker_and_presets(tmp_path):
+    assert prefs.insert_lora("", "detail") == "<lora:detail:0.8>"
+    assert prefs.insert_lora("a cat ", "detail") == "a cat, <lora:detail:0.8>"
+    assert prefs.insert_lora("a cat, <lora:detail:0.5>", "detail") == "a cat, <lora:detail:0.5>"
+    folder = prefs.presets_dir(str(tmp_path))
+    preset = prefs.Preset("Ink & wash", model="m.safetensors", sampler="Euler a", steps=25, cfg_scale=6.0,
+                          prompt_prefix="ink wash painting", prompt_suffix="masterpiece", negative_prompt="photo")
+    path = prefs.save_preset(folder, preset)
+    (tmp_path / "paintbridge" / "presets" / "broken.json").write_text("{")
+    assert path.endswith("Ink_wash.json")
+    assert prefs.load_presets(folder) == [preset]
+    assert preset.apply_prompt("a heron") == "ink wash painting, a heron, masterpiece"
+    prefs.delete_preset(folder, "Ink & wash")
+    assert prefs.load_presets(folder) == []
+
+
+def test_strength_wording():
+    assert prefs.strength_label(1.0, False) == "Generate"
+    assert prefs.strength_label(0.5, False) == "Refine 50%"
+    assert prefs.strength_label(1.0, True) == "Fill selection"
+    assert prefs.strength_label(0.35, True) == "Refine selection 35%"
+
+
+def test_expand_canvas_geometry():
+    e = regions.expand(Rect(0, 0, 256, 256), "right", 64)
+    assert e.canvas == Rect(0, 0, 320, 256) and e.strip == Rect(256, 0, 64, 256)
+    assert e.resize_args == (0, 0, 320, 256) and e.area.right == 320 and e.area.x <= 256 - 64
+    left = regions.expand(Rect(0, 0, 256, 200), "left", 40)
+    assert left.resize_args == (-40, 0, 296, 200) and left.strip == Rect(0, 0, 40, 200)
+    top = regions.expand(Rect(0, 0, 100, 100), "top", 16, context=16)
+    assert top.strip == Rect(0, 0, 100, 16) and top.area.y == 0
+    mask = regions.strip_mask(e.area, e.strip, feather=8)
+    row = mask[: e.area.width]
+    inside = e.strip.x - e.area.x
+    assert set(row[inside:]) == {255} and row[0] == 0 and 0 < row[inside - 4] < 255
+    assert len(mask) == e.area.width * e.area.height and mask[-1] == 255
+    vertical = regions.strip_mask(top.area, top.strip, feather=0)
+    assert vertical[: top.area.width] == b"\xff" * top.area.width and vertical[-1] == 0
+
+
+def test_png_writer_is_lossless():
+    from krita_plugin.paintbridge import pngio
+
+    width, height = 7, 5
+    rgba = bytes((i * 37) % 256 for i in range(width * height * 4))
+    image = Image.open(io.BytesIO(pngio.encode_rgba(width, height, rgba)))
+    assert image.mode == "RGBA" and image.size == (width, height) and image.tobytes() == rgba
