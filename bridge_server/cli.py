@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""),
                        help="the server's token, if it needs one (PAINTBRIDGE_TOKEN)")
 
+    def detach_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--detach", action="store_true",
+                       help="submit, print the job id on stdout and exit; `paintbridge result --job ID` fetches it")
+
     def model_args(p: argparse.ArgumentParser) -> None:
         """What every diffusion pass takes (also the tiled diffusion of an upscale)."""
         client_args(p)
@@ -115,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-count", type=int, default=1, help="batches one after another (seeds continue)")
         p.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
         p.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
-        p.add_argument("--out", type=Path, required=True,
-                       help="output PNG; several images: OUT-001.png, OUT-002.png, ... and OUT is their grid")
+        p.add_argument("--out", type=Path,
+                       help="output PNG (required unless --detach); several images: OUT-001.png, OUT-002.png, ... "
+                       "and OUT is their grid")
+        detach_arg(p)
 
     generate = command("generate", "text to image", _samplers_epilog())
     job_args(generate)
@@ -153,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     upscale = command("upscale", "upscale an image: upscaler model, then optional tiled diffusion", _samplers_epilog())
     model_args(upscale)
     upscale.add_argument("--image", type=Path, required=True, help="the picture to upscale")
-    upscale.add_argument("--out", type=Path, required=True, help="output PNG")
+    upscale.add_argument("--out", type=Path, help="output PNG (required unless --detach)")
+    detach_arg(upscale)
     upscale.add_argument("--scale", type=float, default=2.0, help="upscale by, any factor 1..8")
     upscale.add_argument("--upscaler", default="", help="upscaler model name, Lanczos or Nearest "
                          "(default: the first upscaler model)")
@@ -184,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "detach", None) is False and hasattr(args, "out") and args.out is None:
+        parser.commands[args.command].error("the following arguments are required: --out (or --detach)")
     try:
         if getattr(args, "from_png", None):
             # The PNG's settings become defaults; flags given explicitly still win.
@@ -244,6 +253,11 @@ def run_client_command(args: argparse.Namespace) -> int:
         return run_grid(client, args)
     if args.command in ("generate", "img2img", "inpaint", "upscale"):
         request = build_request(args)  # bad input fails before connecting
+        if args.detach:
+            with client:
+                accepted = client.submit(request)
+            print(accepted.job_id)
+            return 0
         with client:
             result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
         write_result(result, args.out)
@@ -310,6 +324,10 @@ def run_grid(client: Client, args: argparse.Namespace) -> int:
     except (grids.GridError, OSError) as exc:
         raise CliError("invalid_request", str(exc)) from None
     request = build_request(args, plot)
+    if args.detach:  # `paintbridge result` then writes the cells (and a plain grid)
+        with client:
+            print(client.submit(request).job_id)
+        return 0
     with client:
         result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
     write_result(result, args.out, grid=False)
