@@ -209,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paintbridge: error: {exc.message if isinstance(exc, ClientError) else exc} [{exc.code}]", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(file=sys.stderr)  # end the progress bar's line
         _interrupted(args)
         return 130
 
@@ -259,11 +258,11 @@ def run_client_command(args: argparse.Namespace) -> int:
             print(accepted.job_id)
             return 0
         with client:
-            result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
+            result = follow(client, request)
         write_result(result, args.out)
     elif args.command == "result":
         with client:
-            result = client.wait(args.job, on_progress=ProgressBar(), reconnect_s=RECONNECT_S, fetch=True)
+            result = follow(client, job_id=args.job)
         write_result(result, args.out)
     elif args.command == "cancel":
         with client:
@@ -329,7 +328,7 @@ def run_grid(client: Client, args: argparse.Namespace) -> int:
             print(client.submit(request).job_id)
         return 0
     with client:
-        result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
+        result = follow(client, request)
     write_result(result, args.out, grid=False)
     images = [Image.frombytes("RGBA", (raw.width, raw.height), raw.data) for raw in result.images]
     labels = result.labels or [[] for _ in images]
@@ -378,20 +377,38 @@ def announce(accepted) -> None:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr, redrawn in place; `finish` ends its
+    line, so what is printed next (a result, an error) starts on its own."""
 
     def __init__(self, width: int = 30) -> None:
         self.width = width
+        self.drawn = False
 
     def __call__(self, progress) -> None:
         total = max(progress.total, 1)
-        filled = int(self.width * progress.step / total)
+        filled = int(self.width * min(progress.step, total) / total)
         bar = "#" * filled + "-" * (self.width - filled)
         tiles = f" tiles {progress.tile}/{progress.tiles}" if progress.tiles else ""
-        last = progress.step >= total and progress.tile >= progress.tiles
         cell = f"cell {progress.cell}/{progress.cells} " if progress.cells else ""
-        line = f"\r{cell}{progress.stage:<15} [{bar}] {progress.step}/{total}{tiles}"
-        print(line, end="\n" if last else "", file=sys.stderr, flush=True)
+        line = f"{cell}{progress.stage:<15} [{bar}] {progress.step}/{total}{tiles}"
+        print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.drawn:
+            print(file=sys.stderr, flush=True)
+            self.drawn = False
+
+
+def follow(client: Client, request=None, job_id: str = ""):
+    """Run a request (or wait for a job) with a progress bar that always ends its line."""
+    bar = ProgressBar()
+    try:
+        if request is not None:
+            return client.run(request, on_progress=bar, on_accepted=announce, reconnect_s=RECONNECT_S)
+        return client.wait(job_id, on_progress=bar, reconnect_s=RECONNECT_S, fetch=True)
+    finally:
+        bar.finish()
 
 
 def build_request(args: argparse.Namespace, plot=None):

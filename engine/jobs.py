@@ -130,13 +130,13 @@ def run_job(
     _check_cancel(cancel)
     wanted_loras = extract_loras(params.prompt)[1]
 
-    def batch(model: LoadedModel, job: JobParams) -> JobOutput:
+    def batch(model: LoadedModel, job: JobParams, report: ProgressFn | None = progress) -> JobOutput:
         _check_cancel(cancel)
         if job.kind == "inpaint":
-            return _inpaint(model, job, progress, cancel)
+            return _inpaint(model, job, report, cancel)
         if job.kind == "upscale":
-            return _upscale(engine, model, job, progress, cancel)
-        return _generate(engine, model, job, progress, cancel)
+            return _upscale(engine, model, job, report, cancel)
+        return _generate(engine, model, job, report, cancel)
 
     def work() -> JobOutput:
         model = load_checkpoint(engine, entry, by_default=not params.model)
@@ -151,8 +151,10 @@ def run_job(
         outputs = []
         for b in range(params.batch_count):
             offset = b * params.batch_size
-            outputs.append(batch(model, replace(params, batch_count=1, seed=(first_seed + offset) % 2**32,
-                                                subseed=(first_subseed + offset) % 2**32)))
+            job = replace(params, batch_count=1, seed=(first_seed + offset) % 2**32,
+                          subseed=(first_subseed + offset) % 2**32)
+            outputs.append(batch(model, job) if progress is None else
+                           _in_batch(batch, model, job, progress, b + 1, params.batch_count))
         merged = outputs[0]
         for out in outputs[1:]:
             merged.images += out.images
@@ -161,6 +163,15 @@ def run_job(
         return merged
 
     return _guarded(engine, work)
+
+
+def _in_batch(batch, model: LoadedModel, job: JobParams, progress: ProgressFn, number: int, count: int) -> JobOutput:
+    """One batch of a batch count, its progress stages saying which ("sampling, batch 2/3")."""
+
+    def report(step: int, total: int, stage: str, preview, *tiles: int) -> None:
+        progress(step, total, f"{stage}, batch {number}/{count}", preview, *tiles)
+
+    return batch(model, job, report)
 
 
 def _guarded(engine: Engine, work) -> JobOutput:
@@ -250,6 +261,8 @@ class _StepReporter:
                 preview = latent_preview(kwargs["latents"][0], self.family)
             grand = max(self.grand_total, self.offset + total)
             self.progress(self.offset + step + 1, grand, self.stage, preview)
+            if self.offset + step + 1 >= grand:
+                self.progress(grand, grand, "decoding", None)  # the last step: the VAE runs next, say so
         return {}
 
 
@@ -390,6 +403,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
         # "Latent" upscales the latent itself (bilinear, as the WebUI's default).
         init: Any = torch.nn.functional.interpolate(first, size=(target_h // 8, target_w // 8), mode="bilinear")
     else:
+        if reporter.progress is not None:  # the upscaler model can take a while: say what runs
+            reporter.progress(params.steps, reporter.grand_total, "hires upscaling", None)
         images = [engine.upscalers.upscale(im[..., :3], (target_w, target_h), hires.upscaler) for im in _to_rgba(first)]
         init = [Image.fromarray(im) for im in images]
     if second == 0:  # denoise 0: the upscaled first pass is the result

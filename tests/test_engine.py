@@ -115,9 +115,18 @@ def test_inpaint_infotext_size_is_the_result_size(engine):
 
 def test_progress_every_step_and_previews(engine):
     events = []
-    engine.run(JobParams(width=64, height=64, seed=1, **FAST), lambda s, t, stage, p: events.append((s, t, p)))
-    assert [(s, t) for s, t, _ in events] == [(1, 3), (2, 3), (3, 3)]
+    engine.run(JobParams(width=64, height=64, seed=1, **FAST),
+               lambda s, t, stage, p: events.append((s, t, p, stage)))
+    assert [(s, t, stage) for s, t, _, stage in events] == [(1, 3, "sampling"), (2, 3, "sampling"),
+                                                            (3, 3, "sampling"), (3, 3, "decoding")]
     assert events[0][2] is not None and events[0][2].shape == (8, 8, 4)
+
+
+def test_batch_count_progress_says_which_batch(engine):
+    stages = []
+    engine.run(JobParams(width=64, height=64, seed=1, batch_count=2, steps=1, prompt="x"),
+               lambda s, t, stage, p: stages.append(stage))
+    assert stages == ["sampling, batch 1/2", "decoding, batch 1/2", "sampling, batch 2/2", "decoding, batch 2/2"]
 
 
 def test_cancel_is_checked_every_step(engine):
@@ -167,7 +176,7 @@ def test_low_strength_runs_at_least_one_step(engine, steps, strength):
     image = np.random.default_rng(2).integers(0, 256, (64, 64, 4), dtype=np.uint8)
     events = []
     out = engine.run(JobParams(kind="img2img", image=image, steps=steps, strength=strength),
-                     lambda *a: events.append(a[0]))
+                     lambda *a: events.append(a[0]) if a[2] == "sampling" else None)
     assert out.images[0].shape == (64, 64, 4)
     if strength == 0:
         assert np.array_equal(out.images[0], image) and events == []

@@ -168,8 +168,10 @@ def test_hires_fix_size_and_both_passes(engine):
             lambda step, total, stage, preview, *tiles: events.append((stage, step, total)),
         )
         assert out.images[0].shape == (128, 192, 4)
-        assert [e[0] for e in events] == ["sampling"] * 4 + ["hires"] * 2
-        assert [e[1] for e in events] == [1, 2, 3, 4, 5, 6] and {e[2] for e in events} == {6}
+        # Every phase says what runs: the upscaler model between the passes, the VAE at the end.
+        between = [] if upscaler == "Latent" else [("hires upscaling", 4)]
+        expected = [("sampling", s) for s in (1, 2, 3, 4)] + between + [("hires", 5), ("hires", 6), ("decoding", 6)]
+        assert [e[:2] for e in events] == expected and {e[2] for e in events} == {6}
         assert f"Hires upscaler: {upscaler}" in out.infotext
 
 
