@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--eta", type=float, help="noise per step 0..1 (DDIM, default 0; ancestral samplers, default 1)")
         p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
         p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
+        p.add_argument("--schedule-type", default="Automatic",
+                       help="sigma spacing: Automatic (the sampler's own), Uniform, Karras, Exponential, "
+                            "Polyexponential, 'SGM Uniform', 'KL Optimal', 'Align Your Steps', Simple, Normal, DDIM, Beta")
+        p.add_argument("--rng", default="gpu", choices=("gpu", "cpu", "nv"),
+                       help="noise source as the WebUI's: gpu, cpu, nv (NVIDIA's generator on any machine)")
+        p.add_argument("--ensd", type=int, default=0, help="WebUI 'Eta noise seed delta' (e.g. 31337)")
 
     def job_args(p: argparse.ArgumentParser) -> None:
         model_args(p)
@@ -119,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-count", type=int, default=1, help="batches one after another (seeds continue)")
         p.add_argument("--subseed", type=int, default=-1, help="variation seed (-1 = random)")
         p.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
+        p.add_argument("--seed-resize-from", default="", metavar="WxH", help="WebUI 'Resize seed from width/height'")
         p.add_argument("--out", type=Path,
                        help="output PNG (required unless --detach); several images: OUT-001.png, OUT-002.png, ... "
                        "and OUT is their grid")
@@ -434,7 +441,15 @@ def build_request(args: argparse.Namespace, plot=None):
         "eta": args.eta,
         "clip_skip": args.clip_skip,
         "vae": args.vae,
+        "schedule_type": args.schedule_type,
+        "rng": args.rng,
+        "eta_noise_seed_delta": args.ensd,
     }
+    if getattr(args, "seed_resize_from", ""):
+        try:
+            wire["seed_resize_from_w"], wire["seed_resize_from_h"] = (int(v) for v in args.seed_resize_from.split("x"))
+        except ValueError:
+            raise CliError("invalid_request", f"--seed-resize-from: expected WxH, got {args.seed_resize_from!r}") from None
     if args.command in ("img2img", "inpaint", "upscale"):
         wire["image"] = read_image(args.image, "RGBA").to_wire()
     if args.command in ("img2img", "inpaint"):
@@ -495,13 +510,17 @@ _INFOTEXT_FLAGS = {
     "Hires upscale": ("hires_scale", float),
     "Hires upscaler": ("hires_upscaler", str),
     "Hires steps": ("hires_steps", int),
+    "ENSD": ("ensd", int),
+    "RNG": ("rng", str.lower),
+    "Seed resize from": ("seed_resize_from", str),
 }
 
 
 def settings_from_png(path: Path) -> dict:
     from PIL import Image
 
-    from protocol.infotext import parse_infotext
+    from protocol.infotext import parse_infotext, sampler_and_schedule
+    from protocol.requests import SCHEDULE_TYPES
 
     try:
         with Image.open(path) as image:
@@ -516,6 +535,8 @@ def settings_from_png(path: Path) -> dict:
         for key, (dest, kind) in _INFOTEXT_FLAGS.items():
             if fields.get(key):
                 settings[dest] = kind(fields[key])
+        if "Sampler" in fields:
+            settings["sampler"], settings["schedule_type"] = sampler_and_schedule(fields, SCHEDULE_TYPES)
         if "Size" in fields:
             settings["width"], settings["height"] = (int(v) for v in fields["Size"].split("x"))
         if "Denoising strength" in fields and "hires_scale" in settings:

@@ -588,7 +588,7 @@ def _quote(value: str) -> str:
     """As the WebUI: values with separators are written as JSON strings."""
     import json
 
-    return json.dumps(value) if any(c in value for c in ',:"\n') else value
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ',:"\n') else value
 
 
 def infotext(p: dict[str, Any]) -> str:

@@ -144,7 +144,7 @@ class KPipeline:
                 x = x * math.sqrt((1 + sigmas[0] ** 2) / (1 + start_sigma**2))
         else:
             # Timestep samplers start from unit noise in x_t = sqrt(a) x0 + sqrt(1 - a) eps.
-            x = noise * (math.sqrt(1 + sigmas[0] ** 2) if self.spec.timesteps else sigmas[0])
+            x = noise * (math.sqrt(1 + sigmas[0] ** 2) if self.spec.timesteps else start_sigma)
         self.num_timesteps = max(1, len(sigmas) - 1)
         step_noise = self._noise_sampler(rng, sigmas, rng.seeds, x)
         x = ksampling.sample(self.function, denoiser, x, sigmas, step_noise, callback, self.eta,
@@ -196,6 +196,10 @@ def plan_sigmas(spec: SamplerSpec, schedule: str, denoiser: Denoiser, steps: int
         full = denoiser.lcm_sigmas(steps)
     else:
         full = schedules.sigmas(schedule, steps, discrete, sdxl, spec.discard_penultimate)
+    if spec.function in ("sample_dpm_fast", "sample_dpm_adaptive") and strength is None:
+        # txt2img: the WebUI scales the start noise by the schedule's first sigma but gives
+        # the DPM-Solvers the model's whole range and `steps` calls.
+        return schedules.uniform(steps, discrete), full[0]
     if strength is not None:
         t_enc = int(min(strength, 0.999) * steps)
         full = full[max(0, steps - t_enc - 1):]

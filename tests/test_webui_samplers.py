@@ -220,3 +220,122 @@ def test_matrix_name_x_schedule_x_steps_x_eta(name, schedule):
             if eta == 0.0 and lookup(name).eta is None:
                 continue
             _check(name, schedule, steps, eta)
+
+
+# -- the WebUI's own samplers ------------------------------------------------------------
+def webui_timestep_sampler(kind: str, steps: int, eta: float = 0.0) -> tuple[torch.Tensor, int]:
+    """The WebUI's DDIM/PLMS (modules/sd_samplers_timesteps_impl.py) on the
+    variance-preserving x_t over its integer timesteps, with the exact eps."""
+    alphas = 1 / (1 + training_sigmas().double() ** 2)
+    timesteps = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
+    calls = [0]
+
+    def eps(x, t):
+        calls[0] += 1
+        a = alphas[t]
+        sigma, x_s = ((1 - a) / a).sqrt(), x / a.sqrt()
+        return (x_s - gaussian(x_s, sigma)) / sigma
+
+    rng = GeneratorNoise(SEEDS)
+    x = rng().double()
+    a_all = alphas[timesteps]
+    a_prev_all = alphas[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))]
+    old: list[torch.Tensor] = []
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        a, a_prev = a_all[index], a_prev_all[index]
+        e = eps(x, timesteps[index])
+        if kind == "DDIM":
+            sigma_t = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
+            x0 = (x - (1 - a).sqrt() * e) / a.sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev - sigma_t**2).sqrt() * e + sigma_t * rng().double()
+            continue
+
+        def step(e_t, x=x, a=a, a_prev=a_prev):
+            x0 = (x - (1 - a).sqrt() * e_t) / a.sqrt()
+            return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * e_t
+
+        if not old:
+            e_next = eps(step(e), timesteps[index - 1])
+            e_prime = (e + e_next) / 2
+        elif len(old) == 1:
+            e_prime = (3 * e - old[-1]) / 2
+        elif len(old) == 2:
+            e_prime = (23 * e - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            e_prime = (55 * e - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        x = step(e_prime)
+        old = [*old[-2:], e]
+    return x, calls[0]
+
+
+@pytest.mark.parametrize("kind", ["DDIM", "PLMS"])
+@pytest.mark.parametrize("steps", [10, 20, 30])
+def test_ddim_and_plms_equal_the_webuis_timestep_samplers(kind, steps):
+    a, calls_a = ours(kind, "Automatic", steps, None)
+    b, calls_b = webui_timestep_sampler(kind, steps)
+    error = relative(a, b)
+    MEASURED[f"{kind} | - | {steps} | eta None"] = error
+    # The WebUI's loop runs between its len(range(0, 1000, 1000 // steps)) timesteps; PLMS's first step twice.
+    expected = len(schedules.webui_timesteps(steps)) - (1 if kind == "DDIM" else 0)
+    assert error < TOLERANCE and calls_a == calls_b == expected
+
+
+def test_ddim_with_eta_draws_the_generators_noise():
+    a, _ = ours("DDIM", "Automatic", 20, 1.0)
+    b, _ = webui_timestep_sampler("DDIM", 20, eta=1.0)
+    assert relative(a, b) < TOLERANCE
+
+
+def webui_lcm(steps: int) -> tuple[torch.Tensor, int]:
+    """The WebUI's LCM: its denoiser on 50 of the training timesteps (19, 39...999),
+    quantised timesteps and the consistency boundary scaling, and sample_lcm."""
+    table = training_sigmas().double()[19::20]
+    log_table = table.log()
+    calls = [0]
+
+    def t_of(sigma):
+        return int((sigma.log() - log_table).abs().argmin()) * 20 + 19
+
+    def denoise(x, sigma):
+        calls[0] += 1
+        scaled = t_of(sigma) * 10.0
+        c_skip, c_out = 0.25 / (scaled**2 + 0.25), scaled / (scaled**2 + 0.25) ** 0.5
+        return c_out * gaussian(x, sigma) + c_skip * x
+
+    ts = torch.linspace(t_of(table[-1]), t_of(table[0]), steps, dtype=torch.float64)
+    index = ((ts - 19) / 20).clamp(0, len(table) - 1)
+    low, high, w = index.floor().long(), index.ceil().long(), index.frac()
+    sigmas = torch.cat([((1 - w) * log_table[low] + w * log_table[high]).exp(), torch.zeros(1, dtype=torch.float64)])
+    rng = GeneratorNoise(SEEDS)
+    x = rng().double() * sigmas[0]
+    for i in range(steps):
+        x = denoise(x, sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + sigmas[i + 1] * rng().double()
+    return x, calls[0]
+
+
+@pytest.mark.parametrize("steps", [4, 8])
+def test_lcm_equals_the_webuis(steps):
+    a, calls_a = ours("LCM", "Automatic", steps, None)
+    b, calls_b = webui_lcm(steps)
+    error = relative(a, b)
+    MEASURED[f"LCM | - | {steps} | -"] = error
+    assert error < TOLERANCE and calls_a == calls_b == steps
+
+
+def test_restart_is_heun_below_20_steps_and_restarts_from_20():
+    sampling, _ = _k_diffusion()
+    a, calls = ours("Restart", "Automatic", 10, None)
+    sigmas = webui_sigmas("Karras", 10, False)
+    b = sampling.sample_heun(gaussian, GeneratorNoise(SEEDS)() * sigmas[0], sigmas, disable=True)
+    assert relative(a, b) < TOLERANCE and calls == 19
+    # 20 steps: 11 Karras steps, then 9 Heun steps from sigma ~2 back down after a jump (the WebUI's plan).
+    from engine import ksampling
+
+    pairs = ksampling.restart_steps(webui_sigmas("Karras", 20, False).tolist())
+    assert len(pairs) == 20 and sum(1 for (s, _), (_, prev) in zip(pairs[1:], pairs, strict=False) if s > prev) == 1
+    out, calls = ours("Restart", "Automatic", 20, None)
+    assert calls == 39
+    assert abs(float(out.mean()) - MU) < 0.05 and abs(float(out.std()) - S) < 0.05
