@@ -286,15 +286,26 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
     return pipe_kwargs
 
 
-def denoise_steps(steps: int, strength: float) -> int:
-    """Steps to request so that a partial denoise runs at least one step.
+def denoise_steps(steps: int, strength: float, sampler: str = "Euler a") -> int:
+    """Steps to ask the pipeline for, for a partial denoise of `strength`.
 
-    diffusers runs int(steps * strength) steps and fails on zero; the WebUI
-    always runs at least one.
+    KPipeline (every k-diffusion sampler, DDIM, PLMS) runs the WebUI's
+    int(strength * steps) + 1 of them, so always at least one: ask for `steps`.
+    diffusers (UniPC) runs int(steps * strength) and fails on zero: ask it for
+    enough that one step runs.
     """
-    if strength <= 0 or int(steps * strength) >= 1:
+    if strength <= 0 or lookup(sampler).uses_function() or int(steps * strength) >= 1:
         return steps
     return math.ceil(1.0 / strength)
+
+
+def steps_run(steps: int, strength: float, sampler: str = "Euler a") -> int:
+    """How many steps a partial denoise of `strength` over `steps` really runs."""
+    if strength <= 0:
+        return 0
+    if lookup(sampler).uses_function():
+        return int(min(strength, 0.999) * steps) + 1  # the WebUI's t_enc + 1
+    return int(denoise_steps(steps, strength, sampler) * strength)
 
 
 def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel: CancelFlag | None):
@@ -329,7 +340,7 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
             return _output(model, params, images, seeds, *params.image.shape[1::-1])
         pipe = _prepare(model, "img2img", params, seeds[0], cancel)
         kwargs.update(image=_init_image(model, params, width, height), strength=params.strength,
-                      num_inference_steps=denoise_steps(params.steps, params.strength))
+                      num_inference_steps=denoise_steps(params.steps, params.strength, params.sampler))
     else:
         pipe = _prepare(model, "txt2img", params, seeds[0], cancel)
         kwargs.update(width=width, height=height, latents=_noise(model, params, seeds, width, height))
@@ -389,8 +400,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     hires = params.hires
     assert hires is not None and engine.upscalers is not None
     target_w, target_h = autosize.hires_target(hires, width, height)
-    hires_steps = denoise_steps(hires.steps or params.steps, hires.denoise)
-    second = int(hires_steps * hires.denoise)
+    hires_steps = denoise_steps(hires.steps or params.steps, hires.denoise, params.sampler)
+    second = steps_run(hires.steps or params.steps, hires.denoise, params.sampler)
     reporter: _StepReporter = kwargs["callback_on_step_end"]
     reporter.grand_total = params.steps + second
     latent = hires.upscaler == "Latent"
@@ -507,7 +518,7 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
         images = [np.zeros_like(_opaque(image)) if params.result_alpha == "mask" else _opaque(image) for _ in seeds]
         return _output(model, params, images, seeds, w, h)
     kwargs.update(image=crop, mask_image=crop_mask, strength=params.strength, width=work_w, height=work_h,
-                  num_inference_steps=denoise_steps(params.steps, params.strength))
+                  num_inference_steps=denoise_steps(params.steps, params.strength, params.sampler))
     generated = _to_rgba(pipe(**kwargs).images)
     if blend is not None:
         alpha = blend[y0:y1, x0:x1]
