@@ -77,7 +77,7 @@ class Session:
     """
 
     def __init__(
-        self, ws: ServerConnection, max_pending: int, max_frames: int = 256, max_bytes: int = 64 * 1024 * 1024
+        self, ws: ServerConnection, max_pending: int, max_frames: int = 1024, max_bytes: int = 64 * 1024 * 1024
     ) -> None:
         self.ws = ws
         self.client_id = ""
