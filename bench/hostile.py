@@ -87,7 +87,10 @@ def main() -> None:
         partial(hostile.big_frame_before_hello, size=(50 if q else 100) * 2**20, sockets=3),
         partial(hostile.derived_size, width=64, image_h=1100),
         partial(hostile.batch_of_layers, side=512),
-        partial(hostile.full_mask_inpaint, side=2048 if q else 3072),
+        # The job's own working memory (the model at its native size), then the same job on a bigger layer:
+        # what grows with the layer is what the request's bytes pay for.
+        partial(hostile.full_mask_inpaint, side=512),
+        partial(hostile.full_mask_inpaint, side=2048),
     ]
     trees = ([("baseline", args.baseline)] if args.baseline else []) + [("this tree", ROOT)]
     rows = []

@@ -515,6 +515,7 @@ class PaintBridgeServer:
         job.outcome = outcome
         if not job.frame:
             job.frame = encode(outcome)
+        job.release_pixels()
         self.jobs.pop(job.id, None)
         self.results.add(job)  # kept by id, even if every subscriber has left
         for session in job.subscribers:

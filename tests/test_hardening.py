@@ -305,6 +305,9 @@ def test_every_produced_size_is_checked_before_queueing(server):
         ({"kind": "img2img", "image": img(512, 512), "batch_size": 16, "batch_count": 100}, "batch_size", "MiB"),
         ({"width": 8192, "height": 8192, "batch_size": 2}, "batch_size", "MiB"),
         ({"width": 4096, "height": 4096, "plot": {"prompts": ["a"] * 8}}, "plot", "MiB"),
+        # Tiles through the UNet at once: 64 tiles of 2048 px.
+        ({"kind": "upscale", "image": img(64, 64), "upscale": {"tile": 256, "tile_batch": 64}}, "upscale.tile_batch",
+         "tile_batch"),
     ]
     with _raw(server.url) as ws:
         for i, (request, field, text) in enumerate(refused):
@@ -318,6 +321,23 @@ def test_every_produced_size_is_checked_before_queueing(server):
             reply = msgpack.unpackb(ws.recv(timeout=120))
             assert reply["type"] in ("progress", "result"), reply
         assert (reply["images"][0]["width"], reply["images"][0]["height"]) == (128, 64)
+
+
+def test_a_kept_result_holds_its_pixels_once():
+    from bridge_server.convert import to_raw
+    from bridge_server.jobs import FINISHED, Job, ResultStore
+    from protocol import Result, encode
+
+    image = RawImage(256, 256, 4, bytes(256 * 256 * 4))
+    job = Job("x-000001", "owner", JobRequest(kind="img2img", image=image, steps=1))
+    job.outcome = Result(job.id, [to_raw(np.zeros((256, 256, 4), np.uint8))], [1])
+    job.frame, job.state = encode(job.outcome), FINISHED
+    job.release_pixels()
+    store = ResultStore(4, 10**9)
+    store.add(job)
+    kept = store.get(job.id)
+    assert kept.request.image is None and kept.outcome.images == [] and kept.outcome.seeds == [1]
+    assert len(kept.frame) > 256 * 256 * 4  # the frame, what fetch_result sends, is whole
 
 
 def test_long_thin_inpaint_works_at_a_bounded_size():
