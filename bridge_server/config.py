@@ -26,7 +26,7 @@ class ServerConfig:
     max_pending_frames: int = 8  # per connection; beyond it previews are dropped
     # Hostile-client bounds (docs/security.md lists each with its reason).
     max_hello_bytes: int = 64 * 1024  # largest frame before hello has succeeded
-    max_outbox_frames: int = 256  # unread frames per connection before it is disconnected
+    max_outbox_frames: int = 1024  # unread frames per connection before it is disconnected
     max_outbox_bytes: int = 64 * 1024 * 1024  # ...or unread bytes (results, shared with the store, not counted)
     max_queue_bytes: int = 1024**3  # pixels held by queued + running jobs, all clients
     hello_timeout_s: float = 10.0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from protocol import Message
+from protocol import Message, Result
 from protocol.requests import JobRequest
 
 if TYPE_CHECKING:
@@ -32,6 +32,15 @@ class Job:
     @property
     def done(self) -> bool:
         return self.state in (FINISHED, FAILED, CANCELLED)
+
+    def release_pixels(self) -> None:
+        """Once done, the pixels live only in `frame`: the request's image and
+        mask and the outcome's decoded images are dropped, so a kept result
+        costs its frame (what the store counts), not three times that."""
+        if self.request.image is not None or self.request.mask is not None:
+            self.request = replace(self.request, image=None, mask=None, plot=self.request.plot)
+        if isinstance(self.outcome, Result) and self.outcome.images:
+            self.outcome = replace(self.outcome, images=[])
 
 
 class ResultStore:

@@ -77,7 +77,7 @@ class Session:
     """
 
     def __init__(
-        self, ws: ServerConnection, max_pending: int, max_frames: int = 256, max_bytes: int = 64 * 1024 * 1024
+        self, ws: ServerConnection, max_pending: int, max_frames: int = 1024, max_bytes: int = 64 * 1024 * 1024
     ) -> None:
         self.ws = ws
         self.client_id = ""
@@ -515,6 +515,7 @@ class PaintBridgeServer:
         job.outcome = outcome
         if not job.frame:
             job.frame = encode(outcome)
+        job.release_pixels()
         self.jobs.pop(job.id, None)
         self.results.add(job)  # kept by id, even if every subscriber has left
         for session in job.subscribers:

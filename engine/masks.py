@@ -60,13 +60,20 @@ def feather(mask: np.ndarray, blur: int) -> np.ndarray:
     return alpha
 
 
-def composite(original: np.ndarray, generated: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Blend `generated` over `original` (same HxWxC uint8) with `alpha` (HxW)."""
-    a = alpha[..., None]
-    mixed = original.astype(np.float32) * (1.0 - a) + generated.astype(np.float32) * a
-    out = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-    keep = alpha <= 0.0
-    out[keep] = original[keep]  # exact bytes, not a float round trip
+def composite(original: np.ndarray, generated: np.ndarray, alpha: np.ndarray, band: int = 256) -> np.ndarray:
+    """Blend `generated` over `original` (same HxWxC uint8) with `alpha` (HxW).
+
+    In bands of rows: the float32 temporaries are 16 bytes a pixel, so a whole
+    16384-wide layer at once would need gigabytes for a result of 4 bytes a pixel.
+    """
+    out = np.empty_like(original)
+    for y in range(0, original.shape[0], band):
+        rows = slice(y, y + band)
+        a = alpha[rows, :, None]
+        mixed = original[rows].astype(np.float32) * (1.0 - a) + generated[rows].astype(np.float32) * a
+        out[rows] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+        keep = alpha[rows] <= 0.0
+        out[rows][keep] = original[rows][keep]  # exact bytes, not a float round trip
     return out
 
 

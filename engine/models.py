@@ -169,7 +169,7 @@ class ModelManager:
                 free_memory()
                 if is_out_of_memory(exc):
                     raise EngineError("out_of_memory", f"not enough memory to load {entry.name}") from exc
-                raise load_failure(entry.path, entry.name, exc) from exc
+                raise load_failure(entry.path, entry.name, exc, field="model") from exc
             return self.loaded
 
     def unload(self) -> None:

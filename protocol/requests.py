@@ -14,8 +14,9 @@ from protocol.resolution import RESOLUTIONS
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
 INPAINT_MODES = ("original", "fill", "expand", "add", "remove")
-__all__ = ["INPAINT_MODES", "MAX_GENERATE_SIDE", "MAX_SEED", "SCHEDULE_TYPES", "HiresFix", "JobKind", "JobRequest",
-           "Upscale"]
+MAX_TILE_BATCH_AREA = 64 * 64 * 64  # latent pixels through the UNet at once in tiled upscaling
+__all__ = ["INPAINT_MODES", "MAX_GENERATE_SIDE", "MAX_SEED", "MAX_TILE_BATCH_AREA", "SCHEDULE_TYPES", "HiresFix",
+           "JobKind", "JobRequest", "Upscale"]
 # The WebUI's schedule types (engine/schedules.py spaces the sigmas by them).
 SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
                   "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
@@ -134,6 +135,11 @@ class JobRequest:
             options = self.upscale or Upscale()
             if options.overlap >= options.tile:
                 raise invalid("upscale.overlap", f"overlap ({options.overlap}) must be smaller than the tile ({options.tile})")
+            # Tiles through the UNet at once: the UNet's working memory follows tile_batch x tile^2,
+            # so the two maxima together (64 tiles of 2048 px) are refused; 4 tiles of 2048 px pass.
+            if options.tile_batch * options.tile**2 > MAX_TILE_BATCH_AREA:
+                raise invalid("upscale.tile_batch", f"tile_batch x tile^2 must be at most {MAX_TILE_BATCH_AREA} latent "
+                                                    f"pixels (e.g. 64 tiles of 64, 4 of 256); got {options.tile_batch} x {options.tile}^2")
         if self.plot is not None:
             check(self.plot, self.prompt)
         if kind in (JobKind.IMG2IMG, JobKind.INPAINT, JobKind.UPSCALE):

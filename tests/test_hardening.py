@@ -261,3 +261,222 @@ def test_a_job_longer_than_the_ping_timeout_keeps_the_connection(engine):
     finally:
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
+
+
+# -- second pass (issue 14): bounded memory against hostile requests -----------------------------
+from tests import hostile  # noqa: E402
+
+MiB = 2**20
+SLACK = 16 * MiB  # allocator noise of a busy Python process: arenas, msgpack buffers, log records
+
+
+def _raw(url: str):
+    ws = connect(url, max_size=None)
+    hostile.hello(ws)
+    return ws
+
+
+def _reply(ws, request: dict, ref: str = "r") -> dict:
+    return hostile.submit(ws, request, ref)[1]
+
+
+def test_prompt_sr_is_sized_before_it_is_built(server):
+    # 300 KB frame: a 20,000-letter prompt, each letter replaced by 20,000 letters (400 M characters a cell before).
+    out = hostile.peak_delta(server.proc.pid, lambda: hostile.prompt_sr(server.url))
+    assert out.answer == "invalid_request" and out.reply["field"] == "plot.axes" and out.reply["ref"] == "r1"
+    assert "at most 20000" in out.reply["message"]
+    assert out.peak_delta < out.bound + SLACK, (out.peak_delta, out.bound)
+    with _raw(server.url) as ws:  # a legal S/R still expands, each cell checked
+        plot = {"axes": [{"name": "Prompt S/R", "values": ["cat", "dog", ""]}]}
+        reply = _reply(ws, {"prompt": "a cat", "steps": 1, "width": 64, "height": 64, "plot": plot, "preview": False})
+        assert reply["type"] == "accepted", reply
+
+
+def test_every_produced_size_is_checked_before_queueing(server):
+    img = hostile.raw_image
+    refused = [
+        ({"kind": "img2img", "image": img(8, 1100), "width": 64}, "width", "64x8800"),  # derived from the aspect ratio
+        ({"kind": "img2img", "image": img(1, 16384, 3), "width": 8192}, "width", "8192x134217728"),
+        ({"kind": "img2img", "image": img(8200, 8)}, "image", "8200"),  # width 0: the image's own size
+        ({"kind": "img2img", "image": img(2000, 8), "height": 8192}, "height", "2048000x8192"),
+        ({"width": 4096, "hires": {"scale": 2.5}}, "hires.scale", "10240"),
+        ({"kind": "upscale", "image": img(4000, 8), "upscale": {"scale": 2.1}}, "upscale.scale", "8400"),
+        # The whole result in one message: 1600 layers, or two 8192^2 images (512 MiB > 300 MiB).
+        ({"kind": "img2img", "image": img(512, 512), "batch_size": 16, "batch_count": 100}, "batch_size", "MiB"),
+        ({"width": 8192, "height": 8192, "batch_size": 2}, "batch_size", "MiB"),
+        ({"width": 4096, "height": 4096, "plot": {"prompts": ["a"] * 8}}, "plot", "MiB"),
+        # Tiles through the UNet at once: 64 tiles of 2048 px.
+        ({"kind": "upscale", "image": img(64, 64), "upscale": {"tile": 256, "tile_batch": 64}}, "upscale.tile_batch",
+         "tile_batch"),
+    ]
+    with _raw(server.url) as ws:
+        for i, (request, field, text) in enumerate(refused):
+            reply = _reply(ws, {"steps": 1, **request}, ref=f"s{i}")
+            assert reply["type"] == "error" and reply["code"] == "invalid_request", (request.keys(), reply)
+            assert reply["field"] == field and text in reply["message"] and reply["ref"] == f"s{i}", reply
+        # What fits runs, at the size it said.
+        reply = _reply(ws, {"kind": "img2img", "image": img(64, 32), "width": 128, "steps": 1, "preview": False})
+        assert reply["type"] == "accepted", reply
+        while reply["type"] != "result":
+            reply = msgpack.unpackb(ws.recv(timeout=120))
+            assert reply["type"] in ("progress", "result"), reply
+        assert (reply["images"][0]["width"], reply["images"][0]["height"]) == (128, 64)
+
+
+def test_a_kept_result_holds_its_pixels_once():
+    from bridge_server.convert import to_raw
+    from bridge_server.jobs import FINISHED, Job, ResultStore
+    from protocol import Result, encode
+
+    image = RawImage(256, 256, 4, bytes(256 * 256 * 4))
+    job = Job("x-000001", "owner", JobRequest(kind="img2img", image=image, steps=1))
+    job.outcome = Result(job.id, [to_raw(np.zeros((256, 256, 4), np.uint8))], [1])
+    job.frame, job.state = encode(job.outcome), FINISHED
+    job.release_pixels()
+    store = ResultStore(4, 10**9)
+    store.add(job)
+    kept = store.get(job.id)
+    assert kept.request.image is None and kept.outcome.images == [] and kept.outcome.seeds == [1]
+    assert len(kept.frame) > 256 * 256 * 4  # the frame, what fetch_result sends, is whole
+
+
+def test_long_thin_inpaint_works_at_a_bounded_size():
+    from engine.masks import working_size
+
+    assert working_size(16384, 8, 512) == (2048, 64)  # was 65536 x 64
+    assert working_size(512, 512, 512) == (512, 512) and working_size(300, 200, 512) == (624, 416)
+
+
+def test_a_client_that_never_reads_is_disconnected_and_its_result_kept(server):
+    client_id = "never-reads-0001"
+    with connect(server.url, max_size=None) as ws:
+        hostile.hello(ws, client_id)
+        accepted = _reply(ws, {"width": 64, "height": 64, "steps": 1, "seed": 5, "preview": False})
+    out = hostile.peak_delta(server.proc.pid, lambda: hostile.never_reads(server.url, frames=20_000, type_len=100))
+    assert out.answer.startswith("closed"), out.answer
+    assert out.peak_delta < 64 * MiB + out.bound + SLACK, out.peak_delta >> 20
+    server.wait_for_log(r"disconnecting client \S+: 1024 frames")
+    # An unknown type is echoed only up to 60 characters, however long it was.
+    with _raw(server.url) as ws:
+        ws.send(msgpack.packb({"type": "y" * 50_000}))
+        reply = msgpack.unpackb(ws.recv(timeout=10))
+        assert reply["code"] == "unknown_message" and len(reply["message"]) < 200
+    # The job of a client that was cut off still finishes and is fetchable by id.
+    with Client(server.url, client_id=client_id) as again:
+        assert again.fetch(accepted["job_id"]).seeds == [5]
+
+
+def test_only_small_frames_before_hello(server):
+    from websockets.exceptions import ConnectionClosed
+
+    out = hostile.peak_delta(server.proc.pid, lambda: hostile.big_frame_before_hello(server.url, 100 * MiB, 3))
+    assert out.answer == "closed 1009", out.answer
+    assert out.peak_delta < SLACK, out.peak_delta >> 20  # nothing of the 300 MiB was buffered
+    with connect(server.url, max_size=None) as ws, pytest.raises(ConnectionClosed) as caught:
+        ws.send(msgpack.packb({"type": "hello", "protocol": PROTOCOL_VERSION, "client": "x" * 70_000}))
+        ws.recv(timeout=10)
+    assert caught.value.rcvd.code == 1009
+    with _raw(server.url) as ws:  # past hello, the full limit: a 1 MiB frame gets an answer
+        reply = _reply(ws, {"prompt": "x" * (1024 * 1024)}, ref="big")
+        assert reply["code"] == "invalid_request" and reply["field"] == "prompt" and reply["ref"] == "big"
+
+
+def test_booleans_and_integral_floats_are_not_integers(server):
+    img = hostile.raw_image(8, 8)
+    cases = [
+        ({"kind": "img2img", "image": {**img, "channels": 4.0}}, "image.channels"),
+        ({"kind": "img2img", "image": {**img, "channels": True}}, "image.channels"),
+        ({"kind": "img2img", "image": {**img, "width": 8.0}}, "image.width"),
+        ({"steps": 1.0}, "steps"),
+        ({"batch_size": True}, "batch_size"),
+        ({"hires": {"steps": 2.0}}, "hires.steps"),
+        ({"upscale": {"tile": True}, "kind": "upscale", "image": img}, "upscale.tile"),
+        ({"plot": {"axes": [{"name": "Steps", "values": ["1.0"]}]}}, "plot.axes[0].values"),
+    ]
+    with _raw(server.url) as ws:
+        for i, (request, field) in enumerate(cases):
+            reply = _reply(ws, request, ref=f"t{i}")
+            assert (reply["code"], reply["field"], reply["ref"]) == ("invalid_request", field, f"t{i}"), reply
+        ws.send(msgpack.packb({"type": "hello", "protocol": 2.0}))
+        reply = msgpack.unpackb(ws.recv(timeout=10))
+        assert (reply["code"], reply["field"]) == ("invalid_request", "protocol")
+        ws.send(msgpack.packb({"type": "hello", "protocol": 2}))
+        assert msgpack.unpackb(ws.recv(timeout=10))["code"] == "bad_message"  # a second hello; the session goes on
+
+
+def test_origin_and_host_are_parsed_strictly(server, demo_models):
+    port = server.port
+    assert hostile.http_handshake(port, f"127.0.0.1:{port}") == "101"
+    assert hostile.http_handshake(port, f"127.0.0.1:{port}", "http://localhost:3000") == "101"
+    for host, origin in [
+        (f"127.0.0.1:{port}", "http://evil.com@127.0.0.1"),  # user info: a lenient parser sees 127.0.0.1
+        (f"127.0.0.1:{port}", "http://127.0.0.1:abc"),
+        (f"127.0.0.1:{port}", "http://127.0.0.1/x"),
+        (f"127.0.0.1:{port}", "null"),
+        (f"127.0.0.1:{port}", "uxp://com.example.plugin"),
+        ("127.0.0.1:abc", None),
+        ("127.0.0.1:99999", None),
+        ("evil.com@127.0.0.1", None),
+        ("evil.example", None),
+    ]:
+        assert hostile.http_handshake(port, host, origin) == "403", (host, origin)
+    allowing = ServerProcess("--demo", "--no-preload", "--allow-origin", "uxp://com.example.plugin")
+    try:
+        assert hostile.http_handshake(allowing.port, f"127.0.0.1:{allowing.port}", "uxp://com.example.plugin") == "101"
+        assert hostile.http_handshake(allowing.port, f"127.0.0.1:{allowing.port}", "uxp://com.example.other") == "403"
+    finally:
+        allowing.stop()
+
+
+def _evil_models(root, sentinel):
+    import shutil
+
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    def evil(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            torch.save({"w": Evil()}, f, pickle_protocol=2)
+
+    from engine.demo.builder import demo_models_dir
+
+    demo = demo_models_dir()
+    shutil.copytree(demo / "Stable-diffusion", root / "Stable-diffusion")
+    evil(root / "Lora" / "evil.pt")
+    evil(root / "VAE" / "evil.pt")
+    evil(root / "embeddings" / "evilword.pt")
+    folder = root / "Stable-diffusion" / "a-evil-diffusers"  # first by name: the old default
+    shutil.copytree(demo / "Stable-diffusion" / "paintbridge-demo.config", folder)
+    for sub, name in (("unet", "diffusion_pytorch_model.bin"), ("vae", "diffusion_pytorch_model.bin"),
+                      ("text_encoder", "pytorch_model.bin")):
+        evil(folder / sub / name)
+
+
+def test_refused_pickles_everywhere_are_unsafe_file_and_the_default_loads(tmp_path):
+    sentinel = tmp_path / "pwned"
+    _evil_models(tmp_path / "models", sentinel)
+    proc = ServerProcess("--models", str(tmp_path / "models"))
+    try:
+        proc.wait_for_log(r"loaded paintbridge-demo", timeout=180)
+        assert re.search(r"default checkpoint a-evil-diffusers does not load \(unsafe_file", proc.log())
+        with Client(proc.url) as client:
+            assert client.welcome.capabilities.default_model == "paintbridge-demo"
+            small = {"width": 64, "height": 64, "steps": 1, "model": "paintbridge-demo"}
+            for request, field in [
+                (JobRequest(**{**small, "prompt": "<lora:evil:1>"}), "prompt"),
+                (JobRequest(**{**small, "vae": "evil"}), "vae"),
+                (JobRequest(**{**small, "prompt": "evilword"}), "prompt"),
+                (JobRequest(**{**small, "model": "a-evil-diffusers"}), "model"),
+            ]:
+                with pytest.raises(ClientError) as caught:
+                    client.run(request)
+                assert caught.value.code == "unsafe_file", (request, caught.value)
+                assert "pickled code" in caught.value.message and caught.value.field in (field, "")
+            assert client.run(JobRequest(width=64, height=64, steps=1)).images  # the default: the one that loads
+    finally:
+        proc.stop()
+    assert not sentinel.exists()
