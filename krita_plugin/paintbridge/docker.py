@@ -80,25 +80,33 @@ class PendingJob:
     scale_to: tuple[int, int] | None = None  # upscale: the document's new size
     first_pass: tuple[int, int] | None = None
     job_id: str = ""
+    color: tuple[str, str] = ("RGBA", "U8")  # the document's model and depth, for layer pixels
     timings: dict = field(default_factory=dict)  # UI-thread milliseconds, per phase
 
 
-class Encoder(threading.Thread):
-    """History PNGs off the UI thread (zlib releases the GIL)."""
+class Background(threading.Thread):
+    """Image-sized work off Krita's UI thread: QImage conversions (PyQt releases the GIL
+    for them) and PNG compression (zlib releases it). Results come back through `done`,
+    which the docker's timer drains on the UI thread."""
 
     def __init__(self) -> None:
-        super().__init__(name="paintbridge-png", daemon=True)
+        super().__init__(name="paintbridge-images", daemon=True)
         self.jobs: queue.Queue = queue.Queue()
         self.done: queue.Queue = queue.Queue()
+        self.busy = 0
 
     def run(self) -> None:
         while True:
-            key, entry, width, height, rgba = self.jobs.get()
+            work, then = self.jobs.get()
             try:
-                entry.png = pngio.encode_rgba(width, height, rgba)
-            except Exception:
-                entry.png = b""
-            self.done.put(key)
+                result, error = work(), None
+            except Exception as exc:  # reported on the UI thread
+                result, error = None, exc
+            self.done.put((then, result, error))
+
+    def submit(self, work, then) -> None:
+        self.busy += 1
+        self.jobs.put((work, then))
 
 
 # -- the docker --------------------------------------------------------------------------
@@ -123,9 +131,10 @@ class PaintBridgeDocker(DockWidget):
         self.log: list[str] = []  # what the docker showed, for tests and bug reports
         self.timer_gaps: list[float] = []  # ms between UI timer ticks (a stalled UI shows here)
         self._last_tick = time.perf_counter()
+        self.ticks = 0
         self.presets_folder = prefs.presets_dir(_resource_root())
-        self.encoder = Encoder()
-        self.encoder.start()
+        self.background = Background()
+        self.background.start()
         self._build_ui()
         client_id = self.store.get("client_id", "") or uuid.uuid4().hex
         self.store.set("client_id", client_id)
@@ -533,6 +542,7 @@ class PaintBridgeDocker(DockWidget):
 
     def _submit(self, request, job: PendingJob) -> str:
         tag = next(self._tags)
+        job.color = (job.document.colorModel(), job.document.colorDepth())
         self.jobs[tag] = job
         t0 = time.perf_counter()
         self.worker.submit(tag, request)
@@ -558,17 +568,22 @@ class PaintBridgeDocker(DockWidget):
             mask = kritadoc.soft_mask(document, area, s.mask_grow, s.mask_feather)
         else:
             area = canvas
-        image = kritadoc.read_rgba(document, area, s.source) if (s.strength < 1.0 or mask is not None) else None
+        raw = kritadoc.read_raw(document, area, s.source) if (s.strength < 1.0 or mask is not None) else None
         read_ms = (time.perf_counter() - t0) * 1000
-        request = generate_request(s, area.width, area.height, image,
-                                   RawImage(area.width, area.height, 1, mask) if mask is not None else None,
-                                   native=self._native())
+        native, settings = self._native(), Settings(**asdict(s))
+        soft = RawImage(area.width, area.height, 1, mask) if mask is not None else None
+
+        def build():  # on the network thread: the RGBA conversion stays off the UI thread
+            image = raw.to_rgba() if raw is not None else None
+            return generate_request(settings, area.width, area.height, image, soft, native=native)
+
         mode = "inpaint" if mask is not None and s.strength >= 1.0 else "refine" if s.strength < 1.0 else "generate"
-        sizes = plan_sizes(area.width, area.height, self._native(), s.resolution)
-        job = PendingJob(request.kind, mode, document, area, s.prompt, asdict(s), mask=mask,
-                         first_pass=sizes.first if request.kind == "txt2img" else None)
+        kind = "inpaint" if mask is not None else "img2img" if s.strength < 1.0 else "txt2img"
+        sizes = plan_sizes(area.width, area.height, native, s.resolution)
+        job = PendingJob(kind, mode, document, area, s.prompt, asdict(s), mask=mask,
+                         first_pass=sizes.first if kind == "txt2img" else None)
         job.timings["read_ms"] = read_ms
-        return self._submit(request, job)
+        return self._submit(build, job)
 
     def expand_canvas(self, side: str = "", pixels: int = 0) -> str:
         """Grow the canvas on one side, then outpaint the new strip into a new layer."""
@@ -579,18 +594,26 @@ class PaintBridgeDocker(DockWidget):
         document.waitForDone()
         document.refreshProjection()
         mask = strip_mask(plan.area, plan.strip, min(s.mask_feather, 16))
-        image = kritadoc.read_rgba(document, plan.area, VISIBLE)
-        request = generate_request(Settings(**{**asdict(s), "strength": 1.0}), plan.area.width, plan.area.height, image,
-                                   RawImage(plan.area.width, plan.area.height, 1, mask), inpaint_mode="expand")
-        return self._submit(request, PendingJob("inpaint", "expand", document, plan.area, s.prompt, asdict(s), mask=mask))
+        raw = kritadoc.read_raw(document, plan.area, VISIBLE)
+        settings = Settings(**{**asdict(s), "strength": 1.0})
+
+        def build():
+            return generate_request(settings, plan.area.width, plan.area.height, raw.to_rgba(),
+                                    RawImage(plan.area.width, plan.area.height, 1, mask), inpaint_mode="expand")
+
+        return self._submit(build, PendingJob("inpaint", "expand", document, plan.area, s.prompt, asdict(s), mask=mask))
 
     def upscale_document(self) -> str:
         s, document = self._read_settings(), self._document()
         canvas = Rect(0, 0, document.width(), document.height())
         t0 = time.perf_counter()
-        image = kritadoc.read_rgba(document, canvas, VISIBLE)
+        raw = kritadoc.read_raw(document, canvas, VISIBLE)
         read_ms = (time.perf_counter() - t0) * 1000
-        request = upscale_request(s, image)
+        settings = Settings(**asdict(s))
+
+        def request():
+            return upscale_request(settings, raw.to_rgba())
+
         new_size = (round(canvas.width * s.upscale_factor), round(canvas.height * s.upscale_factor))
         job = PendingJob("upscale", "upscale", document, canvas, s.prompt, asdict(s), scale_to=new_size)
         job.timings["read_ms"] = read_ms
@@ -665,6 +688,7 @@ class PaintBridgeDocker(DockWidget):
     def _poll(self) -> None:
         now = time.perf_counter()
         self.timer_gaps.append((now - self._last_tick) * 1000)
+        self.ticks += 1
         del self.timer_gaps[:-2000]
         self._last_tick = now
         changed = False
@@ -675,9 +699,8 @@ class PaintBridgeDocker(DockWidget):
                 self._on_event(event)
             except Exception as exc:
                 self.show_message(f"PaintBridge: {exc}")
-        while not self.encoder.done.empty():
-            self._dirty.add(self.encoder.done.get_nowait())
-        if self._dirty and self.encoder.jobs.empty():
+        self._drain_background()
+        if self._dirty and not self.background.busy:
             self._save_histories()
         if changed:
             self._refresh_queue()
@@ -755,33 +778,66 @@ class PaintBridgeDocker(DockWidget):
         return self.histories[key]
 
     def _on_result(self, tag: str, job: PendingJob, result) -> None:
+        """Hand the images to the background thread; they come back layer-ready."""
+        t0 = time.perf_counter()
+        model, depth = job.color
+        rect = Rect(0, 0, *job.scale_to) if job.scale_to is not None else job.rect
+        mask = job.mask
+
+        def prepare():
+            out = []
+            for image in result.images:
+                ready = kritadoc.layer_ready(image, rect, mask)
+                out.append((kritadoc.Ready.make(ready, model, depth), kritadoc.thumbnail_png(ready),
+                            ready.width(), ready.height(), kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))))
+            return out
+
+        self.background.submit(prepare, lambda prepared: self._place(tag, job, result, prepared))
+        job.timings["result_ms"] = (time.perf_counter() - t0) * 1000
+
+    def _drain_background(self) -> None:
+        while not self.background.done.empty():
+            then, value, error = self.background.done.get_nowait()
+            self.background.busy -= 1
+            if error is not None:
+                self.show_message(f"PaintBridge: {error}")
+                continue
+            try:
+                then(value)
+            except Exception as exc:
+                self.show_message(f"PaintBridge: {exc}")
+
+    def _place(self, tag: str, job: PendingJob, result, prepared) -> None:
+        """UI thread: the history entries and the preview (or, for upscale, the layer)."""
         t0 = time.perf_counter()
         document = job.document
         if job.scale_to is not None:
-            self._apply_upscale(job, result)
+            self._apply_upscale(job, result, [p[0] for p in prepared])
             job.timings["place_ms"] = (time.perf_counter() - t0) * 1000
             self._record_timings(tag, job)
             return
         history = self._history(document)
+        key = kritadoc.document_key(document)
         batch = uuid.uuid4().hex[:8] if len(result.images) > 1 else ""
         infotexts = result.infotexts or [result.infotext] * len(result.images)
         added = []
-        for index, (image, seed) in enumerate(zip(result.images, result.seeds, strict=False)):
-            ready = kritadoc.layer_ready(image, job.rect, job.mask)
+        for index, ((ready, thumbnail, width, height, rgba), seed) in enumerate(zip(prepared, result.seeds, strict=False)):
             entry = Entry(history.new_id(), job.prompt, seed, job.mode, job.kind, job.rect.x, job.rect.y,
                           job.rect.width, job.rect.height, first_pass=job.first_pass,
                           settings={**job.settings, "seed": seed, "random_seed": False, "token": ""},
-                          infotext=infotexts[index] if index < len(infotexts) else "", batch=batch,
-                          thumbnail=kritadoc.thumbnail_png(ready))
+                          infotext=infotexts[index] if index < len(infotexts) else "", batch=batch, thumbnail=thumbnail)
             for dropped in history.add(entry):
                 self._pixels.pop(dropped.id, None)
             self._pixels[entry.id] = ready
-            rgba = kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))
-            self.encoder.jobs.put((kritadoc.document_key(document), entry, ready.width(), ready.height(), rgba))
+
+            def encode(entry=entry, width=width, height=height, rgba=rgba):
+                entry.png = pngio.encode_rgba(width, height, rgba)  # lossless, for the .kra
+
+            self.background.submit(encode, lambda _none, key=key: self._dirty.add(key))
             added.append(entry)
         self.last_seed = result.seeds[0] if result.seeds else None
         self.last_seed_label.setText(f"last: {self.last_seed}")
-        if kritadoc.document_key(document) == _active_key():
+        if key == _active_key():
             self._refresh_history(select=added[0].id if added else None)
         job.timings["place_ms"] = (time.perf_counter() - t0) * 1000
         self._record_timings(tag, job)
@@ -791,38 +847,38 @@ class PaintBridgeDocker(DockWidget):
         self.log.append(f"timings {tag}: " + ", ".join(f"{k} {v:.1f}" for k, v in job.timings.items()))
         self.last_timings = dict(job.timings)
 
-    def _apply_upscale(self, job: PendingJob, result) -> None:
+    def _apply_upscale(self, job: PendingJob, result, ready: list) -> None:
         document = job.document
         width, height = job.scale_to
         resolution = int(document.resolution())
         kritadoc.remove_preview(document)
-        document.scaleImage(width, height, resolution, resolution, "Bicubic")  # the painter's layers, as Image > Scale
-        document.waitForDone()
-        rect = Rect(0, 0, width, height)
+        if (width, height) != (document.width(), document.height()):
+            document.scaleImage(width, height, resolution, resolution, "Bicubic")  # the painter's layers, as Image > Scale
+            document.waitForDone()
         layers = [n for n in document.topLevelNodes() if not n.type().endswith("mask")]
         top = layers[-1] if layers else None
-        for image, seed in zip(result.images, result.seeds, strict=False):
-            ready = kritadoc.layer_ready(image, rect, None)
-            top = kritadoc.add_layer(document, f"Upscaled ×{job.settings['upscale_factor']:g} (seed {seed})", ready, 0, 0, top)
+        for image, seed in zip(ready, result.seeds, strict=False):
+            top = kritadoc.add_layer(document, f"Upscaled ×{job.settings['upscale_factor']:g} (seed {seed})", image, 0, 0, top)
         document.refreshProjection()
         self.show_message(f"Upscaled to {width}x{height}")
 
     def _save_histories(self) -> None:
         for key in list(self._dirty):
             document, history = self._documents.get(key), self.histories.get(key)
-            if document is None or history is None or any(not e.png for e in history.entries if e.id in self._pixels):
+            if document is None or history is None:
+                self._dirty.discard(key)
                 continue
+            if any(not e.png for e in history.entries if e.id in self._pixels):
+                continue  # a PNG is still being written
             kritadoc.write_history(document, history.to_bytes())
             self._dirty.discard(key)
 
     def flush_history(self, timeout: float = 30.0) -> None:
         """Before saving: wait for the PNG encoder, then write the annotation."""
         deadline = time.monotonic() + timeout
-        while not self.encoder.jobs.empty() and time.monotonic() < deadline:
+        while self.background.busy and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.05)
-        while not self.encoder.done.empty():
-            self._dirty.add(self.encoder.done.get_nowait())
+            self._drain_background()
         self._save_histories()
 
     # -- the history list ---------------------------------------------------------------------------
@@ -853,13 +909,14 @@ class PaintBridgeDocker(DockWidget):
             raise UserError("Pick a result in the history first.")
         return document, entry
 
-    def _pixels_of(self, entry: Entry) -> QImage:
-        image = self._pixels.get(entry.id)
-        if image is None:
+    def _pixels_of(self, entry: Entry, document) -> kritadoc.Ready:
+        ready = self._pixels.get(entry.id)
+        if ready is None:
             if not entry.png:
                 raise UserError("This result's pixels were not kept.")
-            image = self._pixels[entry.id] = kritadoc.from_png(entry.png)
-        return image
+            image = kritadoc.from_png(entry.png)
+            ready = self._pixels[entry.id] = kritadoc.Ready.make(image, document.colorModel(), document.colorDepth())
+        return ready
 
     def _preview_item(self, item) -> None:
         document = kritadoc.active_document()
@@ -869,7 +926,7 @@ class PaintBridgeDocker(DockWidget):
         if entry is None or entry.mode == "upscale":
             return
         try:
-            kritadoc.show_preview(document, self._pixels_of(entry), entry.x, entry.y)
+            kritadoc.show_preview(document, self._pixels_of(entry, document), entry.x, entry.y)
         except UserError as exc:
             self.show_message(str(exc))
 
@@ -890,7 +947,7 @@ class PaintBridgeDocker(DockWidget):
                 continue
             label = {"generate": "Generated", "refine": "Refined", "inpaint": "Inpainted", "expand": "Expanded"}.get(entry.mode, "PaintBridge")
             name = f"{label}: {entry.title()}"
-            above = kritadoc.add_layer(document, name, self._pixels_of(entry), entry.x, entry.y, above)
+            above = kritadoc.add_layer(document, name, self._pixels_of(entry, document), entry.x, entry.y, above)
             names.append(name)
         document.refreshProjection()
         self.last_apply_ms = (time.perf_counter() - t0) * 1000

@@ -9,6 +9,8 @@ Format_ARGB32 on little-endian machines: the zero-copy bridge between the two.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from krita import Krita, Selection
 from PyQt5.QtCore import QBuffer, QByteArray, QIODevice, Qt
@@ -42,25 +44,49 @@ def is_fast(document) -> bool:
     return FAST and (document.colorModel(), document.colorDepth()) == ("RGBA", "U8")
 
 
-def read_rgba(document, rect: Rect, source: str) -> RawImage:
-    """The visible image (Krita's own rendering) or the active layer, as RGBA8."""
+@dataclass
+class RawPixels:
+    """Pixels as Krita gave them, to be converted to RGBA8 on another thread."""
+
+    rect: Rect
+    data: Any  # QByteArray (Krita's layout) or a QImage (a rendered projection)
+    model: str
+    depth: str
+
+    def to_rgba(self) -> RawImage:
+        """Any thread: QImage's conversions run in C++ with the GIL released."""
+        w, h = self.rect.width, self.rect.height
+        if isinstance(self.data, QImage):
+            return RawImage(w, h, 4, image_bytes(self.data.convertToFormat(QImage.Format_RGBA8888)))
+        if FAST and (self.model, self.depth) == ("RGBA", "U8"):
+            image = QImage(self.data, w, h, w * 4, QImage.Format_ARGB32)
+            return RawImage(w, h, 4, image_bytes(image.convertToFormat(QImage.Format_RGBA8888)))
+        try:
+            return RawImage(w, h, 4, colors.to_rgba8(bytes(self.data), self.model, self.depth))
+        except colors.UnsupportedColorSpace as exc:
+            raise UserError(str(exc)) from None
+
+
+def read_raw(document, rect: Rect, source: str) -> RawPixels:
+    """UI thread, Krita's own copy only: the visible image or the active layer."""
     model, depth = document.colorModel(), document.colorDepth()
     if source == LAYER:
         node = document.activeNode()
         if node is None:
             raise UserError("There is no active layer.")
-        raw = bytes(node.pixelData(rect.x, rect.y, rect.width, rect.height))
-    elif (model, depth) in colors.SUPPORTED:
-        raw = bytes(document.pixelData(rect.x, rect.y, rect.width, rect.height))
-    else:  # any other colour space: Krita renders the projection to sRGB for us
-        image = document.projection(rect.x, rect.y, rect.width, rect.height).convertToFormat(QImage.Format_RGBA8888)
-        return RawImage(rect.width, rect.height, 4, image_bytes(image))
-    if is_fast(document):
-        return RawImage(rect.width, rect.height, 4, _bgra_to_rgba(raw, rect.width, rect.height))
-    try:
-        return RawImage(rect.width, rect.height, 4, colors.to_rgba8(raw, model, depth))
-    except colors.UnsupportedColorSpace as exc:
-        raise UserError(str(exc)) from None
+        if (model, depth) not in colors.SUPPORTED:
+            raise UserError(f"PaintBridge reads 8- or 16-bit RGB or grayscale layers; this one is {model}/{depth}. "
+                            "Use the 'Visible image' source or convert the image.")
+        return RawPixels(rect, node.pixelData(rect.x, rect.y, rect.width, rect.height), model, depth)
+    if (model, depth) in colors.SUPPORTED:
+        return RawPixels(rect, document.pixelData(rect.x, rect.y, rect.width, rect.height), model, depth)
+    # Any other colour space: Krita renders the projection to sRGB for us.
+    return RawPixels(rect, document.projection(rect.x, rect.y, rect.width, rect.height), model, depth)
+
+
+def read_rgba(document, rect: Rect, source: str) -> RawImage:
+    """The visible image or the active layer, as RGBA8 (all on the calling thread)."""
+    return read_raw(document, rect, source).to_rgba()
 
 
 # -- selections as soft masks ----------------------------------------------------------
@@ -122,11 +148,20 @@ def from_png(png: bytes) -> QImage:
     return QImage.fromData(png, "PNG").convertToFormat(QImage.Format_ARGB32)
 
 
-def _pixels_for(document, image: QImage) -> bytes:
-    if is_fast(document):
-        return image_bytes(image)  # already Krita's BGRA
-    rgba = image_bytes(image.convertToFormat(QImage.Format_RGBA8888))
-    return colors.from_rgba8(rgba, document.colorModel(), document.colorDepth())
+@dataclass
+class Ready:
+    """A layer-ready image in the document's own pixel layout (made off the UI thread)."""
+
+    width: int
+    height: int
+    pixels: bytes  # for Node.setPixelData
+
+    @classmethod
+    def make(cls, image: QImage, model: str, depth: str) -> Ready:
+        if FAST and (model, depth) == ("RGBA", "U8"):
+            return cls(image.width(), image.height(), image_bytes(image))  # ARGB32 is Krita's BGRA
+        rgba = image_bytes(image.convertToFormat(QImage.Format_RGBA8888))
+        return cls(image.width(), image.height(), colors.from_rgba8(rgba, model, depth))
 
 
 # -- layers ---------------------------------------------------------------------------------
@@ -140,11 +175,11 @@ def _anchor(document, below=None):
     return node.parentNode(), node
 
 
-def add_layer(document, name: str, image: QImage, x: int, y: int, below=None):
+def add_layer(document, name: str, ready: Ready, x: int, y: int, below=None):
     """A normal paint layer above the painter's active layer; nothing else changes."""
     parent, above = _anchor(document, below)
     node = document.createNode(name, "paintlayer")
-    node.setPixelData(_pixels_for(document, image), x, y, image.width(), image.height())
+    node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
     parent.addChildNode(node, above)
     return node
 
@@ -158,12 +193,12 @@ def remove_preview(document) -> None:
         node.remove()
 
 
-def show_preview(document, image: QImage, x: int, y: int, below=None):
+def show_preview(document, ready: Ready, x: int, y: int):
     """ONE temporary layer, replaced as the painter clicks through results."""
     remove_preview(document)
-    parent, above = _anchor(document, below)
+    parent, above = _anchor(document)
     node = document.createNode(PREVIEW_NAME, "paintlayer")
-    node.setPixelData(_pixels_for(document, image), x, y, image.width(), image.height())
+    node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
     # Top level, so that finding and removing it never depends on where the painter was.
     document.rootNode().addChildNode(node, above if parent == document.rootNode() else None)
     document.refreshProjection()

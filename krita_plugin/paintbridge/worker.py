@@ -12,6 +12,7 @@ import itertools
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,9 @@ class Worker(threading.Thread):
     def configure(self, url: str, token: str) -> None:
         self._commands.put(("configure", url, token))
 
-    def submit(self, tag: str, request: JobRequest) -> None:
+    def submit(self, tag: str, request: JobRequest | Callable[[], JobRequest]) -> None:
+        """Queue a job. A callable is called here, on the network thread: the docker
+        hands over raw pixels and lets this thread convert them, off Krita's UI thread."""
         self._commands.put(("submit", tag, request))
 
     def cancel(self, tag: str) -> None:
@@ -127,6 +130,12 @@ class Worker(threading.Thread):
                 if self._client is None or self.connection.state != CONNECTED:
                     self._emit("failed", tag, ("unreachable", self.connection.message or explain("unreachable", "", self.url)))
                     continue
+                if callable(request):
+                    try:
+                        request = request()
+                    except Exception as exc:  # a bad image or field: that job fails, the thread goes on
+                        self._emit("failed", tag, ("invalid_request", str(exc)))
+                        continue
                 ref = next(self._refs)
                 self._pending[ref] = tag
                 self._send(Submit(request=request, ref=ref))
