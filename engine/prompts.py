@@ -48,8 +48,8 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
             round_open.append(len(parts))
         elif token == "[":
             square_open.append(len(parts))
-        elif weight is not None and round_open:
-            scale(round_open.pop(), float(weight))
+        elif weight is not None and round_open and _number(weight) is not None:
+            scale(round_open.pop(), _number(weight))
         elif token == ")" and round_open:
             scale(round_open.pop(), ROUND)
         elif token == "]" and square_open:
@@ -66,12 +66,21 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
     if not parts:
         parts = [["", 1.0]]
     merged: list[list] = []
-    for part in parts:  # neighbours with the same weight become one piece
-        if merged and merged[-1][1] == part[1] and part[1] != -1.0:
+    for part in parts:  # neighbours with the same weight become one piece (BREAKs too, as the WebUI does)
+        if merged and merged[-1][1] == part[1]:
             merged[-1][0] += part[0]
         else:
             merged.append(part)
     return [(t, w) for t, w in merged]
+
+
+def _number(text: str) -> float | None:
+    """A weight such as "1.3"; None for what the pattern lets through but is no
+    number ("1.2.3", "."), where the WebUI would fail: the text is kept literally."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def extract_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
