@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import embeddings, loras, masks, tiled, vaes
+from engine import control, embeddings, loras, masks, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, decode_images
@@ -41,11 +41,14 @@ class Engine:
     models: ModelManager
     upscalers: Upscalers | None = None
     default_vae: str = ""  # the WebUI's "SD VAE" setting: for requests that name none
+    controlnets: control.ControlNets | None = None
 
     def __post_init__(self) -> None:
         if self.upscalers is None:
             cuda = self.models.device.startswith("cuda")
             self.upscalers = Upscalers(self.registry, self.models.device, half=cuda)
+        if self.controlnets is None:
+            self.controlnets = control.ControlNets(self.models.device, self.models.dtype)
 
     def run(self, params: JobParams, progress: ProgressFn | None = None, cancel: CancelFlag | None = None) -> JobOutput:
         return run_job(self, params, progress, cancel)
@@ -78,6 +81,7 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint", field="model")
     if entry.inpainting and params.kind != "inpaint":
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
+    control.check(engine.registry, params, entry)
     return entry
 
 
@@ -98,11 +102,17 @@ def run_job(
 
     def batch(model: LoadedModel, job: JobParams) -> JobOutput:
         _check_cancel(cancel)
+        units = control.prepare(engine, model, job)  # ControlNets loaded, images preprocessed
         if job.kind == "inpaint":
-            return _inpaint(model, job, progress, cancel)
-        if job.kind == "upscale":
-            return _upscale(engine, model, job, progress, cancel)
-        return _generate(engine, model, job, progress, cancel)
+            out = _inpaint(model, job, progress, cancel, units)
+        elif job.kind == "upscale":
+            out = _upscale(engine, model, job, progress, cancel, units)
+        else:
+            out = _generate(engine, model, job, progress, cancel, units)
+        if job.controls:
+            out.parameters["controlnet"] = control.infotext_fields(job.controls)
+            out.infotext = infotext(out.parameters)
+        return out
 
     def work() -> JobOutput:
         model = engine.models.get(entry)
@@ -252,21 +262,25 @@ def denoise_steps(steps: int, strength: float) -> int:
 
 def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel: CancelFlag | None):
     """The pipeline for a task: diffusers' with the sampler's scheduler, or
-    KPipeline for the samplers written here (engine/ksampling.py)."""
+    KPipeline for the samplers written here (engine/ksampling.py) and for
+    every job with ControlNet units (they act inside its denoiser)."""
     spec = lookup(params.sampler)
-    if spec.uses_function(params.eta):
+    if spec.uses_function(params.eta) or params.controls:
         return KPipeline(model, spec.function, spec.karras, spec.eta_for(params.eta), lambda: _check_cancel(cancel))
     pipe = model.pipeline(task)
     pipe.scheduler = make_scheduler(spec.name, model.base.scheduler.config, seed)
     return pipe
 
 
-def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, cancel) -> JobOutput:
+def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, cancel,
+              units: list[control.Prepared] | None = None) -> JobOutput:
     width, height = _size(params, model.native_size)
     seeds = resolve_seeds(params.seed, params.batch_size)
     kwargs = _common(model, params, seeds, progress, cancel)
     if params.hires is not None:
-        return _hires(engine, model, params, seeds, kwargs, width, height)
+        return _hires(engine, model, params, seeds, kwargs, width, height, units or [])
+    if units:
+        kwargs["control"] = control.control_for(units, width, height)
     if params.kind == "img2img":
         assert params.image is not None
         if params.strength == 0:  # nothing to denoise: the layer comes back as it is
@@ -324,7 +338,7 @@ def _init_image(model: LoadedModel, params: JobParams, width: int, height: int) 
 
 
 def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[int], kwargs: dict[str, Any],
-           width: int, height: int) -> JobOutput:
+           width: int, height: int, units: list[control.Prepared]) -> JobOutput:
     """WebUI hires fix: txt2img at the base size, upscale, img2img at the target size."""
     import torch
 
@@ -339,6 +353,7 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     first = _prepare(model, "txt2img", params, seeds[0], reporter.cancel)(
         **{**kwargs, "output_type": "latent" if latent else "np"}, width=width, height=height,
         latents=_noise(model, params, seeds, width, height),
+        **({"control": control.control_for(units, width, height)} if units else {}),
     ).images
     reporter.offset, reporter.stage = params.steps, "hires"
     if latent:
@@ -352,6 +367,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     else:
         pipe = _prepare(model, "img2img", params, seeds[0], reporter.cancel)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
+        if units:  # the second pass sees the control image at the target size
+            kwargs = {**kwargs, "control": control.control_for(units, target_w, target_h, hires=True)}
         out = _to_rgba(pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
                             image=init, strength=hires.denoise).images)
     result = _output(model, params, out, seeds, width, height)
@@ -361,7 +378,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     return result
 
 
-def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progress, cancel) -> JobOutput:
+def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progress, cancel,
+             units: list[control.Prepared] | None = None) -> JobOutput:
     """Upscaler model to the exact target, then optional tiled img2img (MultiDiffusion)."""
     assert params.image is not None and engine.upscalers is not None
     options = params.upscale or UpscaleParams()
@@ -388,7 +406,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         upscaled = tiled.tiled_img2img(
             model, params.sampler, source, params.prompt, params.negative_prompt, params.steps, options.denoise,
             params.cfg_scale, seeds[0], options.tile, options.overlap, options.tile_batch, options.vae_tile, report,
-            cancel, params.clip_skip, params.eta,
+            cancel, params.clip_skip, params.eta, control.control_for(units, *work) if units else None,
         )
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
@@ -413,7 +431,8 @@ def _default_upscaler(engine: Engine) -> str:
     return which if isinstance(which, str) else which.name
 
 
-def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutput:
+def _inpaint(model: LoadedModel, params: JobParams, progress, cancel,
+             units: list[control.Prepared] | None = None) -> JobOutput:
     assert params.image is not None and params.mask is not None
     image, mask = params.image, params.mask
     h, w = image.shape[:2]
@@ -432,6 +451,8 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
         return _output(model, params, [_opaque(image) for _ in seeds], seeds, w, h)
     kwargs.update(image=crop, mask_image=crop_mask, strength=params.strength, width=work_w, height=work_h,
                   num_inference_steps=denoise_steps(params.steps, params.strength))
+    if units:  # the control image fitted to the whole image, then the same crop as the image's
+        kwargs["control"] = control.control_for(units, work_w, work_h, box=(x0, y0, x1, y1), frame=(w, h))
     generated = _to_rgba(pipe(**kwargs).images)
     alpha = masks.feather(mask, params.mask_blur)
     original = image if image.shape[2] == 4 else np.dstack([image, np.full((h, w), 255, np.uint8)])
@@ -519,6 +540,8 @@ def infotext(p: dict[str, Any]) -> str:
         fields += [f"Upscale by: {p['upscale_by']:g}", f"Upscaler: {p['upscaler']}"]
         if p["denoising_strength"]:
             fields.append(f"Tiled Diffusion: MultiDiffusion, tile {p['tile']}, overlap {p['overlap']}")
+    for key, value in p.get("controlnet", {}).items():  # as the WebUI's ControlNet extension writes them
+        fields.append(f"{key}: {_quote(value)}")
     lines = [p["prompt"]]
     if p["negative_prompt"]:
         lines.append(f"Negative prompt: {p['negative_prompt']}")

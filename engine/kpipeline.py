@@ -40,7 +40,7 @@ class KPipeline:
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
         generator: list, output_type: str = "np", callback_on_step_end=None, pooled_prompt_embeds=None,
         negative_pooled_prompt_embeds=None, width: int | None = None, height: int | None = None, latents=None,
-        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, **_: Any,
+        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, control: Any = None, **_: Any,
     ) -> SimpleNamespace:
         import torch
         from diffusers.utils.torch_utils import randn_tensor
@@ -74,7 +74,7 @@ class KPipeline:
             else:
                 keep = 1.0 - mask
 
-        denoiser = Denoiser(dict(pipe.scheduler.config), lambda x, t: guided_unet(unet, x, t, guidance, extra),
+        denoiser = Denoiser(dict(pipe.scheduler.config), lambda x, t: guided_unet(unet, x, t, guidance, extra, control),
                             unet.dtype, self.check)
         sigmas = denoiser.sigmas(num_inference_steps, self.karras)
         if init is not None:
@@ -88,6 +88,8 @@ class KPipeline:
             start = latents.to(device, torch.float32) if latents is not None else noise()
             x = start * sigmas[0]
         self.num_timesteps = len(sigmas) - 1
+        if control is not None:  # ControlNet units (engine/control.py) know the steps of this pass
+            control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
 
         def progress(x, denoised, done: float) -> None:
             if callback_on_step_end is not None:

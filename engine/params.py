@@ -34,6 +34,20 @@ class UpscaleParams:
 
 
 @dataclass
+class ControlParams:
+    """One ControlNet unit (engine/control.py)."""
+
+    model: str = ""  # a ControlNet in the models folder
+    image: np.ndarray | None = None  # HxWx3/4 uint8, any size; None = the job's image
+    strength: float = 1.0
+    start: float = 0.0  # guidance start, fraction of the steps
+    end: float = 1.0
+    mode: str = "balanced"  # balanced | prompt | control
+    preprocess: str = "none"  # none | depth | canny | lineart | scribble | tile
+    resize_mode: str = "crop and resize"  # crop and resize | just resize | resize and fill
+
+
+@dataclass
 class JobParams:
     kind: str = "txt2img"  # txt2img | img2img | inpaint
     prompt: str = ""
@@ -61,6 +75,7 @@ class JobParams:
     vae: str = ""  # "" = the checkpoint's own
     hires: HiresParams | None = None
     upscale: UpscaleParams | None = None
+    controls: list[ControlParams] = field(default_factory=list)
 
 
 @dataclass

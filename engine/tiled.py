@@ -21,6 +21,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -205,8 +206,11 @@ def tiled_img2img(
     cancel: CancelFlag | None = None,
     clip_skip: int = 1,
     eta: float | None = None,
+    control: Any = None,
 ) -> np.ndarray:
-    """img2img of an image of any size (multiple of 8) by MultiDiffusion."""
+    """img2img of an image of any size (multiple of 8) by MultiDiffusion.
+    `control` (engine.control.Control, at the image's size): each tile gets
+    its own crop of every control image."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -235,7 +239,9 @@ def tiled_img2img(
             if cancel is not None and cancel.is_set():
                 raise JobCancelled()
             tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
-            out = guided_unet(unet, tiles, t, _tile_guidance(conditioning, batch, cfg_scale, (lh, lw), model.family))
+            crops = [(v.y, v.x, v.size_h, v.size_w) for v in batch]
+            out = guided_unet(unet, tiles, t, _tile_guidance(conditioning, batch, cfg_scale, (lh, lw), model.family),
+                              control=control, crops=crops)
             for j, v in enumerate(batch):
                 prediction[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] += out[j : j + 1].float() * weight
             if report is not None:
@@ -247,9 +253,11 @@ def tiled_img2img(
 
     spec = lookup(sampler)
     with torch.inference_mode():
-        if spec.uses_function(eta):  # a sampler written here: the blend is the denoiser's prediction
+        if spec.uses_function(eta) or control:  # a sampler written here: the blend is the denoiser's prediction
             denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype)
             sigmas = denoiser.sigmas(steps, spec.karras)[steps - run :]
+            if control:
+                control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
 
             def step_done(x, denoised, fraction: float) -> None:
                 done[0] = round(fraction * run)
