@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from bridge_server import __version__
+from bridge_server import __version__, control_args
 from bridge_server.client import Client, ClientError
 
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
         p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
         p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
+        control_args.add_control_args(p)
 
     generate = sub.add_parser("generate", help="text to image")
     job_args(generate)
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--job", required=True)
     models = sub.add_parser("models", help="list the server's models")
     client_args(models)
+    control_args.add_preprocess_command(sub, client_args)
 
     build = sub.add_parser("build-plugin", help="write the Krita plugin zip (Tools > Scripts > Import Python Plugin)")
     build.add_argument("--out", type=Path, default=Path("dist/paintbridge-krita.zip"))
@@ -190,7 +192,7 @@ def run_client_command(args: argparse.Namespace) -> int:
     client = Client(args.server, token=args.token, client_id=client_id(), name=f"paintbridge-cli/{__version__}")
     if args.command == "generate" and (args.xyz or args.prompt_matrix or args.prompts_from_file):
         return run_grid(client, args)
-    if args.command in ("generate", "img2img", "inpaint", "upscale"):
+    if args.command in ("generate", "img2img", "inpaint", "upscale", "preprocess"):
         request = build_request(args)  # bad input fails before connecting
         with client:
             result = client.run(request, on_progress=ProgressBar(), on_accepted=announce, reconnect_s=RECONNECT_S)
@@ -277,6 +279,8 @@ def build_request(args: argparse.Namespace, plot=None):
     from protocol.fields import from_wire, to_wire
     from protocol.requests import JobRequest
 
+    if args.command == "preprocess":
+        return _validated(control_args.preprocess_wire(args, read_image))
     wire = {
         "kind": {"generate": "txt2img"}.get(args.command, args.command),
         "prompt": args.prompt,
@@ -315,6 +319,10 @@ def build_request(args: argparse.Namespace, plot=None):
     if plot is not None:
         wire["plot"] = to_wire(plot)
     try:
+        wire["controls"] = control_args.controls_wire(args, read_image)
+    except control_args.ControlSpecError as exc:
+        raise CliError("invalid_request", str(exc)) from None
+    try:
         request = from_wire(JobRequest, wire)  # the server's own validation, before sending
         request.validate()
         if plot is not None:
@@ -327,7 +335,22 @@ def build_request(args: argparse.Namespace, plot=None):
 _FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "--batch", "inpaint_padding": "--padding"}
 
 
+def _validated(wire: dict):
+    from protocol import ProtocolError
+    from protocol.fields import from_wire
+    from protocol.requests import JobRequest
+
+    try:
+        request = from_wire(JobRequest, wire)
+        request.validate()
+    except ProtocolError as exc:
+        raise CliError(exc.code.value, _cli_field_message(exc)) from None
+    return request
+
+
 def _cli_field_message(exc) -> str:
+    if exc.field.startswith("controls"):
+        return f"--control: {exc.message}"
     parts = exc.field.split(".")
     name = "-".join(parts[:2]) if parts[0] == "hires" else parts[1] if parts[0] == "upscale" and len(parts) > 1 else parts[0]
     if not name:
@@ -378,6 +401,7 @@ def settings_from_png(path: Path) -> dict:
             settings["width"], settings["height"] = (int(v) for v in fields["Size"].split("x"))
         if "Denoising strength" in fields and "hires_scale" in settings:
             settings["hires_denoise"] = float(fields["Denoising strength"])
+        settings["png_controls"] = control_args.png_controls(fields)  # their images come with --control
     except ValueError as exc:
         raise CliError("invalid_request", f"{path}: unreadable parameters ({exc})") from None
     return settings

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import control, embeddings, loras, masks, tiled, vaes
+from engine import control, embeddings, loras, masks, preprocess, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, decode_images
@@ -62,6 +62,11 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
     upscaler, VAE, LoRAs) and their combination. The server runs it before
     queueing, so bad input fails at once. Returns the checkpoint to load, or
     None for an upscaler-only job."""
+    if params.kind == "preprocess":  # the control image alone: no checkpoint
+        if len(params.controls) != 1:
+            raise EngineError("invalid_request", "a preprocess job takes one unit", field="controls")
+        preprocess.check(params.controls[0].preprocess, engine.registry.root, "controls[0].preprocess")
+        return None
     lookup(params.sampler)
     assert engine.upscalers is not None
     if params.hires is not None and params.hires.upscaler != "Latent":
@@ -75,6 +80,7 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         options = params.upscale or UpscaleParams()
         engine.upscalers.resolve(options.upscaler, "upscale.upscaler")
         if options.denoise == 0:  # the upscaler alone: no checkpoint needed
+            control.check(engine.registry, params, None)  # units here are refused: nothing to steer
             return None
     entry = entry or engine.registry.default_checkpoint()
     if entry is None:
@@ -95,6 +101,8 @@ def run_job(
         # The request's VAE, else the server's default, else the checkpoint's own VAE file, else its baked-in one.
         own = engine.registry.vae_for(entry)
         params = replace(params, vae=engine.default_vae or (own.name if own else ""))
+    if entry is None and params.kind == "preprocess":
+        return _guarded(engine, lambda: preprocess.preprocess_job(engine, params))
     if entry is None:
         return _guarded(engine, lambda: _upscale(engine, None, params, progress, cancel))
     _check_cancel(cancel)

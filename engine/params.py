@@ -49,7 +49,7 @@ class ControlParams:
 
 @dataclass
 class JobParams:
-    kind: str = "txt2img"  # txt2img | img2img | inpaint
+    kind: str = "txt2img"  # txt2img | img2img | inpaint | upscale | preprocess
     prompt: str = ""
     negative_prompt: str = ""
     model: str = ""

@@ -117,3 +117,20 @@ def depth(image: np.ndarray, root: Path, device: str = "cpu") -> np.ndarray:
     scaled = (predicted - lo) / (hi - lo) * 255.0 if hi > lo else torch.zeros_like(predicted)  # flat: no depth cue
     out = scaled.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
     return np.repeat(out[..., None], 3, axis=2)
+
+
+def preprocess_job(engine, params):
+    """The `preprocess` job: the control image alone (so a painter can see and
+    paint over it), at the image's size or fitted to width x height."""
+    from engine.control import fit, rgb
+    from engine.params import JobOutput
+
+    unit = params.controls[0]
+    source = rgb(unit.image if unit.image is not None else params.image)
+    out = run(unit.preprocess, source, engine.registry.root, engine.models.device)
+    if params.width and params.height:
+        out = fit(out, params.width, params.height, unit.resize_mode)
+    rgba = np.dstack([out, np.full(out.shape[:2], 255, np.uint8)])
+    h, w = out.shape[:2]
+    parameters = {"kind": "preprocess", "preprocess": unit.preprocess, "width": w, "height": h}
+    return JobOutput([rgba], [0], parameters, f"Preprocessor: {unit.preprocess}, Size: {w}x{h}")
