@@ -204,12 +204,25 @@ def bench_upscale(quick: bool) -> dict:
     }
 
 
+def bench_control(quick: bool) -> dict:
+    """One ControlNet unit's cost per step (bench/control.py, the real SD1.5 architecture)."""
+    args = [sys.executable, str(ROOT / "bench" / "control.py"), "--size", "256" if quick else "512",
+            "--reps", "3" if quick else "5"]
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    rows = json.loads((ROOT / "bench" / "control-results.json").read_text())
+    return {"control_unit_step_ratio": rows["unit_step_ratio"],
+            "control_unit_step_ratio_min": rows["unit_step_ratio_spread"][0],
+            "control_unit_step_ratio_max": rows["unit_step_ratio_spread"][1],
+            "control_vs_diffusers_ratio": rows["ours_vs_diffusers_ratio"]}
+
+
 GOALS = {
     "server_overhead_ratio": 1.05,
     "engine_vs_diffusers_ratio": 1.02,
     "kpath_vs_diffusers_ratio": 1.02,
     "transfer_ratio": 3.0,
     "preview_cost_ratio": 1.05,
+    "control_vs_diffusers_ratio": 1.02,
 }
 
 
@@ -217,7 +230,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (under 3 minutes)")
     parser.add_argument("--skip", action="append", default=[], help="skip a figure group: overhead, transfer, "
-                        "preview, diffusers, upscale")
+                        "preview, diffusers, upscale, control")
     args = parser.parse_args()
     reps = 3 if args.quick else 7
     results: dict = {"quick": args.quick, "python": sys.version.split()[0]}
@@ -239,6 +252,8 @@ def main() -> None:
         results.update(bench_engine_vs_diffusers(1 if args.quick else 3))
     if "upscale" not in args.skip:
         results.update(bench_upscale(args.quick))
+    if "control" not in args.skip:
+        results.update(bench_control(args.quick))
     results["wall_s"] = time.perf_counter() - started
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'figure':<30} {'value':>10} {'goal':>8}")
