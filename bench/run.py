@@ -205,6 +205,18 @@ def bench_upscale(quick: bool) -> dict:
     return {f"upscale_{k}": v for k, v in summary.items()}
 
 
+def bench_control(quick: bool) -> dict:
+    """One ControlNet unit's cost per step (bench/control.py, the real SD1.5 architecture)."""
+    args = [sys.executable, str(ROOT / "bench" / "control.py"), "--size", "256" if quick else "512",
+            "--reps", "3" if quick else "5"]
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    rows = json.loads((ROOT / "bench" / "control-results.json").read_text())
+    return {"control_unit_step_ratio": rows["unit_step_ratio"],
+            "control_unit_step_ratio_min": rows["unit_step_ratio_spread"][0],
+            "control_unit_step_ratio_max": rows["unit_step_ratio_spread"][1],
+            "control_vs_diffusers_ratio": rows["ours_vs_diffusers_ratio"]}
+
+
 GOALS = {
     "server_overhead_ratio": 1.05,
     "engine_vs_diffusers_ratio": 1.02,
@@ -213,6 +225,7 @@ GOALS = {
     "preview_cost_ratio": 1.05,
     "upscale_memory_ratio_16x": 1.3,
     "upscale_time_per_mp_ratio_16x_4x": 1.15,
+    "control_vs_diffusers_ratio": 1.02,
 }
 
 
@@ -220,7 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (under 5 minutes)")
     parser.add_argument("--skip", action="append", default=[], help="skip a figure group: overhead, transfer, "
-                        "preview, diffusers, upscale")
+                        "preview, diffusers, upscale, control")
     args = parser.parse_args()
     reps = 3 if args.quick else 7
     results: dict = {"quick": args.quick, "python": sys.version.split()[0]}
@@ -239,6 +252,7 @@ def main() -> None:
         ("preview", lambda: bench_preview(server, reps)),
         ("diffusers", lambda: bench_engine_vs_diffusers(3, 256 if args.quick else 512)),
         ("upscale", lambda: bench_upscale(args.quick)),
+        ("control", lambda: bench_control(args.quick)),
     ]
     for name, run in groups:
         if name not in args.skip:

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from bridge_server import __version__
+from bridge_server import __version__, control_args
 from protocol.shell.client import Client, ClientError
 
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rng", default="gpu", choices=("gpu", "cpu", "nv"),
                        help="noise source as the WebUI's: gpu, cpu, nv (NVIDIA's generator on any machine)")
         p.add_argument("--ensd", type=int, default=0, help="WebUI 'Eta noise seed delta' (e.g. 31337)")
+        control_args.add_control_args(p)
 
     def job_args(p: argparse.ArgumentParser) -> None:
         model_args(p)
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--job", required=True, help="the job id (printed as `job <id>` when it was submitted)")
     models = command("models", "list the server's models")
     client_args(models)
+    control_args.add_preprocess_command(sub, client_args)
 
     build = command("build-plugin", "write the Krita plugin zip (Tools > Scripts > Import Python Plugin)")
     build.add_argument("--out", type=Path, default=Path("dist/paintbridge-krita.zip"), help="the zip to write")
@@ -257,9 +259,9 @@ def run_client_command(args: argparse.Namespace) -> int:
     client = Client(args.server, token=args.token, client_id=client_id(), name=f"paintbridge-cli/{__version__}")
     if args.command == "generate" and (args.xyz or args.prompt_matrix or args.prompts_from_file):
         return run_grid(client, args)
-    if args.command in ("generate", "img2img", "inpaint", "upscale"):
+    if args.command in ("generate", "img2img", "inpaint", "upscale", "preprocess"):
         request = build_request(args)  # bad input fails before connecting
-        if args.detach:
+        if getattr(args, "detach", False):
             with client:
                 accepted = client.submit(request)
             print(accepted.job_id)
@@ -330,7 +332,7 @@ def run_grid(client: Client, args: argparse.Namespace) -> int:
     except (grids.GridError, OSError) as exc:
         raise CliError("invalid_request", str(exc)) from None
     request = build_request(args, plot)
-    if args.detach:  # `paintbridge result` then writes the cells (and a plain grid)
+    if getattr(args, "detach", False):  # `paintbridge result` then writes the cells (and a plain grid)
         with client:
             print(client.submit(request).job_id)
         return 0
@@ -423,6 +425,8 @@ def build_request(args: argparse.Namespace, plot=None):
     from protocol.fields import from_wire, to_wire
     from protocol.requests import JobRequest
 
+    if args.command == "preprocess":
+        return _validated(control_args.preprocess_wire(args, read_image))
     wire = {
         "kind": {"generate": "txt2img"}.get(args.command, args.command),
         "prompt": args.prompt,
@@ -469,6 +473,10 @@ def build_request(args: argparse.Namespace, plot=None):
     if plot is not None:
         wire["plot"] = to_wire(plot)
     try:
+        wire["controls"] = control_args.controls_wire(args, read_image)
+    except control_args.ControlSpecError as exc:
+        raise CliError("invalid_request", str(exc)) from None
+    try:
         request = from_wire(JobRequest, wire)  # the server's own validation, before sending
         request.validate()
         if plot is not None:
@@ -482,9 +490,24 @@ _FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "
           "plot": "--xyz"}
 
 
+def _validated(wire: dict):
+    from protocol import ProtocolError
+    from protocol.fields import from_wire
+    from protocol.requests import JobRequest
+
+    try:
+        request = from_wire(JobRequest, wire)
+        request.validate()
+    except ProtocolError as exc:
+        raise CliError(exc.code.value, _cli_field_message(exc)) from None
+    return request
+
+
 def _cli_field_message(exc) -> str:
     if exc.field.startswith("plot.prompts"):
         return f"--prompts-from-file: {exc.message}"
+    if exc.field.startswith("controls"):
+        return f"--control: {exc.message}"
     parts = exc.field.split(".")
     name = "-".join(parts[:2]) if parts[0] == "hires" else parts[1] if parts[0] == "upscale" and len(parts) > 1 else parts[0]
     if not name:
@@ -541,6 +564,7 @@ def settings_from_png(path: Path) -> dict:
             settings["width"], settings["height"] = (int(v) for v in fields["Size"].split("x"))
         if "Denoising strength" in fields and "hires_scale" in settings:
             settings["hires_denoise"] = float(fields["Denoising strength"])
+        settings["png_controls"] = control_args.png_controls(fields)  # their images come with --control
     except ValueError as exc:
         raise CliError("invalid_request", f"{path}: unreadable parameters ({exc})") from None
     return settings

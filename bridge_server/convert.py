@@ -6,11 +6,11 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
-from engine.params import HiresParams, JobOutput, JobParams, UpscaleParams
+from engine.params import ControlParams, HiresParams, JobOutput, JobParams, UpscaleParams
 from protocol import RawImage, Result
 from protocol.requests import JobRequest
 
-_SHARED = [f.name for f in fields(JobParams) if f.name not in ("image", "mask", "hires", "upscale")]
+_SHARED = [f.name for f in fields(JobParams) if f.name not in ("image", "mask", "hires", "upscale", "controls")]
 
 
 def array_view(image: RawImage) -> np.ndarray:
@@ -27,6 +27,11 @@ def to_params(request: JobRequest) -> JobParams:
         params.hires = HiresParams(**asdict(request.hires))
     if request.kind == "upscale":
         params.upscale = UpscaleParams(**asdict(request.upscale)) if request.upscale else UpscaleParams()
+    params.controls = [
+        ControlParams(**{f.name: getattr(unit, f.name) for f in fields(ControlParams) if f.name != "image"},
+                      image=array_view(unit.image) if unit.image is not None else None)
+        for unit in request.controls
+    ]
     return params
 
 

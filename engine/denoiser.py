@@ -36,24 +36,27 @@ class Guidance:
         return self.cfg_scale > 1.0  # as diffusers: no unconditional pass at CFG <= 1
 
 
-def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None):
+def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None, control: Any = None, crops: Any = None):
     """One UNet call for the conditional and unconditional halves, combined by the
     CFG scale. `extra` (inpainting models: mask + masked image latents) is
-    concatenated to the input channels."""
+    concatenated to the input channels. `control` (engine.control.Control) adds
+    its ControlNets' residuals; `crops` are tiled diffusion's tiles."""
     import torch
 
     if not torch.is_tensor(t):  # a tensor, so a compiled UNet does not specialise on each value
         t = torch.tensor(float(t), device=x_in.device)
+    latent = x_in  # ControlNets see the latent alone, without an inpainting model's extra channels
     if extra is not None:
         x_in = torch.cat([x_in, extra.to(x_in.dtype)], dim=1)
     hidden, text, ids = g.cond, g.pooled, g.time_ids
     if g.guided:
-        x_in = torch.cat([x_in, x_in])
+        x_in, latent = torch.cat([x_in, x_in]), torch.cat([latent, latent])
         hidden = torch.cat([g.uncond, hidden])
         if text is not None:
             text, ids = torch.cat([g.uncond_pooled, text]), torch.cat([ids, ids])
     added = {"text_embeds": text, "time_ids": ids} if text is not None else None
-    out = unet(x_in, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+    residuals = control.residuals(latent, t, hidden, added, g.guided, crops) if control else {}
+    out = unet(x_in, t, encoder_hidden_states=hidden, added_cond_kwargs=added, **residuals).sample
     if g.guided:
         uncond, cond = out.chunk(2)
         out = uncond + g.cfg_scale * (cond - uncond)

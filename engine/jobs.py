@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import autosize, embeddings, inpainting, loras, masks, tiled, vaes
+from engine import autosize, control, embeddings, inpainting, loras, masks, preprocess, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, NoiseOptions, decode_images
@@ -44,11 +44,14 @@ class Engine:
     models: ModelManager
     upscalers: Upscalers | None = None
     default_vae: str = ""  # the WebUI's "SD VAE" setting: for requests that name none
+    controlnets: control.ControlNets | None = None
 
     def __post_init__(self) -> None:
         if self.upscalers is None:
             cuda = self.models.device.startswith("cuda")
             self.upscalers = Upscalers(self.registry, self.models.device, half=cuda)
+        if self.controlnets is None:
+            self.controlnets = control.ControlNets(self.models.device, self.models.dtype)
 
     def run(self, params: JobParams, progress: ProgressFn | None = None, cancel: CancelFlag | None = None) -> JobOutput:
         return run_job(self, params, progress, cancel)
@@ -88,6 +91,11 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
     upscaler, VAE, LoRAs) and their combination. The server runs it before
     queueing, so bad input fails at once. Returns the checkpoint to load, or
     None for an upscaler-only job."""
+    if params.kind == "preprocess":  # the control image alone: no checkpoint
+        if len(params.controls) != 1:
+            raise EngineError("invalid_request", "a preprocess job takes one unit", field="controls")
+        preprocess.check(params.controls[0].preprocess, engine.registry.root, "controls[0].preprocess")
+        return None
     resolve(params.sampler, params.schedule_type)
     check_source(params.rng)
     assert engine.upscalers is not None
@@ -102,6 +110,7 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         options = params.upscale or UpscaleParams()
         engine.upscalers.resolve(options.upscaler, "upscale.upscaler")
         if options.denoise == 0:  # the upscaler alone: no checkpoint needed
+            control.check(engine.registry, params, None)  # units here are refused: nothing to steer
             return None
     entry = entry or inpainting.inpainting_checkpoint(engine.registry, params) or engine.registry.default_checkpoint()
     if entry is None:
@@ -110,6 +119,7 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         raise EngineError("invalid_request", NOTHING_TO_REPAINT, field="mask")
     if entry.inpainting and params.kind != "inpaint":
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
+    control.check(engine.registry, params, entry)
     return entry
 
 
@@ -125,6 +135,8 @@ def run_job(
         # The request's VAE, else the server's default, else the checkpoint's own VAE file, else its baked-in one.
         own = engine.registry.vae_for(entry)
         params = replace(params, vae=engine.default_vae or (own.name if own else ""))
+    if entry is None and params.kind == "preprocess":
+        return _guarded(engine, lambda: preprocess.preprocess_job(engine, params))
     if entry is None:
         return _guarded(engine, lambda: _upscale(engine, None, params, progress, cancel))
     _check_cancel(cancel)
@@ -132,11 +144,17 @@ def run_job(
 
     def batch(model: LoadedModel, job: JobParams, report: ProgressFn | None = progress) -> JobOutput:
         _check_cancel(cancel)
+        units = control.prepare(engine, model, job)  # ControlNets loaded, images preprocessed
         if job.kind == "inpaint":
-            return _inpaint(model, job, report, cancel)
-        if job.kind == "upscale":
-            return _upscale(engine, model, job, report, cancel)
-        return _generate(engine, model, job, report, cancel)
+            out = _inpaint(model, job, report, cancel, units)
+        elif job.kind == "upscale":
+            out = _upscale(engine, model, job, report, cancel, units)
+        else:
+            out = _generate(engine, model, job, report, cancel, units)
+        if job.controls:
+            out.parameters["controlnet"] = control.infotext_fields(job.controls)
+            out.infotext = infotext(out.parameters)
+        return out
 
     def work() -> JobOutput:
         model = load_checkpoint(engine, entry, by_default=not params.model)
@@ -310,7 +328,8 @@ def steps_run(steps: int, strength: float, sampler: str = "Euler a") -> int:
 
 def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel: CancelFlag | None):
     """The pipeline for a task: diffusers' with the sampler's scheduler, or
-    KPipeline for the samplers written here (engine/ksampling.py)."""
+    KPipeline for the samplers written here (engine/ksampling.py), which is
+    also where ControlNet units act (inside its denoiser)."""
     spec, schedule = resolve(params.sampler, params.schedule_type)
     if spec.uses_function(params.eta):
         return KPipeline(model, spec, eta=spec.eta_for(params.eta), check=lambda: _check_cancel(cancel),
@@ -327,12 +346,15 @@ def noise_options(params: JobParams, count: int) -> NoiseOptions:
                         params.rng, params.eta_noise_seed_delta)
 
 
-def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, cancel) -> JobOutput:
+def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, cancel,
+              units: list[control.Prepared] | None = None) -> JobOutput:
     width, height = _size(params, model.native_size)
     seeds = resolve_seeds(params.seed, params.batch_size)
     kwargs = _common(model, params, seeds, progress, cancel)
     if params.hires is not None:
-        return _hires(engine, model, params, seeds, kwargs, width, height)
+        return _hires(engine, model, params, seeds, kwargs, width, height, units or [])
+    if units:
+        kwargs["control"] = control.control_for(units, width, height)
     if params.kind == "img2img":
         assert params.image is not None
         if params.strength == 0:  # nothing to denoise: the layer comes back as it is
@@ -393,7 +415,7 @@ def _init_image(model: LoadedModel, params: JobParams, width: int, height: int) 
 
 
 def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[int], kwargs: dict[str, Any],
-           width: int, height: int) -> JobOutput:
+           width: int, height: int, units: list[control.Prepared]) -> JobOutput:
     """WebUI hires fix: txt2img at the base size, upscale, img2img at the target size."""
     import torch
 
@@ -408,6 +430,7 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     first = _prepare(model, "txt2img", params, seeds[0], reporter.cancel)(
         **{**kwargs, "output_type": "latent" if latent else "np"}, width=width, height=height,
         latents=_noise(model, params, seeds, width, height),
+        **({"control": control.control_for(units, width, height)} if units else {}),
     ).images
     reporter.offset, reporter.stage = params.steps, "hires"
     if latent:
@@ -423,6 +446,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     else:
         pipe = _prepare(model, "img2img", params, seeds[0], reporter.cancel)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
+        if units:  # the second pass sees the control image at the target size
+            kwargs = {**kwargs, "control": control.control_for(units, target_w, target_h, hires=True)}
         out = _to_rgba(pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
                             image=init, strength=hires.denoise).images)
     result = _output(model, params, out, seeds, width, height)
@@ -434,7 +459,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     return result
 
 
-def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progress, cancel) -> JobOutput:
+def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progress, cancel,
+             units: list[control.Prepared] | None = None) -> JobOutput:
     """Upscaler model to the exact target, then optional tiled img2img (MultiDiffusion)."""
     assert params.image is not None and engine.upscalers is not None
     options = params.upscale or UpscaleParams()
@@ -462,6 +488,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
             model, params.sampler, source, params.prompt, params.negative_prompt, params.steps, options.denoise,
             params.cfg_scale, seeds[0], options.tile, options.overlap, options.tile_batch, options.vae_tile, report,
             cancel, params.clip_skip, params.eta, params.schedule_type,
+            control.control_for(units, *work) if units else None,
         )
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
@@ -486,7 +513,8 @@ def _default_upscaler(engine: Engine) -> str:
     return which if isinstance(which, str) else which.name
 
 
-def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutput:
+def _inpaint(model: LoadedModel, params: JobParams, progress, cancel,
+             units: list[control.Prepared] | None = None) -> JobOutput:
     assert params.image is not None and params.mask is not None
     image, mask = params.image, params.mask
     h, w = image.shape[:2]
@@ -519,6 +547,8 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
         return _output(model, params, images, seeds, w, h)
     kwargs.update(image=crop, mask_image=crop_mask, strength=params.strength, width=work_w, height=work_h,
                   num_inference_steps=denoise_steps(params.steps, params.strength, params.sampler))
+    if units:  # the control image fitted to the whole image, then the same crop as the image's
+        kwargs["control"] = control.control_for(units, work_w, work_h, box=(x0, y0, x1, y1), frame=(w, h))
     generated = _to_rgba(pipe(**kwargs).images)
     if blend is not None:
         alpha = blend[y0:y1, x0:x1]
@@ -648,6 +678,8 @@ def infotext(p: dict[str, Any]) -> str:
         fields += [f"Upscale by: {p['upscale_by']:g}", f"Upscaler: {p['upscaler']}"]
         if p["denoising_strength"]:
             fields.append(f"Tiled Diffusion: MultiDiffusion, tile {p['tile']}, overlap {p['overlap']}")
+    for key, value in p.get("controlnet", {}).items():  # as the WebUI's ControlNet extension writes them
+        fields.append(f"{key}: {_quote(value)}")
     lines = [p["prompt"]]
     if p["negative_prompt"]:
         lines.append(f"Negative prompt: {p['negative_prompt']}")

@@ -73,7 +73,7 @@ class KPipeline:
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
         generator: list, output_type: str = "np", callback_on_step_end=None, pooled_prompt_embeds=None,
         negative_pooled_prompt_embeds=None, width: int | None = None, height: int | None = None, latents=None,
-        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, **_: Any,
+        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, control: Any = None, **_: Any,
     ) -> SimpleNamespace:
         import torch
 
@@ -107,8 +107,10 @@ class KPipeline:
             else:
                 keep = 1.0 - mask
 
-        denoiser = Denoiser(dict(pipe.scheduler.config), lambda x, t: guided_unet(unet, x, t, guidance, extra),
+        denoiser = Denoiser(dict(pipe.scheduler.config),
+                            lambda x, t: guided_unet(unet, x, t, guidance, extra, control),
                             unet.dtype, self.check, lcm=self.spec.lcm)
+        self.control = control  # ControlNet units (engine/control.py): told the steps of this pass in run()
         x0 = None
         if init is not None:
             x0 = init.float().expand(batch, -1, -1, -1) if init.shape[0] == 1 else init.float()
@@ -146,6 +148,8 @@ class KPipeline:
             # Timestep samplers start from unit noise in x_t = sqrt(a) x0 + sqrt(1 - a) eps.
             x = noise * (math.sqrt(1 + sigmas[0] ** 2) if self.spec.timesteps else start_sigma)
         self.num_timesteps = max(1, len(sigmas) - 1)
+        if getattr(self, "control", None) is not None:  # the units' guidance start/end are fractions of these steps
+            self.control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
         step_noise = self._noise_sampler(rng, sigmas, rng.seeds, x)
         x = ksampling.sample(self.function, denoiser, x, sigmas, step_noise, callback, self.eta,
                              **self.spec.sampler_options())

@@ -36,8 +36,22 @@ class UpscaleParams:
 
 
 @dataclass
+class ControlParams:
+    """One ControlNet unit (engine/control.py)."""
+
+    model: str = ""  # a ControlNet in the models folder
+    image: np.ndarray | None = None  # HxWx3/4 uint8, any size; None = the job's image
+    strength: float = 1.0
+    start: float = 0.0  # guidance start, fraction of the steps
+    end: float = 1.0
+    mode: str = "balanced"  # balanced | prompt | control
+    preprocess: str = "none"  # none | depth | canny | lineart | scribble | tile
+    resize_mode: str = "crop and resize"  # crop and resize | just resize | resize and fill
+
+
+@dataclass
 class JobParams:
-    kind: str = "txt2img"  # txt2img | img2img | inpaint
+    kind: str = "txt2img"  # txt2img | img2img | inpaint | upscale | preprocess
     prompt: str = ""
     negative_prompt: str = ""
     model: str = ""
@@ -74,6 +88,7 @@ class JobParams:
     eta_noise_seed_delta: int = 0  # WebUI "Eta noise seed delta" (ENSD)
     seed_resize_from_w: int = 0  # WebUI "Resize seed from width/height"; 0 = off
     seed_resize_from_h: int = 0
+    controls: list[ControlParams] = field(default_factory=list)
 
 
 @dataclass

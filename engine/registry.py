@@ -1,8 +1,8 @@
 """The models folder: what is in it, and safe lookup by name.
 
 Accepts the layouts users already have:
-- AUTOMATIC1111 WebUI: Stable-diffusion/, Lora/, VAE/, ESRGAN/, embeddings/
-- ComfyUI: checkpoints/, loras/, vae/, upscale_models/, embeddings/
+- AUTOMATIC1111 WebUI: Stable-diffusion/, Lora/, VAE/, ESRGAN/, embeddings/, ControlNet/
+- ComfyUI: checkpoints/, loras/, vae/, upscale_models/, embeddings/, controlnet/
 - a flat folder, where each `.safetensors` is classified from its header.
 Diffusers-format folders (with `model_index.json`) count as checkpoints.
 
@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.control import controlnet_family, looks_like_controlnet
 from engine.errors import EngineError
 from engine.families import FAMILIES, Detected, Family, detect, looks_like_lora, looks_like_upscaler, looks_like_vae
 
 CHECKPOINT, VAE, LORA, UPSCALER, EMBEDDING = "checkpoint", "vae", "lora", "upscaler", "embedding"
-KINDS = (CHECKPOINT, VAE, LORA, UPSCALER, EMBEDDING)
+CONTROLNET = "controlnet"
+KINDS = (CHECKPOINT, VAE, LORA, UPSCALER, EMBEDDING, CONTROLNET)
 
 # Folder name (lower case) -> what it holds, for the WebUI and ComfyUI layouts.
 ROLE_FOLDERS = {
@@ -39,6 +41,7 @@ ROLE_FOLDERS = {
     "realesrgan": UPSCALER,
     "upscale_models": UPSCALER,
     "embeddings": EMBEDDING,
+    "controlnet": CONTROLNET,  # the WebUI's ControlNet/ and ComfyUI's controlnet/
 }
 SAFE_EXTS = (".safetensors",)
 PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")  # loaded only with torch.load(weights_only=True)
@@ -150,7 +153,7 @@ class Registry:
                 dirnames[:] = [d for d in dirnames if d.lower() not in ROLE_FOLDERS]
             # Sidecar config folders (<stem>.config/) and hidden folders are not models.
             dirnames[:] = sorted(d for d in dirnames if not d.endswith(".config") and not d.startswith("."))
-            if (here / "model_index.json").is_file() and here != base:
+            if here != base and ((here / "model_index.json").is_file() or _is_controlnet_folder(here)):
                 dirnames[:] = []
                 yield here
                 continue
@@ -184,6 +187,11 @@ class Registry:
         detected: Detected | None = detect(shapes) if (shapes is not None and role == CHECKPOINT) else None
         if role == CHECKPOINT and shapes is not None and detected is None:
             return None
+        if role == CONTROLNET:
+            if shapes is not None and controlnet_family(shapes) is None:
+                return None  # T2I adapters, control-LoRAs...: not ControlNets this engine runs
+            family = controlnet_family(shapes) if shapes is not None else None  # a pickle: known once loaded
+            return ModelEntry(name=name, kind=role, path=path, format=fmt, family=family)
         return ModelEntry(
             name=name,
             kind=role,
@@ -194,6 +202,13 @@ class Registry:
         )
 
     def _diffusers_entry(self, path: Path, rel: Path) -> ModelEntry | None:
+        if _is_controlnet_folder(path):
+            config = json.loads((path / "config.json").read_text("utf-8"))
+            if config.get("addition_embed_type") == "text_time":
+                family = FAMILIES["sdxl"]
+            else:
+                family = FAMILIES["sd2" if config.get("cross_attention_dim") == 1024 else "sd15"]
+            return ModelEntry(rel.as_posix(), CONTROLNET, path, "diffusers", family)
         try:
             index = json.loads((path / "model_index.json").read_text("utf-8"))
             unet = json.loads((path / "unet" / "config.json").read_text("utf-8"))
@@ -265,11 +280,20 @@ def _signature(path: Path) -> tuple[int, int]:
     except OSError:
         return (0, 0)
     return (st.st_size, st.st_mtime_ns)
+def _is_controlnet_folder(path: Path) -> bool:
+    """A diffusers-format ControlNet: config.json naming ControlNetModel beside its weights."""
+    try:
+        config = json.loads((path / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("_class_name") == "ControlNetModel"
 
 
 def _kind_from_shapes(shapes: dict[str, list[int]]) -> str | None:
     if detect(shapes) is not None:
         return CHECKPOINT
+    if looks_like_controlnet(shapes):
+        return CONTROLNET
     if looks_like_lora(shapes):
         return LORA
     if looks_like_vae(shapes):

@@ -21,6 +21,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -206,8 +207,11 @@ def tiled_img2img(
     clip_skip: int = 1,
     eta: float | None = None,
     schedule_type: str = "Automatic",
+    control: Any = None,
 ) -> np.ndarray:
-    """img2img of an image of any size (multiple of 8) by MultiDiffusion."""
+    """img2img of an image of any size (multiple of 8) by MultiDiffusion.
+    `control` (engine.control.Control, at the image's size): each tile gets
+    its own crop of every control image."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -236,7 +240,9 @@ def tiled_img2img(
             if cancel is not None and cancel.is_set():
                 raise JobCancelled()
             tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
-            out = guided_unet(unet, tiles, t, _tile_guidance(conditioning, batch, cfg_scale, (lh, lw), model.family))
+            crops = [(v.y, v.x, v.size_h, v.size_w) for v in batch]
+            out = guided_unet(unet, tiles, t, _tile_guidance(conditioning, batch, cfg_scale, (lh, lw), model.family),
+                              control=control, crops=crops)
             for j, v in enumerate(batch):
                 prediction[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] += out[j : j + 1].float() * weight
             if report is not None:
@@ -248,12 +254,14 @@ def tiled_img2img(
 
     spec, schedule = resolve(sampler, schedule_type)
     with torch.inference_mode():
-        if spec.uses_function(eta):  # the blend is the denoiser's prediction
+        if spec.uses_function(eta) or control:  # the blend is the denoiser's prediction
             from engine.kpipeline import brownian_noise, plan_sigmas
 
             denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype, lcm=spec.lcm)
             sigmas, start = plan_sigmas(spec, schedule, denoiser, steps, strength, model.family == "sdxl")
             run = max(1, len(sigmas) - 1)
+            if control:
+                control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
 
             def step_done(x, denoised, fraction: float) -> None:
                 done[0] = round(fraction * run)

@@ -25,7 +25,7 @@ from protocol.messages import (
     Submit,
     Welcome,
 )
-from protocol.requests import HiresFix, JobKind, JobRequest, Upscale
+from protocol.requests import ControlUnit, HiresFix, JobKind, JobRequest, Upscale
 from protocol.version import PROTOCOL_VERSION
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Cancel",
     "Cancelled",
     "Capabilities",
+    "ControlUnit",
     "Error",
     "ErrorCode",
     "FetchResult",

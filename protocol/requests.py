@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from protocol.errors import invalid
@@ -27,6 +27,7 @@ class JobKind(str, Enum):
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
     UPSCALE = "upscale"
+    PREPROCESS = "preprocess"  # the control image alone: `image` through controls[0].preprocess
 
 
 @dataclass
@@ -55,6 +56,27 @@ class Upscale:
     tile_batch: int = bounded(4, 1, 64)  # tiles through the UNet at once
     vae_tile: int = bounded(512, 128, 4096)  # VAE encoder/decoder tile, pixels; halved on out-of-memory
     keep_size: bool = True  # scale the input image's size (else width/height x scale)
+
+
+MAX_CONTROLS = 4  # ControlNet units per job (each may load a model of up to ~2.5 GB)
+CONTROL_MODES = ("balanced", "prompt", "control")
+PREPROCESSORS = ("none", "depth", "canny", "lineart", "scribble", "tile")
+CONTROL_RESIZE = ("crop and resize", "just resize", "resize and fill")
+
+
+@dataclass
+class ControlUnit:
+    """One ControlNet unit, as the WebUI's ControlNet extension has them."""
+
+    model: str = ""  # a ControlNet in the models folder ("" only for a preprocess job)
+    image: RawImage | None = None  # any size, gray/RGB/RGBA; absent = the job's own image
+    strength: float = bounded(1.0, 0.0, 2.0)  # "Control Weight"
+    start: float = bounded(0.0, 0.0, 1.0)  # "Starting Control Step", a fraction of the steps
+    end: float = bounded(1.0, 0.0, 1.0)  # "Ending Control Step"
+    # balanced | prompt ("My prompt is more important") | control ("ControlNet is more important")
+    mode: str = choice("balanced", CONTROL_MODES)
+    preprocess: str = choice("none", PREPROCESSORS)  # run on the server before use
+    resize_mode: str = choice("crop and resize", CONTROL_RESIZE)  # how the image is fitted to the job's area
 
 
 @dataclass
@@ -106,6 +128,7 @@ class JobRequest:
     eta_noise_seed_delta: int = bounded(0, 0, MAX_SEED)  # WebUI "Eta noise seed delta"
     seed_resize_from_w: int = bounded(0, 0, MAX_GENERATE_SIDE)  # WebUI "Resize seed from width"; 0 = off
     seed_resize_from_h: int = bounded(0, 0, MAX_GENERATE_SIDE)
+    controls: list[ControlUnit] = field(default_factory=list)  # ControlNet units (and a preprocess job's one)
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
@@ -142,7 +165,7 @@ class JobRequest:
                                                     f"pixels (e.g. 64 tiles of 64, 4 of 256); got {options.tile_batch} x {options.tile}^2")
         if self.plot is not None:
             check(self.plot, self.prompt)
-        if kind in (JobKind.IMG2IMG, JobKind.INPAINT, JobKind.UPSCALE):
+        if kind in (JobKind.IMG2IMG, JobKind.INPAINT, JobKind.UPSCALE, JobKind.PREPROCESS):
             if self.image is None:
                 raise invalid("image", f"{kind.value} needs an image")
             if self.image.channels == 1:
@@ -161,3 +184,23 @@ class JobRequest:
             raise invalid("image", "txt2img takes no image; use img2img")
         # Every size the engine will make (derived from the image, hires, upscale), before queueing.
         check_sides(self)
+        self._validate_controls(kind)
+
+    def _validate_controls(self, kind: JobKind) -> None:
+        if len(self.controls) > MAX_CONTROLS:
+            raise invalid("controls", f"at most {MAX_CONTROLS} ControlNet units, got {len(self.controls)}")
+        for i, unit in enumerate(self.controls):
+            where = f"controls[{i}]"
+            if unit.start > unit.end:
+                raise invalid(f"{where}.start", f"{where}: start ({unit.start:g}) is after end ({unit.end:g})")
+            if unit.image is None and self.image is None:
+                raise invalid(f"{where}.image", f"{where} has no image and the {kind.value} job has none to lend it")
+            if unit.image is not None and unit.image.channels == 2:
+                raise invalid(f"{where}.image.channels", "a control image is gray, RGB or RGBA")
+            if kind is not JobKind.PREPROCESS and not unit.model:
+                raise invalid(f"{where}.model", f"{where} names no ControlNet")
+        if kind is JobKind.PREPROCESS:
+            if len(self.controls) != 1 or self.controls[0].preprocess == "none":
+                raise invalid("controls", "a preprocess job takes one unit naming its preprocess (depth, canny, ...)")
+            if self.plot is not None:
+                raise invalid("plot", "a preprocess job takes no plot")

@@ -19,6 +19,8 @@ from engine.tokenizers import write_tokenizer_files
 DEMO_VERSION = 2  # bump when the demo models change, so caches rebuild
 DEMO_CHECKPOINT = "paintbridge-demo"
 DEMO_UPSCALER = "paintbridge-demo-x4"
+DEMO_CONTROLNET = "paintbridge-demo-control"
+DEMO_DEPTH = "depth-anything-tiny"
 
 UNET = {
     "_class_name": "UNet2DConditionModel",
@@ -168,6 +170,12 @@ def demo_models_dir() -> Path:
     upscaler = root / "ESRGAN" / f"{DEMO_UPSCALER}.safetensors"
     if not upscaler.is_file():
         build_upscaler(upscaler)
+    controlnet = root / "ControlNet" / f"{DEMO_CONTROLNET}.safetensors"
+    if not controlnet.is_file():
+        build_controlnet(controlnet)
+    depth = root / "annotators" / DEMO_DEPTH
+    if not (depth / "model.safetensors").is_file():
+        build_depth_estimator(depth)
     return root
 
 
@@ -260,3 +268,62 @@ def build_real_architecture_checkpoint(path: Path, family: str, seed: int = 0, a
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+def build_controlnet(path: Path, seed: int = 0, layout: str = "ldm", unet: dict | None = None) -> Path:
+    """A tiny random-init ControlNet for the demo checkpoint's UNet, saved as users
+    have them: "ldm" (lllyasviel's `control_model.*` single file, with a
+    `<stem>.config/config.json` sidecar since its shapes are not SD1.5's),
+    "diffusers" (a single file in diffusers' keys, same sidecar) or "folder"
+    (a diffusers folder: config.json + diffusion_pytorch_model.safetensors).
+    The zero convolutions get small random weights so the unit changes the picture."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from engine.demo.ldm_layout import controlnet_to_ldm
+
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(UNet2DConditionModel.from_config(unet or UNET))
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+                param.normal_(0.0, 0.05)
+    if layout == "folder":
+        net.save_pretrained(str(path), safe_serialization=True)
+        return path
+    config = {k: v for k, v in dict(net.config).items() if not k.startswith("_")}
+    sidecar = path.with_suffix(".config")
+    sidecar.mkdir(parents=True, exist_ok=True)
+    (sidecar / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel", **config}, indent=2) + "\n")
+    state = net.state_dict() if layout == "diffusers" else controlnet_to_ldm(net.state_dict(), net.config)
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"paintbridge": "demo, random weights"})
+    tmp.replace(path)
+    return path
+
+
+def build_depth_estimator(folder: Path, seed: int = 0) -> Path:
+    """A tiny random-init Depth Anything (DINOv2 backbone + DPT head) in the
+    transformers format of depth-anything/Depth-Anything-V2-Small-hf: config.json,
+    model.safetensors, preprocessor_config.json."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=112, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                                 fusion_hidden_size=16, head_hidden_size=8, patch_size=14)
+    model = DepthAnythingForDepthEstimation(config).eval()
+    tmp = folder.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    DPTImageProcessor(do_resize=True, size={"height": 112, "width": 112}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                      resample=3, do_rescale=True, do_normalize=True, image_mean=[0.485, 0.456, 0.406],
+                      image_std=[0.229, 0.224, 0.225]).save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)
+    return folder

@@ -159,3 +159,37 @@ def open_clip_to_ldm(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str
             for hf, oc in _OPENCLIP_LAYER.items():
                 out[f"{dst}{oc}.{kind}"] = state[f"{src}{hf}.{kind}"]
     return out
+
+
+def controlnet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    """A diffusers ControlNetModel -> lllyasviel's original `control_model.*` layout
+    (the control_v11*_sd15_*.pth files): the UNet encoder's names, `zero_convs`,
+    `middle_block_out` and the `input_hint_block` (convs at even indices, 0 to 14)."""
+    unet_like = {**config, "up_block_types": []}
+    blocks = len(config.get("conditioning_embedding_out_channels", (16, 32, 96, 256))) * 2 - 2
+    out: dict[str, torch.Tensor] = {}
+    encoder = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if key.startswith("controlnet_cond_embedding."):
+            part = key.split(".")
+            if part[1] == "conv_in":
+                index = 0
+            elif part[1] == "conv_out":
+                index = 2 * (blocks + 1)
+            else:
+                index = 2 * (int(part[2]) + 1)
+            out[f"{_CONTROL}input_hint_block.{index}.{part[-1]}"] = value
+        elif head == "controlnet_down_blocks":
+            index, kind = rest.split(".")
+            out[f"{_CONTROL}zero_convs.{index}.0.{kind}"] = value
+        elif head == "controlnet_mid_block":
+            out[f"{_CONTROL}middle_block_out.0.{rest}"] = value
+        else:
+            encoder[key] = value
+    for key, value in unet_to_ldm(encoder, unet_like).items():
+        out[_CONTROL + key.removeprefix("model.diffusion_model.")] = value
+    return out
+
+
+_CONTROL = "control_model."
