@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
         p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
         p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
+        p.add_argument("--region", action="append", default=[], metavar="MASK.png[@WEIGHT]=PROMPT[||NEGATIVE]",
+                       help="a prompt for the mask's white (or opaque) pixels; repeatable. The base --prompt covers "
+                       "the rest. With --from-png, MASK.png alone takes the PNG's prompt for that region")
 
     generate = sub.add_parser("generate", help="text to image")
     job_args(generate)
@@ -314,6 +317,7 @@ def build_request(args: argparse.Namespace, plot=None):
         wire["inpaint_padding"] = args.padding
     if plot is not None:
         wire["plot"] = to_wire(plot)
+    wire["regions"] = region_wires(args.region, getattr(args, "png_regions", []))
     try:
         request = from_wire(JobRequest, wire)  # the server's own validation, before sending
         request.validate()
@@ -327,8 +331,66 @@ def build_request(args: argparse.Namespace, plot=None):
 _FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "--batch", "inpaint_padding": "--padding"}
 
 
+def region_wires(specs: list[str], from_png: list[dict]) -> list[dict]:
+    """`--region MASK.png[@WEIGHT]=PROMPT[||NEGATIVE]` -> wire regions. The path
+    ends at the first '='; '@' followed by a number sets the weight. A PNG's
+    regions (--from-png) give the prompts of specs that name only a mask; they
+    cannot give masks (a PNG's text holds no pixels), so they are not used alone."""
+    if from_png and not specs:
+        print(f"paintbridge: note: the PNG had {len(from_png)} region(s), but a PNG's text cannot hold their masks; "
+              "pass --region MASK.png for each to reproduce them", file=sys.stderr)
+    regions = []
+    for i, spec in enumerate(specs):
+        path, sep, text = spec.partition("=")
+        region: dict = {}
+        if sep:
+            prompt, bars, negative = text.partition("||")
+            region["prompt"] = prompt
+            if bars:
+                region["negative_prompt"] = negative
+        elif i < len(from_png):
+            region.update(from_png[i])
+        else:
+            raise CliError("invalid_request", f"--region {spec!r}: write MASK.png=PROMPT")
+        stem, at, weight = path.rpartition("@")
+        if at:
+            try:
+                region["weight"], path = float(weight), stem
+            except ValueError:
+                pass  # an '@' in the file name
+        region["mask"] = read_mask(Path(path)).to_wire()
+        regions.append(region)
+    return regions
+
+
+def read_mask(path: Path):
+    """A region mask: the alpha of an image that has one (an exported layer),
+    else its gray levels (white = the region)."""
+    from PIL import Image
+
+    from protocol import RawImage
+
+    image = read_image(path, "RGBA") if _has_alpha(path) else read_image(path, "L")
+    if image.channels == 4:
+        alpha = Image.frombytes("RGBA", image.size, image.data).getchannel("A")
+        return RawImage(alpha.width, alpha.height, 1, alpha.tobytes())
+    return image
+
+
+def _has_alpha(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    except OSError:
+        return False  # read_image reports it
+
+
 def _cli_field_message(exc) -> str:
     parts = exc.field.split(".")
+    if parts[0].startswith("regions"):
+        return f"--region: {exc.message}"
     name = "-".join(parts[:2]) if parts[0] == "hires" else parts[1] if parts[0] == "upscale" and len(parts) > 1 else parts[0]
     if not name:
         return exc.message
@@ -376,6 +438,16 @@ def settings_from_png(path: Path) -> dict:
                 settings[dest] = kind(fields[key])
         if "Size" in fields:
             settings["width"], settings["height"] = (int(v) for v in fields["Size"].split("x"))
+        regions, i = [], 1
+        while f"Region {i} prompt" in fields:  # prompts only: masks are pixels, not text
+            region: dict = {"prompt": fields[f"Region {i} prompt"]}
+            if f"Region {i} negative prompt" in fields:
+                region["negative_prompt"] = fields[f"Region {i} negative prompt"]
+            if f"Region {i} weight" in fields:
+                region["weight"] = float(fields[f"Region {i} weight"])
+            regions.append(region)
+            i += 1
+        settings["png_regions"] = regions
         if "Denoising strength" in fields and "hires_scale" in settings:
             settings["hires_denoise"] = float(fields["Denoising strength"])
     except ValueError as exc:

@@ -28,13 +28,15 @@ ENCODE_TILE = 1024  # pixels: larger inputs (hires passes) encode in tiles
 class KPipeline:
     """txt2img without `image`, img2img with it, inpainting with `mask_image` too."""
 
-    def __init__(self, model: Any, function: str, karras: bool, eta: float, check: Callable[[], None] | None = None):
+    def __init__(self, model: Any, function: str, karras: bool, eta: float, check: Callable[[], None] | None = None,
+                 regions: Any = None):
         self.model = model  # a LoadedModel
         self.function = function
         self.karras = karras
         self.eta = eta
         self.check = check
         self.num_timesteps = 0  # read by the step callback, as on a diffusers pipeline
+        self.regions = regions  # engine/regions.py RegionControl, masks in this call's frame; None = no regions
 
     def __call__(
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
@@ -74,8 +76,12 @@ class KPipeline:
             else:
                 keep = 1.0 - mask
 
-        denoiser = Denoiser(dict(pipe.scheduler.config), lambda x, t: guided_unet(unet, x, t, guidance, extra),
-                            unet.dtype, self.check)
+        def predict(x, t):
+            return guided_unet(unet, x, t, guidance, extra)
+
+        if self.regions is not None:  # a prompt per region, blended by the masks at every step
+            predict = self.regions.predictor(unet, guidance, extra, self.regions.weights(height // 8, width // 8, device))
+        denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check)
         sigmas = denoiser.sigmas(num_inference_steps, self.karras)
         if init is not None:
             # img2img: the last steps of the schedule, as many as the strength asks for.

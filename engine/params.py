@@ -34,6 +34,16 @@ class UpscaleParams:
 
 
 @dataclass
+class RegionParams:
+    """A prompt for part of the picture (engine/regions.py)."""
+
+    mask: np.ndarray  # HxW uint8, 255 = the region; soft edges blend
+    prompt: str = ""
+    negative_prompt: str | None = None  # None = the job's negative prompt
+    weight: float = 1.0
+
+
+@dataclass
 class JobParams:
     kind: str = "txt2img"  # txt2img | img2img | inpaint
     prompt: str = ""
@@ -61,6 +71,7 @@ class JobParams:
     vae: str = ""  # "" = the checkpoint's own
     hires: HiresParams | None = None
     upscale: UpscaleParams | None = None
+    regions: list[RegionParams] = field(default_factory=list)  # engine/regions.py; the base prompt covers the rest
 
 
 @dataclass

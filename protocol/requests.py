@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from protocol.errors import invalid
 from protocol.fields import bounded, choice
 from protocol.images import RawImage
 from protocol.plots import Plot, check
+from protocol.regions import Region, check_regions
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
 MAX_GENERATE_SIDE = 8192
@@ -76,6 +77,7 @@ class JobRequest:
     hires: HiresFix | None = None  # txt2img only
     upscale: Upscale | None = None  # upscale only (defaults when absent)
     plot: Plot | None = None  # X/Y/Z plot, prompt matrix or prompt list: many images, each labelled
+    regions: list[Region] = field(default_factory=list)  # a prompt per masked area (protocol/regions.py)
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
@@ -120,3 +122,4 @@ class JobRequest:
             raise invalid("mask", f"{kind.value} takes no mask")
         if kind is JobKind.TXT2IMG and self.image is not None:
             raise invalid("image", "txt2img takes no image; use img2img")
+        check_regions(self.regions, self.image)
