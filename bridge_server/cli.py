@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--region", action="append", default=[], metavar="MASK.png[@WEIGHT]=PROMPT[||NEGATIVE]",
                        help="a prompt for the mask's white (or opaque) pixels; repeatable. The base --prompt covers "
                        "the rest. With --from-png, MASK.png alone takes the PNG's prompt for that region")
+        p.add_argument("--few-step", nargs="?", const="auto", choices=["auto", "lcm", "turbo", "lightning", "hyper"],
+                       help="settings for a few-step model (steps, CFG 1, sampler): 'auto' (the default with no "
+                       "value) asks the server which the model or a LoRA in the prompt is; flags given win")
 
     generate = sub.add_parser("generate", help="text to image")
     job_args(generate)
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "from_png", None):
             # The PNG's settings become defaults; flags given explicitly still win.
             parser.commands["generate"].set_defaults(**settings_from_png(args.from_png))
+            args = parser.parse_args(argv)
+        if getattr(args, "few_step", None):
+            # The few-step model's settings become defaults; flags given explicitly still win.
+            parser.commands[args.command].set_defaults(**few_step_settings(args))
             args = parser.parse_args(argv)
         if args.command == "serve":
             from bridge_server.serve import run_server
@@ -213,6 +220,10 @@ def run_client_command(args: argparse.Namespace) -> int:
         for model in listing.models:
             mark = "*" if model.name == listing.default_model else " "
             detail = f"{model.family} {model.native_size}px" if model.family else ""
+            if model.few_step is not None:
+                f = model.few_step
+                detail += (f"  [{f.kind}: {f.steps} steps, CFG {f.cfg_scale:g}, {f.sampler}"
+                           f"{', ' + f.schedule if f.schedule else ''}]")
             print(f"{mark} {model.kind:<10} {model.name}  {detail}".rstrip())
     return 0
 
@@ -249,6 +260,43 @@ def run_grid(client: Client, args: argparse.Namespace) -> int:
     grids.draw_grid(images, labels, columns(plot, request.prompt)).save(args.out)
     print(f"wrote {args.out} (grid of {len(images)})", file=sys.stderr)
     return 0
+
+
+def few_step_settings(args: argparse.Namespace) -> dict:
+    """--few-step: the flags' defaults for a few-step model (engine/fewstep.py's
+    profiles). 'auto' asks the server what it recognised in the model or in
+    a LoRA the prompt names. A sampler the server lacks (LCM, until it has it)
+    falls back to Euler a, with a note."""
+    import re
+
+    from engine import fewstep
+
+    client = Client(args.server, token=args.token, client_id=client_id(), name=f"paintbridge-cli/{__version__}")
+    with client:
+        listing = client.list_models()
+        samplers = client.welcome.capabilities.samplers if client.welcome else []
+    if args.few_step == "auto":
+        model = args.model or listing.default_model
+        loras = {m.group(1) for m in re.finditer(r"<lora:([^:>]+)", args.prompt)}
+        found = [m.few_step for m in listing.models if m.few_step is not None and (
+            (m.kind == "checkpoint" and m.name == model) or (m.kind == "lora" and m.name in loras))]
+        if not found:
+            raise CliError("invalid_request", f"--few-step: the server recognises no LCM/Turbo/Lightning/Hyper model in "
+                           f"{model!r} or the prompt's LoRAs; name the kind: --few-step lightning")
+        profile = found[0]
+        kind, steps, cfg, sampler = profile.kind, profile.steps, profile.cfg_scale, profile.sampler
+    else:
+        p = fewstep.profile(args.few_step)
+        kind, steps, cfg, sampler = p.kind, p.steps, p.cfg_scale, p.sampler
+    if samplers and sampler not in samplers:
+        print(f"paintbridge: note: the server has no {sampler} sampler; using Euler a", file=sys.stderr)
+        sampler = "Euler a"
+    schedule = profile.schedule if args.few_step == "auto" else p.schedule
+    settings = {"steps": steps, "cfg": cfg, "sampler": sampler}
+    if schedule and "schedule" in vars(args):  # the WebUI's "Schedule type", where the CLI has it
+        settings["schedule"] = schedule
+    print(f"paintbridge: {kind}: {steps} steps, CFG {cfg:g}, {sampler}", file=sys.stderr)
+    return settings
 
 
 def announce(accepted) -> None:

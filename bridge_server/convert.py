@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.params import HiresParams, JobOutput, JobParams, RegionParams, UpscaleParams
 from protocol import RawImage, Result
+from protocol.fewstep import FewStepDefaults
 from protocol.requests import JobRequest
 
 _SHARED = [f.name for f in fields(JobParams) if f.name not in ("image", "mask", "hires", "upscale", "regions")]
@@ -29,6 +30,11 @@ def to_params(request: JobRequest) -> JobParams:
     if request.kind == "upscale":
         params.upscale = UpscaleParams(**asdict(request.upscale)) if request.upscale else UpscaleParams()
     return params
+
+
+def few_step_defaults(profile) -> FewStepDefaults | None:
+    """engine/fewstep.py's FewStep as the model listing sends it."""
+    return FewStepDefaults(**asdict(profile)) if profile is not None else None
 
 
 def to_raw(array: np.ndarray) -> RawImage:
