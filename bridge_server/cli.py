@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output PNG (required unless --detach); several images: OUT-001.png, OUT-002.png, ... "
                        "and OUT is their grid")
         detach_arg(p)
+        p.add_argument("--region", action="append", default=[], metavar="MASK.png[@WEIGHT]=PROMPT[||NEGATIVE]",
+                       help="a prompt for the mask's white (or opaque) pixels; repeatable. The base --prompt covers "
+                       "the rest. With --from-png, MASK.png alone takes the PNG's prompt for that region")
+        p.add_argument("--few-step", nargs="?", const="auto", choices=["auto", "lcm", "turbo", "lightning", "hyper"],
+                       help="settings for a few-step model (steps, CFG 1, sampler): 'auto' (the default with no "
+                       "value) asks the server which the model or a LoRA in the prompt is; flags given win")
 
     generate = command("generate", "text to image", _samplers_epilog())
     job_args(generate)
@@ -207,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             # The PNG's settings become defaults; flags given explicitly still win.
             parser.commands["generate"].set_defaults(**settings_from_png(args.from_png))
             args = parser.parse_args(argv)
+        if getattr(args, "few_step", None):
+            # The few-step model's settings become defaults; flags given explicitly still win.
+            parser.commands[args.command].set_defaults(**few_step_settings(args))
+            args = parser.parse_args(argv)
         if args.command == "serve":
             from bridge_server.serve import run_server
 
@@ -282,6 +292,10 @@ def run_client_command(args: argparse.Namespace) -> int:
         for model in listing.models:
             mark = "*" if model.name == listing.default_model else " "
             detail = f"{model.family} {model.native_size}px" if model.family else ""
+            if model.few_step is not None:
+                f = model.few_step
+                detail += (f"  [{f.kind}: {f.steps} steps, CFG {f.cfg_scale:g}, {f.sampler}"
+                           f"{', ' + f.schedule if f.schedule else ''}]")
             print(f"{mark} {model.kind:<10} {model.name}  {detail}".rstrip())
     return 0
 
@@ -375,6 +389,43 @@ def _interrupted(args: argparse.Namespace) -> None:
     except (ClientError, OSError) as exc:
         print(f"paintbridge: interrupted; could not cancel job {job} ({exc}): "
               f"paintbridge cancel --job {job}", file=sys.stderr)
+
+
+def few_step_settings(args: argparse.Namespace) -> dict:
+    """--few-step: the flags' defaults for a few-step model (engine/fewstep.py's
+    profiles). 'auto' asks the server what it recognised in the model or in
+    a LoRA the prompt names. A sampler the server lacks (LCM, until it has it)
+    falls back to Euler a, with a note."""
+    import re
+
+    from engine import fewstep
+
+    client = Client(args.server, token=args.token, client_id=client_id(), name=f"paintbridge-cli/{__version__}")
+    with client:
+        listing = client.list_models()
+        samplers = client.welcome.capabilities.samplers if client.welcome else []
+    if args.few_step == "auto":
+        model = args.model or listing.default_model
+        loras = {m.group(1) for m in re.finditer(r"<lora:([^:>]+)", args.prompt)}
+        found = [m.few_step for m in listing.models if m.few_step is not None and (
+            (m.kind == "checkpoint" and m.name == model) or (m.kind == "lora" and m.name in loras))]
+        if not found:
+            raise CliError("invalid_request", f"--few-step: the server recognises no LCM/Turbo/Lightning/Hyper model in "
+                           f"{model!r} or the prompt's LoRAs; name the kind: --few-step lightning")
+        profile = found[0]
+        kind, steps, cfg, sampler = profile.kind, profile.steps, profile.cfg_scale, profile.sampler
+    else:
+        p = fewstep.profile(args.few_step)
+        kind, steps, cfg, sampler = p.kind, p.steps, p.cfg_scale, p.sampler
+    if samplers and sampler not in samplers:
+        print(f"paintbridge: note: the server has no {sampler} sampler; using Euler a", file=sys.stderr)
+        sampler = "Euler a"
+    schedule = profile.schedule if args.few_step == "auto" else p.schedule
+    settings = {"steps": steps, "cfg": cfg, "sampler": sampler}
+    if schedule and "schedule" in vars(args):  # the WebUI's "Schedule type", where the CLI has it
+        settings["schedule"] = schedule
+    print(f"paintbridge: {kind}: {steps} steps, CFG {cfg:g}, {sampler}", file=sys.stderr)
+    return settings
 
 
 def announce(accepted) -> None:
@@ -472,6 +523,7 @@ def build_request(args: argparse.Namespace, plot=None):
         wire["inpaint_padding"] = args.padding
     if plot is not None:
         wire["plot"] = to_wire(plot)
+    wire["regions"] = region_wires(args.region, getattr(args, "png_regions", []))
     try:
         wire["controls"] = control_args.controls_wire(args, read_image)
     except control_args.ControlSpecError as exc:
@@ -503,12 +555,70 @@ def _validated(wire: dict):
     return request
 
 
+def region_wires(specs: list[str], from_png: list[dict]) -> list[dict]:
+    """`--region MASK.png[@WEIGHT]=PROMPT[||NEGATIVE]` -> wire regions. The path
+    ends at the first '='; '@' followed by a number sets the weight. A PNG's
+    regions (--from-png) give the prompts of specs that name only a mask; they
+    cannot give masks (a PNG's text holds no pixels), so they are not used alone."""
+    if from_png and not specs:
+        print(f"paintbridge: note: the PNG had {len(from_png)} region(s), but a PNG's text cannot hold their masks; "
+              "pass --region MASK.png for each to reproduce them", file=sys.stderr)
+    regions = []
+    for i, spec in enumerate(specs):
+        path, sep, text = spec.partition("=")
+        region: dict = {}
+        if sep:
+            prompt, bars, negative = text.partition("||")
+            region["prompt"] = prompt
+            if bars:
+                region["negative_prompt"] = negative
+        elif i < len(from_png):
+            region.update(from_png[i])
+        else:
+            raise CliError("invalid_request", f"--region {spec!r}: write MASK.png=PROMPT")
+        stem, at, weight = path.rpartition("@")
+        if at:
+            try:
+                region["weight"], path = float(weight), stem
+            except ValueError:
+                pass  # an '@' in the file name
+        region["mask"] = read_mask(Path(path)).to_wire()
+        regions.append(region)
+    return regions
+
+
+def read_mask(path: Path):
+    """A region mask: the alpha of an image that has one (an exported layer),
+    else its gray levels (white = the region)."""
+    from PIL import Image
+
+    from protocol import RawImage
+
+    image = read_image(path, "RGBA") if _has_alpha(path) else read_image(path, "L")
+    if image.channels == 4:
+        alpha = Image.frombytes("RGBA", image.size, image.data).getchannel("A")
+        return RawImage(alpha.width, alpha.height, 1, alpha.tobytes())
+    return image
+
+
+def _has_alpha(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    except OSError:
+        return False  # read_image reports it
+
+
 def _cli_field_message(exc) -> str:
     if exc.field.startswith("plot.prompts"):
         return f"--prompts-from-file: {exc.message}"
     if exc.field.startswith("controls"):
         return f"--control: {exc.message}"
     parts = exc.field.split(".")
+    if parts[0].startswith("regions"):
+        return f"--region: {exc.message}"
     name = "-".join(parts[:2]) if parts[0] == "hires" else parts[1] if parts[0] == "upscale" and len(parts) > 1 else parts[0]
     if not name:
         return exc.message
@@ -562,6 +672,16 @@ def settings_from_png(path: Path) -> dict:
             settings["sampler"], settings["schedule_type"] = sampler_and_schedule(fields, SCHEDULE_TYPES)
         if "Size" in fields:
             settings["width"], settings["height"] = (int(v) for v in fields["Size"].split("x"))
+        regions, i = [], 1
+        while f"Region {i} prompt" in fields:  # prompts only: masks are pixels, not text
+            region: dict = {"prompt": fields[f"Region {i} prompt"]}
+            if f"Region {i} negative prompt" in fields:
+                region["negative_prompt"] = fields[f"Region {i} negative prompt"]
+            if f"Region {i} weight" in fields:
+                region["weight"] = float(fields[f"Region {i} weight"])
+            regions.append(region)
+            i += 1
+        settings["png_regions"] = regions
         if "Denoising strength" in fields and "hires_scale" in settings:
             settings["hires_denoise"] = float(fields["Denoising strength"])
         settings["png_controls"] = control_args.png_controls(fields)  # their images come with --control

@@ -6,11 +6,13 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
-from engine.params import ControlParams, HiresParams, JobOutput, JobParams, UpscaleParams
+from engine.params import ControlParams, HiresParams, JobOutput, JobParams, RegionParams, UpscaleParams
 from protocol import RawImage, Result
+from protocol.fewstep import FewStepDefaults
 from protocol.requests import JobRequest
 
-_SHARED = [f.name for f in fields(JobParams) if f.name not in ("image", "mask", "hires", "upscale", "controls")]
+_SHARED = [f.name for f in fields(JobParams)
+           if f.name not in ("image", "mask", "hires", "upscale", "controls", "regions")]
 
 
 def array_view(image: RawImage) -> np.ndarray:
@@ -25,6 +27,7 @@ def to_params(request: JobRequest) -> JobParams:
     params.mask = array_view(request.mask) if request.mask is not None else None
     if request.hires is not None:
         params.hires = HiresParams(**asdict(request.hires))
+    params.regions = [RegionParams(array_view(r.mask), r.prompt, r.negative_prompt, r.weight) for r in request.regions]
     if request.kind == "upscale":
         params.upscale = UpscaleParams(**asdict(request.upscale)) if request.upscale else UpscaleParams()
     params.controls = [
@@ -33,6 +36,11 @@ def to_params(request: JobRequest) -> JobParams:
         for unit in request.controls
     ]
     return params
+
+
+def few_step_defaults(profile) -> FewStepDefaults | None:
+    """engine/fewstep.py's FewStep as the model listing sends it."""
+    return FewStepDefaults(**asdict(profile)) if profile is not None else None
 
 
 def to_raw(array: np.ndarray) -> RawImage:

@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge_server import __version__, security
 from bridge_server.config import ServerConfig
-from bridge_server.convert import plot_result, to_params, to_raw, to_result
+from bridge_server.convert import few_step_defaults, plot_result, to_params, to_raw, to_result
 from bridge_server.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, ResultStore
 from engine.errors import EngineError, JobCancelled
 from engine.jobs import Engine
@@ -340,7 +340,9 @@ class PaintBridgeServer:
 
     def _model_infos(self) -> list[ModelInfo]:
         return [
-            ModelInfo(e.name, e.kind, e.family.name if e.family else "", e.native_size) for e in self.engine.registry.list()
+            ModelInfo(e.name, e.kind, e.family.name if e.family else "", e.native_size,
+                      few_step_defaults(e.few_step))
+            for e in self.engine.registry.list()
         ]
 
     # -- messages ----------------------------------------------------------------

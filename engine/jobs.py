@@ -8,6 +8,7 @@ callback, and format the WebUI-style record of what was done.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import autosize, control, embeddings, inpainting, loras, masks, preprocess, tiled, vaes
+from engine import autosize, control, embeddings, inpainting, loras, masks, preprocess, regions, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, NoiseOptions, decode_images
@@ -105,6 +106,15 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         engine.registry.get(params.vae or engine.default_vae, VAE, field="vae")
     for name, _ in extract_loras(params.prompt)[1]:
         engine.registry.get(name, LORA, field="prompt")
+    if params.regions:
+        regions.check_regions(params.regions)
+        if params.controls:  # the regions' batched prompts do not carry ControlNet residuals yet
+            raise EngineError("invalid_request", "regions and ControlNet units in one job are not supported yet; "
+                              "use one or the other", field="regions")
+        if not lookup(params.sampler).function:
+            raise EngineError("invalid_request", f"regions need a sampler written in engine/ksampling.py; "
+                              f"{lookup(params.sampler).name} has none yet (use Euler a, DPM2 a, DPM++ 2S a, DPM fast "
+                              "or DPM adaptive)", field="sampler")
     entry = engine.registry.get(params.model, CHECKPOINT) if params.model else None
     if params.kind == "upscale":
         options = params.upscale or UpscaleParams()
@@ -131,6 +141,9 @@ def run_job(
     if params.subseed < 0 and params.subseed_strength > 0:
         params = replace(params, subseed=resolve_seeds(-1, 1)[0])  # one random variation seed, reported
     entry = check_job(engine, params)  # bad input fails before loading anything
+    if any(not r.mask.any() for r in params.regions):
+        # An empty region paints nowhere: dropped, so the job runs exactly as it would without it.
+        params = replace(params, regions=[r for r in params.regions if r.mask.any()])
     if entry is not None and not params.vae:
         # The request's VAE, else the server's default, else the checkpoint's own VAE file, else its baked-in one.
         own = engine.registry.vae_for(entry)
@@ -160,7 +173,8 @@ def run_job(
         model = load_checkpoint(engine, entry, by_default=not params.model)
         loras.activate(model, engine.registry, wanted_loras)
         vaes.activate(model, engine.models, engine.registry, params.vae)
-        embeddings.activate(model, engine.registry, params.prompt, params.negative_prompt)
+        embeddings.activate(model, engine.registry, " ".join([params.prompt, *(r.prompt for r in params.regions)]),
+                            " ".join([params.negative_prompt, *(r.negative_prompt or "" for r in params.regions)]))
         if params.batch_count == 1 or params.kind == "upscale":
             return batch(model, params)
         # WebUI "Batch count": batches one after another, seeds continuing.
@@ -326,14 +340,16 @@ def steps_run(steps: int, strength: float, sampler: str = "Euler a") -> int:
     return int(denoise_steps(steps, strength, sampler) * strength)
 
 
-def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel: CancelFlag | None):
+def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel: CancelFlag | None,
+             region_control: regions.RegionControl | None = None):
     """The pipeline for a task: diffusers' with the sampler's scheduler, or
     KPipeline for the samplers written here (engine/ksampling.py), which is
-    also where ControlNet units act (inside its denoiser)."""
+    also where the per-step features act, inside its denoiser: ControlNet
+    units (engine/control.py) and regions (engine/regions.py)."""
     spec, schedule = resolve(params.sampler, params.schedule_type)
     if spec.uses_function(params.eta):
         return KPipeline(model, spec, eta=spec.eta_for(params.eta), check=lambda: _check_cancel(cancel),
-                         schedule=schedule, noise=noise_options(params, params.batch_size))
+                         schedule=schedule, noise=noise_options(params, params.batch_size), regions=region_control)
     pipe = model.pipeline(task)
     pipe.scheduler = make_scheduler(spec.name, model.base.scheduler.config, seed)
     return pipe
@@ -351,8 +367,9 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
     width, height = _size(params, model.native_size)
     seeds = resolve_seeds(params.seed, params.batch_size)
     kwargs = _common(model, params, seeds, progress, cancel)
+    region_control = _regions(model, params, lambda mask: _fit(mask, params.resize_mode, width, height, Image.BILINEAR))
     if params.hires is not None:
-        return _hires(engine, model, params, seeds, kwargs, width, height, units or [])
+        return _hires(engine, model, params, seeds, kwargs, width, height, units or [], region_control)
     if units:
         kwargs["control"] = control.control_for(units, width, height)
     if params.kind == "img2img":
@@ -360,11 +377,11 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
         if params.strength == 0:  # nothing to denoise: the layer comes back as it is
             images = [_opaque(params.image)] * len(seeds)
             return _output(model, params, images, seeds, *params.image.shape[1::-1])
-        pipe = _prepare(model, "img2img", params, seeds[0], cancel)
+        pipe = _prepare(model, "img2img", params, seeds[0], cancel, region_control)
         kwargs.update(image=_init_image(model, params, width, height), strength=params.strength,
                       num_inference_steps=denoise_steps(params.steps, params.strength, params.sampler))
     else:
-        pipe = _prepare(model, "txt2img", params, seeds[0], cancel)
+        pipe = _prepare(model, "txt2img", params, seeds[0], cancel, region_control)
         kwargs.update(width=width, height=height, latents=_noise(model, params, seeds, width, height))
     images = _to_rgba(pipe(**kwargs).images)
     if params.kind == "img2img" and params.image is not None and not (params.width or params.height):
@@ -388,22 +405,35 @@ def _noise(model: LoadedModel, params: JobParams, seeds: list[int], width: int, 
     return noise.to(model.base._execution_device, model.base.unet.dtype)
 
 
+def _regions(model: LoadedModel, params: JobParams, fit: regions.Fit) -> regions.RegionControl | None:
+    """The job's regions, prompts encoded and masks fitted into the work area."""
+    return regions.prepare(model, extract_loras(params.prompt)[0], params.negative_prompt, params.regions,
+                           params.cfg_scale, params.clip_skip, fit)
+
+
+def _fit(source: Image.Image, mode: str, width: int, height: int, resample=Image.LANCZOS) -> Image.Image:
+    """An image (the layer, or a region's mask) at the working size, by the WebUI's resize modes."""
+    if mode == "crop and resize":  # cover the target, cut the overflow
+        scale = max(width / source.width, height / source.height)
+        w, h = round(source.width * scale), round(source.height * scale)
+        big = source.resize((w, h), resample)
+        return big.crop(((w - width) // 2, (h - height) // 2, (w - width) // 2 + width, (h - height) // 2 + height))
+    if mode == "resize and fill":  # fit inside; the stretched image fills the margins
+        scale = min(width / source.width, height / source.height)
+        w, h = max(1, round(source.width * scale)), max(1, round(source.height * scale))
+        canvas = source.resize((width, height), resample)
+        canvas.paste(source.resize((w, h), resample), ((width - w) // 2, (height - h) // 2))
+        return canvas
+    return source.resize((width, height), resample)
+
+
 def _init_image(model: LoadedModel, params: JobParams, width: int, height: int) -> Any:
     """img2img input at the working size, by the WebUI's resize modes."""
     assert params.image is not None
     source = _rgb(params.image)
     mode = params.resize_mode
-    if mode == "crop and resize":  # cover the target, cut the overflow
-        scale = max(width / source.width, height / source.height)
-        w, h = round(source.width * scale), round(source.height * scale)
-        big = source.resize((w, h), Image.LANCZOS)
-        return big.crop(((w - width) // 2, (h - height) // 2, (w - width) // 2 + width, (h - height) // 2 + height))
-    if mode == "resize and fill":  # fit inside; the stretched image fills the margins
-        scale = min(width / source.width, height / source.height)
-        w, h = max(1, round(source.width * scale)), max(1, round(source.height * scale))
-        canvas = source.resize((width, height), Image.LANCZOS)
-        canvas.paste(source.resize((w, h), Image.LANCZOS), ((width - w) // 2, (height - h) // 2))
-        return canvas
+    if mode in ("crop and resize", "resize and fill"):
+        return _fit(source, mode, width, height)
     if mode == "latent upscale" and (source.width, source.height) != (width, height):
         import torch
 
@@ -415,7 +445,8 @@ def _init_image(model: LoadedModel, params: JobParams, width: int, height: int) 
 
 
 def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[int], kwargs: dict[str, Any],
-           width: int, height: int, units: list[control.Prepared]) -> JobOutput:
+           width: int, height: int, units: list[control.Prepared],
+           region_control: regions.RegionControl | None = None) -> JobOutput:
     """WebUI hires fix: txt2img at the base size, upscale, img2img at the target size."""
     import torch
 
@@ -427,7 +458,7 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     reporter: _StepReporter = kwargs["callback_on_step_end"]
     reporter.grand_total = params.steps + second
     latent = hires.upscaler == "Latent"
-    first = _prepare(model, "txt2img", params, seeds[0], reporter.cancel)(
+    first = _prepare(model, "txt2img", params, seeds[0], reporter.cancel, region_control)(
         **{**kwargs, "output_type": "latent" if latent else "np"}, width=width, height=height,
         latents=_noise(model, params, seeds, width, height),
         **({"control": control.control_for(units, width, height)} if units else {}),
@@ -444,7 +475,7 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     if second == 0:  # denoise 0: the upscaled first pass is the result
         out = _to_rgba(decode_images(model.base.vae, init)) if latent else [np.asarray(im.convert("RGBA")) for im in init]
     else:
-        pipe = _prepare(model, "img2img", params, seeds[0], reporter.cancel)
+        pipe = _prepare(model, "img2img", params, seeds[0], reporter.cancel, region_control)  # masks scale with the latent
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
         if units:  # the second pass sees the control image at the target size
             kwargs = {**kwargs, "control": control.control_for(units, target_w, target_h, hires=True)}
@@ -489,6 +520,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
             params.cfg_scale, seeds[0], options.tile, options.overlap, options.tile_batch, options.vae_tile, report,
             cancel, params.clip_skip, params.eta, params.schedule_type,
             control.control_for(units, *work) if units else None,
+            _regions(model, params, lambda mask: mask.resize(work, Image.BILINEAR)),
         )
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
@@ -503,6 +535,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         "model": model.entry.name if model else "", "upscale_by": options.scale,
         "upscaler": options.upscaler or _default_upscaler(engine), "denoising_strength": options.denoise,
         "tile": options.tile, "overlap": options.overlap, "tile_batch": options.tile_batch,
+        **regions.infotext_fields(params.regions),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
 
@@ -540,7 +573,8 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel,
     crop_rgb = inpainting.prefill(crop_rgb, mask[y0:y1, x0:x1], params.inpaint_mode, unknown, params.strength)
     crop = Image.fromarray(crop_rgb).resize((work_w, work_h), Image.LANCZOS)
     crop_mask = Image.fromarray(np.ascontiguousarray(mask[y0:y1, x0:x1]), "L").resize((work_w, work_h), Image.LANCZOS)
-    pipe = _prepare(model, "inpaint", params, seeds[0], cancel)
+    region_control = _regions(model, params, lambda m: m.crop((x0, y0, x1, y1)).resize((work_w, work_h), Image.BILINEAR))
+    pipe = _prepare(model, "inpaint", params, seeds[0], cancel, region_control)
     kwargs = _common(model, params, seeds, progress, cancel)
     if params.strength == 0:  # nothing to repaint
         images = [np.zeros_like(_opaque(image)) if params.result_alpha == "mask" else _opaque(image) for _ in seeds]
@@ -622,13 +656,12 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
             parameters.update(mask_grow=params.mask_grow, mask_feather=params.mask_feather)
         if params.inpaint_mode != "original":
             parameters["inpaint_mode"] = params.inpaint_mode
+    parameters.update(regions.infotext_fields(params.regions))
     return JobOutput(images, seeds, parameters, infotext(parameters))
 
 
 def _quote(value: str) -> str:
     """As the WebUI: values with separators are written as JSON strings."""
-    import json
-
     return json.dumps(value, ensure_ascii=False) if any(c in value for c in ',:"\n') else value
 
 
@@ -680,6 +713,14 @@ def infotext(p: dict[str, Any]) -> str:
             fields.append(f"Tiled Diffusion: MultiDiffusion, tile {p['tile']}, overlap {p['overlap']}")
     for key, value in p.get("controlnet", {}).items():  # as the WebUI's ControlNet extension writes them
         fields.append(f"{key}: {_quote(value)}")
+    i = 1
+    while f"region_{i}_prompt" in p:  # regions' prompts (their masks are pixels: not in the text)
+        fields.append(f"Region {i} prompt: {_quote(p[f'region_{i}_prompt'])}")
+        if f"region_{i}_negative_prompt" in p:
+            fields.append(f"Region {i} negative prompt: {_quote(p[f'region_{i}_negative_prompt'])}")
+        if f"region_{i}_weight" in p:
+            fields.append(f"Region {i} weight: {p[f'region_{i}_weight']:g}")
+        i += 1
     lines = [p["prompt"]]
     if p["negative_prompt"]:
         lines.append(f"Negative prompt: {p['negative_prompt']}")

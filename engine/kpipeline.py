@@ -50,7 +50,7 @@ class KPipeline:
 
     def __init__(self, model: Any, sampler: SamplerSpec | str, karras: bool = False, eta: float = 1.0,
                  check: Callable[[], None] | None = None, schedule: str = "Automatic",
-                 noise: NoiseOptions | None = None):
+                 noise: NoiseOptions | None = None, regions: Any = None):
         if isinstance(sampler, str):
             sampler = SamplerSpec(sampler, sampler, schedule="Karras" if karras else "Uniform")
         self.model = model  # a LoadedModel
@@ -60,6 +60,7 @@ class KPipeline:
         self.check = check
         self.noise_options = noise or NoiseOptions()
         self.num_timesteps = 0  # read by the step callback, as on a diffusers pipeline
+        self.regions = regions  # engine/regions.py RegionControl, masks in this call's frame; None = no regions
 
     @property
     def function(self) -> str:
@@ -107,9 +108,12 @@ class KPipeline:
             else:
                 keep = 1.0 - mask
 
-        denoiser = Denoiser(dict(pipe.scheduler.config),
-                            lambda x, t: guided_unet(unet, x, t, guidance, extra, control),
-                            unet.dtype, self.check, lcm=self.spec.lcm)
+        def predict(x, t):
+            return guided_unet(unet, x, t, guidance, extra, control)
+
+        if self.regions is not None:  # a prompt per region, blended by the masks at every step
+            predict = self.regions.predictor(unet, guidance, extra, self.regions.weights(height // 8, width // 8, device))
+        denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check, lcm=self.spec.lcm)
         self.control = control  # ControlNet units (engine/control.py): told the steps of this pass in run()
         x0 = None
         if init is not None:

@@ -50,6 +50,16 @@ class ControlParams:
 
 
 @dataclass
+class RegionParams:
+    """A prompt for part of the picture (engine/regions.py)."""
+
+    mask: np.ndarray  # HxW uint8, 255 = the region; soft edges blend
+    prompt: str = ""
+    negative_prompt: str | None = None  # None = the job's negative prompt
+    weight: float = 1.0
+
+
+@dataclass
 class JobParams:
     kind: str = "txt2img"  # txt2img | img2img | inpaint | upscale | preprocess
     prompt: str = ""
@@ -89,6 +99,7 @@ class JobParams:
     seed_resize_from_w: int = 0  # WebUI "Resize seed from width/height"; 0 = off
     seed_resize_from_h: int = 0
     controls: list[ControlParams] = field(default_factory=list)
+    regions: list[RegionParams] = field(default_factory=list)  # engine/regions.py; the base prompt covers the rest
 
 
 @dataclass

@@ -23,6 +23,8 @@ from pathlib import Path
 from engine.control import controlnet_family, looks_like_controlnet
 from engine.errors import EngineError
 from engine.families import FAMILIES, Detected, Family, detect, looks_like_lora, looks_like_upscaler, looks_like_vae
+from engine.fewstep import FewStep, read_metadata
+from engine.fewstep import detect as detect_few_step
 
 CHECKPOINT, VAE, LORA, UPSCALER, EMBEDDING = "checkpoint", "vae", "lora", "upscaler", "embedding"
 CONTROLNET = "controlnet"
@@ -56,6 +58,7 @@ class ModelEntry:
     format: str  # safetensors | pickle | diffusers
     family: Family | None = None
     inpainting: bool = False
+    few_step: FewStep | None = None  # LCM / Turbo / Lightning / Hyper (engine/fewstep.py): its defaults
 
     @property
     def native_size(self) -> int:
@@ -192,6 +195,9 @@ class Registry:
                 return None  # T2I adapters, control-LoRAs...: not ControlNets this engine runs
             family = controlnet_family(shapes) if shapes is not None else None  # a pickle: known once loaded
             return ModelEntry(name=name, kind=role, path=path, format=fmt, family=family)
+        few_step = None
+        if role in (CHECKPOINT, LORA):
+            few_step = detect_few_step(name, read_metadata(path) if fmt == "safetensors" else None)
         return ModelEntry(
             name=name,
             kind=role,
@@ -199,6 +205,7 @@ class Registry:
             format=fmt,
             family=detected.family if detected else None,
             inpainting=detected.inpainting if detected else False,
+            few_step=few_step,
         )
 
     def _diffusers_entry(self, path: Path, rel: Path) -> ModelEntry | None:
@@ -221,7 +228,8 @@ class Registry:
             family = FAMILIES["sd2"]
         else:
             family = FAMILIES["sd15"]
-        return ModelEntry(rel.as_posix(), CHECKPOINT, path, "diffusers", family, unet.get("in_channels") == 9)
+        return ModelEntry(rel.as_posix(), CHECKPOINT, path, "diffusers", family, unet.get("in_channels") == 9,
+                          detect_few_step(rel.as_posix(), None, unet))
 
     def _shapes(self, path: Path) -> dict[str, list[int]] | None:
         st = path.stat()

@@ -32,6 +32,7 @@ from engine.errors import JobCancelled
 from engine.models import LoadedModel, free_memory, is_out_of_memory
 from engine.params import CancelFlag
 from engine.prompts import extract_loras
+from engine.regions import RegionControl
 from engine.samplers import make_scheduler, resolve
 
 MIN_VAE_TILE = 128
@@ -208,10 +209,12 @@ def tiled_img2img(
     eta: float | None = None,
     schedule_type: str = "Automatic",
     control: Any = None,
+    regions: RegionControl | None = None,
 ) -> np.ndarray:
     """img2img of an image of any size (multiple of 8) by MultiDiffusion.
     `control` (engine.control.Control, at the image's size): each tile gets
-    its own crop of every control image."""
+    its own crop of every control image; with `regions` (masks at the image's
+    size) each tile blends its crop of them."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -230,6 +233,7 @@ def tiled_img2img(
     coverage = torch.zeros((lh, lw), device=device, dtype=torch.float32)
     for v in grid:
         coverage[v.y : v.y + v.size_h, v.x : v.x + v.size_w] += weight
+    region_weights = regions.weights(lh, lw, device) if regions is not None else None
     done = [0]  # steps finished, for the progress report
     run = min(max(1, int(steps * strength)), steps)  # steps this partial denoise runs
 
@@ -240,9 +244,13 @@ def tiled_img2img(
             if cancel is not None and cancel.is_set():
                 raise JobCancelled()
             tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
-            crops = [(v.y, v.x, v.size_h, v.size_w) for v in batch]
-            out = guided_unet(unet, tiles, t, _tile_guidance(conditioning, batch, cfg_scale, (lh, lw), model.family),
-                              control=control, crops=crops)
+            guidance = _tile_guidance(conditioning, batch, cfg_scale, (lh, lw), model.family)
+            if region_weights is not None:  # each tile's crop of the region weights (engine/regions.py)
+                weights = torch.cat([region_weights[:, :, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch], 1)
+                out = regions.blend(unet, tiles, t, guidance, None, weights)
+            else:
+                crops = [(v.y, v.x, v.size_h, v.size_w) for v in batch]
+                out = guided_unet(unet, tiles, t, guidance, control=control, crops=crops)
             for j, v in enumerate(batch):
                 prediction[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] += out[j : j + 1].float() * weight
             if report is not None:

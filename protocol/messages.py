@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from protocol.fewstep import FewStepDefaults
 from protocol.fields import bounded
 from protocol.images import RawImage
 from protocol.requests import JobRequest
@@ -36,6 +37,7 @@ class ModelInfo:
     kind: str  # checkpoint | vae | lora | upscaler | embedding
     family: str = ""  # sd15 | sd2 | sdxl (checkpoints)
     native_size: int = 0  # 512 | 768 | 1024 (checkpoints)
+    few_step: FewStepDefaults | None = None  # LCM / Turbo / Lightning / Hyper checkpoints and LoRAs: their settings
 
 
 @dataclass

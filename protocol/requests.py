@@ -10,6 +10,7 @@ from protocol.fields import bounded, choice
 from protocol.images import RawImage
 from protocol.limits import MAX_GENERATE_SIDE, check_sides
 from protocol.plots import Plot, check
+from protocol.regions import Region, check_regions
 from protocol.resolution import RESOLUTIONS
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
@@ -129,6 +130,7 @@ class JobRequest:
     seed_resize_from_w: int = bounded(0, 0, MAX_GENERATE_SIDE)  # WebUI "Resize seed from width"; 0 = off
     seed_resize_from_h: int = bounded(0, 0, MAX_GENERATE_SIDE)
     controls: list[ControlUnit] = field(default_factory=list)  # ControlNet units (and a preprocess job's one)
+    regions: list[Region] = field(default_factory=list)  # a prompt per masked area (protocol/regions.py)
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
@@ -185,6 +187,7 @@ class JobRequest:
         # Every size the engine will make (derived from the image, hires, upscale), before queueing.
         check_sides(self)
         self._validate_controls(kind)
+        check_regions(self.regions, self.image)
 
     def _validate_controls(self, kind: JobKind) -> None:
         if len(self.controls) > MAX_CONTROLS:
