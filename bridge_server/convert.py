@@ -6,11 +6,11 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
-from engine.params import HiresParams, JobOutput, JobParams, UpscaleParams
+from engine.params import HiresParams, JobOutput, JobParams, RestoreParams, UpscaleParams
 from protocol import RawImage, Result
 from protocol.requests import JobRequest
 
-_SHARED = [f.name for f in fields(JobParams) if f.name not in ("image", "mask", "hires", "upscale")]
+_SHARED = [f.name for f in fields(JobParams) if f.name not in ("image", "mask", "hires", "upscale", "restore")]
 
 
 def array_view(image: RawImage) -> np.ndarray:
@@ -27,6 +27,8 @@ def to_params(request: JobRequest) -> JobParams:
         params.hires = HiresParams(**asdict(request.hires))
     if request.kind == "upscale":
         params.upscale = UpscaleParams(**asdict(request.upscale)) if request.upscale else UpscaleParams()
+    if request.restore is not None:
+        params.restore = RestoreParams(**asdict(request.restore))
     return params
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import embeddings, loras, masks, tiled, vaes
+from engine import embeddings, loras, masks, restore, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, decode_images
@@ -68,6 +68,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
     for name, _ in extract_loras(params.prompt)[1]:
         engine.registry.get(name, LORA, field="prompt")
     entry = engine.registry.get(params.model, CHECKPOINT) if params.model else None
+    if params.restore is not None:
+        restore.check(params.kind, lookup(params.sampler), (params.upscale or UpscaleParams()).denoise)
     if params.kind == "upscale":
         options = params.upscale or UpscaleParams()
         engine.upscalers.resolve(options.upscaler, "upscale.upscaler")
@@ -254,6 +256,9 @@ def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel
     """The pipeline for a task: diffusers' with the sampler's scheduler, or
     KPipeline for the samplers written here (engine/ksampling.py)."""
     spec = lookup(params.sampler)
+    if params.restore is not None and task != "txt2img":  # a Denoiser hook: the k-path (engine/restore.py)
+        return KPipeline(model, restore.sampler_function(spec), spec.karras, spec.eta_for(params.eta),
+                         lambda: _check_cancel(cancel), params.restore)
     if spec.uses_function(params.eta):
         return KPipeline(model, spec.function, spec.karras, spec.eta_for(params.eta), lambda: _check_cancel(cancel))
     pipe = model.pipeline(task)
@@ -388,7 +393,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         upscaled = tiled.tiled_img2img(
             model, params.sampler, source, params.prompt, params.negative_prompt, params.steps, options.denoise,
             params.cfg_scale, seeds[0], options.tile, options.overlap, options.tile_batch, options.vae_tile, report,
-            cancel, params.clip_skip, params.eta,
+            cancel, params.clip_skip, params.eta, params.restore,
         )
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
@@ -403,6 +408,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         "model": model.entry.name if model else "", "upscale_by": options.scale,
         "upscaler": options.upscaler or _default_upscaler(engine), "denoising_strength": options.denoise,
         "tile": options.tile, "overlap": options.overlap, "tile_batch": options.tile_batch,
+        **restore.parameters(params.restore),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
 
@@ -476,6 +482,7 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
         parameters["denoising_strength"] = params.strength
     if params.kind == "inpaint":
         parameters.update(mask_blur=params.mask_blur, inpaint_padding=params.inpaint_padding)
+    parameters.update(restore.parameters(params.restore))
     return JobOutput(images, seeds, parameters, infotext(parameters))
 
 
@@ -519,6 +526,7 @@ def infotext(p: dict[str, Any]) -> str:
         fields += [f"Upscale by: {p['upscale_by']:g}", f"Upscaler: {p['upscaler']}"]
         if p["denoising_strength"]:
             fields.append(f"Tiled Diffusion: MultiDiffusion, tile {p['tile']}, overlap {p['overlap']}")
+    fields += restore.infotext_fields(p)
     lines = [p["prompt"]]
     if p["negative_prompt"]:
         lines.append(f"Negative prompt: {p['negative_prompt']}")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import ksampling, tiled
+from engine import restore, tiled
 from engine.denoiser import Denoiser, Guidance, guided_unet
 
 ENCODE_TILE = 1024  # pixels: larger inputs (hires passes) encode in tiles
@@ -28,12 +28,14 @@ ENCODE_TILE = 1024  # pixels: larger inputs (hires passes) encode in tiles
 class KPipeline:
     """txt2img without `image`, img2img with it, inpainting with `mask_image` too."""
 
-    def __init__(self, model: Any, function: str, karras: bool, eta: float, check: Callable[[], None] | None = None):
+    def __init__(self, model: Any, function: str, karras: bool, eta: float, check: Callable[[], None] | None = None,
+                 restoring: Any = None):
         self.model = model  # a LoadedModel
         self.function = function
         self.karras = karras
         self.eta = eta
         self.check = check
+        self.restoring = restoring  # engine.params.RestoreParams: restore guidance toward the input image
         self.num_timesteps = 0  # read by the step callback, as on a diffusers pipeline
 
     def __call__(
@@ -84,6 +86,10 @@ class KPipeline:
             x = x0 + noise() * sigmas[0]
             if keep is not None:
                 denoiser.known = (x0, keep)
+            if self.restoring is not None:
+                r = self.restoring
+                gamma = restore.churn_gamma(len(sigmas) - 1, r.s_churn) if self.function == restore.EDM else 0.0
+                restore.install(denoiser, guidance, x0, r.guidance, r.cfg_start, sigmas, gamma)
         else:
             start = latents.to(device, torch.float32) if latents is not None else noise()
             x = start * sigmas[0]
@@ -95,7 +101,9 @@ class KPipeline:
                 callback_on_step_end(self, step, None, {"latents": x})
 
         with torch.inference_mode():
-            x = ksampling.sample(self.function, denoiser, x, sigmas, noise, progress, self.eta)
+            r = self.restoring
+            x = restore.sample(self.function, denoiser, x, sigmas, noise, progress, self.eta,
+                               r.s_churn if r else 0.0, r.s_noise if r else 1.0)
             if keep is not None:
                 x = denoiser.known[0] * keep + x * (1.0 - keep)
             if output_type == "latent":

@@ -34,6 +34,16 @@ class UpscaleParams:
 
 
 @dataclass
+class RestoreParams:
+    """Restoration-guided sampling (engine/restore.py) for img2img and upscale."""
+
+    guidance: float = 0.0  # tau_r; 0 = off; small = near the input, large = generated detail
+    s_churn: float = 0.0  # EDM churn (sampler "Euler")
+    s_noise: float = 1.0
+    cfg_start: float | None = None  # linear CFG from this (first step) to cfg_scale (last); None = constant
+
+
+@dataclass
 class JobParams:
     kind: str = "txt2img"  # txt2img | img2img | inpaint
     prompt: str = ""
@@ -61,6 +71,7 @@ class JobParams:
     vae: str = ""  # "" = the checkpoint's own
     hires: HiresParams | None = None
     upscale: UpscaleParams | None = None
+    restore: RestoreParams | None = None  # img2img and upscale
 
 
 @dataclass

@@ -21,10 +21,11 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
-from engine import ksampling
+from engine import restore
 from engine.conditioning import Conditioning, encode_prompts
 from engine.denoiser import Denoiser, Guidance, guided_unet
 from engine.errors import JobCancelled
@@ -205,8 +206,11 @@ def tiled_img2img(
     cancel: CancelFlag | None = None,
     clip_skip: int = 1,
     eta: float | None = None,
+    restoring=None,
 ) -> np.ndarray:
-    """img2img of an image of any size (multiple of 8) by MultiDiffusion."""
+    """img2img of an image of any size (multiple of 8) by MultiDiffusion;
+    `restoring` (engine.params.RestoreParams) adds restore guidance toward the
+    upscaled input (engine/restore.py) on the whole blended prediction."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -225,6 +229,7 @@ def tiled_img2img(
     coverage = torch.zeros((lh, lw), device=device, dtype=torch.float32)
     for v in grid:
         coverage[v.y : v.y + v.size_h, v.x : v.x + v.size_w] += weight
+    cfg = SimpleNamespace(cfg_scale=cfg_scale)  # a CFG schedule (engine/restore.py) changes it per step
     done = [0]  # steps finished, for the progress report
     run = min(max(1, int(steps * strength)), steps)  # steps this partial denoise runs
 
@@ -235,7 +240,7 @@ def tiled_img2img(
             if cancel is not None and cancel.is_set():
                 raise JobCancelled()
             tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
-            out = guided_unet(unet, tiles, t, _tile_guidance(conditioning, batch, cfg_scale, (lh, lw), model.family))
+            out = guided_unet(unet, tiles, t, _tile_guidance(conditioning, batch, cfg.cfg_scale, (lh, lw), model.family))
             for j, v in enumerate(batch):
                 prediction[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] += out[j : j + 1].float() * weight
             if report is not None:
@@ -247,15 +252,21 @@ def tiled_img2img(
 
     spec = lookup(sampler)
     with torch.inference_mode():
-        if spec.uses_function(eta):  # a sampler written here: the blend is the denoiser's prediction
+        if spec.uses_function(eta) or restoring is not None:  # the blend is the denoiser's prediction
+            function = restore.sampler_function(spec) if restoring is not None else spec.function
             denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype)
             sigmas = denoiser.sigmas(steps, spec.karras)[steps - run :]
+            r = restoring
+            if r is not None:
+                gamma = restore.churn_gamma(len(sigmas) - 1, r.s_churn) if function == restore.EDM else 0.0
+                restore.install(denoiser, cfg, latents, r.guidance, r.cfg_start, sigmas, gamma)
 
             def step_done(x, denoised, fraction: float) -> None:
                 done[0] = round(fraction * run)
 
             x = latents.float() + noise() * sigmas[0]
-            x = ksampling.sample(spec.function, denoiser, x, sigmas, noise, step_done, spec.eta_for(eta))
+            x = restore.sample(function, denoiser, x, sigmas, noise, step_done, spec.eta_for(eta),
+                               r.s_churn if r else 0.0, r.s_noise if r else 1.0)
             latents = x.to(dtype)
         else:
             scheduler = make_scheduler(sampler, pipe.scheduler.config, seed)

@@ -25,7 +25,7 @@ from protocol.messages import (
     Submit,
     Welcome,
 )
-from protocol.requests import HiresFix, JobKind, JobRequest, Upscale
+from protocol.requests import HiresFix, JobKind, JobRequest, Restore, Upscale
 from protocol.version import PROTOCOL_VERSION
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "Progress",
     "ProtocolError",
     "RawImage",
+    "Restore",
     "Result",
     "Submit",
     "Upscale",

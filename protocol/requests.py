@@ -46,6 +46,18 @@ class Upscale:
 
 
 @dataclass
+class Restore:
+    """Restoration-guided sampling (SUPIR, arXiv 2401.13627) on img2img and upscale:
+    each step's clean-image estimate is pulled toward the input's latent by
+    k = (sigma / sigma_start) ** guidance."""
+
+    guidance: float = bounded(0.0, 0.0, 100.0)  # tau_r; 0 = off; ~1-2 = faithful, ~4 = balanced, >10 = detail
+    s_churn: float = bounded(0.0, 0.0, 100.0)  # EDM churn, sampler "Euler" only (SUPIR: 5)
+    s_noise: float = bounded(1.0, 0.5, 1.5)  # churn noise scale (SUPIR: 1.003)
+    cfg_start: float | None = bounded(None, 0.0, 30.0)  # linear CFG from this to cfg_scale; null = constant
+
+
+@dataclass
 class JobRequest:
     kind: str = choice("txt2img", tuple(k.value for k in JobKind))
     prompt: str = ""
@@ -76,6 +88,7 @@ class JobRequest:
     hires: HiresFix | None = None  # txt2img only
     upscale: Upscale | None = None  # upscale only (defaults when absent)
     plot: Plot | None = None  # X/Y/Z plot, prompt matrix or prompt list: many images, each labelled
+    restore: Restore | None = None  # img2img and upscale: restoration-guided sampling
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
@@ -118,5 +131,7 @@ class JobRequest:
                 raise invalid("mask", f"mask is {self.mask.width}x{self.mask.height}, image is {self.image.width}x{self.image.height}")
         elif self.mask is not None:
             raise invalid("mask", f"{kind.value} takes no mask")
+        if self.restore is not None and kind not in (JobKind.IMG2IMG, JobKind.UPSCALE):
+            raise invalid("restore", f"restore guidance applies to img2img and upscale, not {kind.value}")
         if kind is JobKind.TXT2IMG and self.image is not None:
             raise invalid("image", "txt2img takes no image; use img2img")
