@@ -183,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     upscale.add_argument("--overlap", type=int, default=16, help="latent tile overlap")
     upscale.add_argument("--tile-batch", type=int, default=4, help="tiles per UNet batch")
     upscale.add_argument("--vae-tile", type=int, default=512, help="VAE tile size in pixels (halved on out-of-memory)")
+    for guided in (img2img, upscale):
+        restoring = guided.add_argument_group("restore guidance (SUPIR's restoration-guided sampling)")
+        restoring.add_argument("--restore-guidance", type=float, default=0.0, metavar="TAU",
+                               help="pull each step toward the input: small = faithful, large = detail (0 = off)")
+        restoring.add_argument("--s-churn", type=float, default=0.0, help="EDM churn with --sampler Euler (SUPIR: 5)")
+        restoring.add_argument("--s-noise", type=float, default=1.0, help="EDM churn noise scale (SUPIR: 1.003)")
+        restoring.add_argument("--cfg-start", type=float, help="linear CFG: this at the first step, --cfg at the last")
 
     result = command("result", "wait for a job, or fetch its finished result")
     client_args(result)
@@ -517,6 +524,9 @@ def build_request(args: argparse.Namespace, plot=None):
     if args.command == "upscale":
         wire["upscale"] = {"scale": args.scale, "upscaler": args.upscaler, "denoise": args.denoise, "tile": args.tile,
                            "overlap": args.overlap, "tile_batch": args.tile_batch, "vae_tile": args.vae_tile}
+    if args.command in ("img2img", "upscale") and (args.restore_guidance or args.s_churn or args.cfg_start is not None):
+        wire["restore"] = {"guidance": args.restore_guidance, "s_churn": args.s_churn, "s_noise": args.s_noise,
+                           "cfg_start": args.cfg_start}
     if args.command == "inpaint":
         wire["mask"] = read_image(args.mask, "L").to_wire()
         wire["mask_blur"] = args.mask_blur

@@ -6,13 +6,13 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
-from engine.params import ControlParams, HiresParams, JobOutput, JobParams, RegionParams, UpscaleParams
+from engine.params import ControlParams, HiresParams, JobOutput, JobParams, RegionParams, RestoreParams, UpscaleParams
 from protocol import RawImage, Result
 from protocol.fewstep import FewStepDefaults
 from protocol.requests import JobRequest
 
 _SHARED = [f.name for f in fields(JobParams)
-           if f.name not in ("image", "mask", "hires", "upscale", "controls", "regions")]
+           if f.name not in ("image", "mask", "hires", "upscale", "controls", "regions", "restore")]
 
 
 def array_view(image: RawImage) -> np.ndarray:
@@ -35,6 +35,8 @@ def to_params(request: JobRequest) -> JobParams:
                       image=array_view(unit.image) if unit.image is not None else None)
         for unit in request.controls
     ]
+    if request.restore is not None:
+        params.restore = RestoreParams(**asdict(request.restore))
     return params
 
 

@@ -81,6 +81,10 @@ class Denoiser:
         self.known: tuple[Any, Any] | None = None  # inpainting: (x0 of the image, 1 where it is kept)
         self.calls = 0
         self.lcm = lcm  # the WebUI's LCM: 50 of the training timesteps, the consistency boundary scaling
+        # Per-step features (engine/restore.py): called with the sigma before each
+        # model call (e.g. a CFG schedule), and (x0, sigma) -> x0 after it.
+        self.before: list[Callable[[float], None]] = []
+        self.after: list[Callable[[Any, float], Any]] = []
 
     @property
     def sigma_min(self) -> float:
@@ -137,6 +141,8 @@ class Denoiser:
         if self.check is not None:
             self.check()
         self.calls += 1
+        for hook in self.before:
+            hook(sigma)
         c_in = 1.0 / math.sqrt(sigma**2 + 1.0)
         out = self.predict((x * c_in).to(self.dtype), self.timestep(sigma)).float()
         if self.prediction == "v_prediction":
@@ -147,6 +153,8 @@ class Denoiser:
             x0 = x - out * sigma
         if self.lcm:
             x0 = self._lcm_boundary(x0, x, sigma)
+        for after in self.after:
+            x0 = after(x0, sigma)
         if self.known is not None:
             image, keep = self.known
             x0 = image * keep + x0 * (1.0 - keep)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import autosize, control, embeddings, inpainting, loras, masks, preprocess, regions, tiled, vaes
+from engine import autosize, control, embeddings, inpainting, loras, masks, preprocess, regions, restore, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, NoiseOptions, decode_images
@@ -116,6 +116,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
                               f"{lookup(params.sampler).name} has none yet (use Euler a, DPM2 a, DPM++ 2S a, DPM fast "
                               "or DPM adaptive)", field="sampler")
     entry = engine.registry.get(params.model, CHECKPOINT) if params.model else None
+    if params.restore is not None:
+        restore.check(params.kind, lookup(params.sampler), (params.upscale or UpscaleParams()).denoise)
     if params.kind == "upscale":
         options = params.upscale or UpscaleParams()
         engine.upscalers.resolve(options.upscaler, "upscale.upscaler")
@@ -349,7 +351,8 @@ def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel
     spec, schedule = resolve(params.sampler, params.schedule_type)
     if spec.uses_function(params.eta):
         return KPipeline(model, spec, eta=spec.eta_for(params.eta), check=lambda: _check_cancel(cancel),
-                         schedule=schedule, noise=noise_options(params, params.batch_size), regions=region_control)
+                         schedule=schedule, noise=noise_options(params, params.batch_size), regions=region_control,
+                         restoring=params.restore if task != "txt2img" else None)  # restore guidance: engine/restore.py
     pipe = model.pipeline(task)
     pipe.scheduler = make_scheduler(spec.name, model.base.scheduler.config, seed)
     return pipe
@@ -521,6 +524,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
             cancel, params.clip_skip, params.eta, params.schedule_type,
             control.control_for(units, *work) if units else None,
             _regions(model, params, lambda mask: mask.resize(work, Image.BILINEAR)),
+            params.restore,
         )
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
@@ -536,6 +540,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         "upscaler": options.upscaler or _default_upscaler(engine), "denoising_strength": options.denoise,
         "tile": options.tile, "overlap": options.overlap, "tile_batch": options.tile_batch,
         **regions.infotext_fields(params.regions),
+        **restore.parameters(params.restore),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
 
@@ -657,6 +662,7 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
         if params.inpaint_mode != "original":
             parameters["inpaint_mode"] = params.inpaint_mode
     parameters.update(regions.infotext_fields(params.regions))
+    parameters.update(restore.parameters(params.restore))
     return JobOutput(images, seeds, parameters, infotext(parameters))
 
 
@@ -721,6 +727,7 @@ def infotext(p: dict[str, Any]) -> str:
         if f"region_{i}_weight" in p:
             fields.append(f"Region {i} weight: {p[f'region_{i}_weight']:g}")
         i += 1
+    fields += restore.infotext_fields(p)
     lines = [p["prompt"]]
     if p["negative_prompt"]:
         lines.append(f"Negative prompt: {p['negative_prompt']}")

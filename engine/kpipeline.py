@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import ksampling, schedules, tiled
+from engine import ksampling, restore, schedules, tiled
 from engine.denoiser import Denoiser, Guidance, guided_unet
 from engine.noise import DEFAULT_RNG, ImageNoise
 from engine.samplers import SamplerSpec
@@ -50,7 +50,7 @@ class KPipeline:
 
     def __init__(self, model: Any, sampler: SamplerSpec | str, karras: bool = False, eta: float = 1.0,
                  check: Callable[[], None] | None = None, schedule: str = "Automatic",
-                 noise: NoiseOptions | None = None, regions: Any = None):
+                 noise: NoiseOptions | None = None, regions: Any = None, restoring: Any = None):
         if isinstance(sampler, str):
             sampler = SamplerSpec(sampler, sampler, schedule="Karras" if karras else "Uniform")
         self.model = model  # a LoadedModel
@@ -59,6 +59,7 @@ class KPipeline:
         self.eta = eta
         self.check = check
         self.noise_options = noise or NoiseOptions()
+        self.restoring = restoring  # engine.params.RestoreParams: restore guidance toward the input image
         self.num_timesteps = 0  # read by the step callback, as on a diffusers pipeline
         self.regions = regions  # engine/regions.py RegionControl, masks in this call's frame; None = no regions
 
@@ -115,6 +116,7 @@ class KPipeline:
             predict = self.regions.predictor(unet, guidance, extra, self.regions.weights(height // 8, width // 8, device))
         denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check, lcm=self.spec.lcm)
         self.control = control  # ControlNet units (engine/control.py): told the steps of this pass in run()
+        self.guidance = guidance  # restore guidance's CFG schedule changes its scale per step (engine/restore.py)
         x0 = None
         if init is not None:
             x0 = init.float().expand(batch, -1, -1, -1) if init.shape[0] == 1 else init.float()
@@ -154,9 +156,16 @@ class KPipeline:
         self.num_timesteps = max(1, len(sigmas) - 1)
         if getattr(self, "control", None) is not None:  # the units' guidance start/end are fractions of these steps
             self.control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
+        function, r = self.spec.function, self.restoring
+        if r is not None and x0 is not None:  # pull each step's x0 toward the input's latent (SUPIR)
+            function = restore.sampler_function(self.spec)
+            gamma = restore.churn_gamma(len(sigmas) - 1, r.s_churn) if function == restore.EDM else 0.0
+            restore.install(denoiser, self.guidance, x0, r.guidance, r.cfg_start, sigmas, gamma)
+        else:
+            r = None
         step_noise = self._noise_sampler(rng, sigmas, rng.seeds, x)
-        x = ksampling.sample(self.function, denoiser, x, sigmas, step_noise, callback, self.eta,
-                             **self.spec.sampler_options())
+        x = restore.sample(function, denoiser, x, sigmas, step_noise, callback, self.eta,
+                           r.s_churn if r else 0.0, r.s_noise if r else 1.0, **self.spec.sampler_options())
         if self.spec.timesteps:  # ends at the lowest timestep, decoded as it is
             x = x / math.sqrt(1 + sigmas[-1] ** 2)
         return x

@@ -60,6 +60,16 @@ class RegionParams:
 
 
 @dataclass
+class RestoreParams:
+    """Restoration-guided sampling (engine/restore.py) for img2img and upscale."""
+
+    guidance: float = 0.0  # tau_r; 0 = off; small = near the input, large = generated detail
+    s_churn: float = 0.0  # EDM churn (sampler "Euler")
+    s_noise: float = 1.0
+    cfg_start: float | None = None  # linear CFG from this (first step) to cfg_scale (last); None = constant
+
+
+@dataclass
 class JobParams:
     kind: str = "txt2img"  # txt2img | img2img | inpaint | upscale | preprocess
     prompt: str = ""
@@ -100,6 +110,7 @@ class JobParams:
     seed_resize_from_h: int = 0
     controls: list[ControlParams] = field(default_factory=list)
     regions: list[RegionParams] = field(default_factory=list)  # engine/regions.py; the base prompt covers the rest
+    restore: RestoreParams | None = None  # img2img and upscale
 
 
 @dataclass

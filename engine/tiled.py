@@ -21,11 +21,12 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from engine import ksampling
+from engine import restore
 from engine.conditioning import Conditioning, encode_prompts
 from engine.denoiser import Denoiser, Guidance, guided_unet
 from engine.errors import JobCancelled
@@ -210,11 +211,14 @@ def tiled_img2img(
     schedule_type: str = "Automatic",
     control: Any = None,
     regions: RegionControl | None = None,
+    restoring=None,
 ) -> np.ndarray:
     """img2img of an image of any size (multiple of 8) by MultiDiffusion.
     `control` (engine.control.Control, at the image's size): each tile gets
     its own crop of every control image; with `regions` (masks at the image's
-    size) each tile blends its crop of them."""
+    size) each tile blends its crop of them; `restoring`
+    (engine.params.RestoreParams) adds restore guidance toward the upscaled
+    input (engine/restore.py) on the whole blended prediction."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -234,6 +238,7 @@ def tiled_img2img(
     for v in grid:
         coverage[v.y : v.y + v.size_h, v.x : v.x + v.size_w] += weight
     region_weights = regions.weights(lh, lw, device) if regions is not None else None
+    cfg = SimpleNamespace(cfg_scale=cfg_scale)  # a CFG schedule (engine/restore.py) changes it per step
     done = [0]  # steps finished, for the progress report
     run = min(max(1, int(steps * strength)), steps)  # steps this partial denoise runs
 
@@ -244,7 +249,7 @@ def tiled_img2img(
             if cancel is not None and cancel.is_set():
                 raise JobCancelled()
             tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
-            guidance = _tile_guidance(conditioning, batch, cfg_scale, (lh, lw), model.family)
+            guidance = _tile_guidance(conditioning, batch, cfg.cfg_scale, (lh, lw), model.family)
             if region_weights is not None:  # each tile's crop of the region weights (engine/regions.py)
                 weights = torch.cat([region_weights[:, :, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch], 1)
                 out = regions.blend(unet, tiles, t, guidance, None, weights)
@@ -262,14 +267,19 @@ def tiled_img2img(
 
     spec, schedule = resolve(sampler, schedule_type)
     with torch.inference_mode():
-        if spec.uses_function(eta) or control:  # the blend is the denoiser's prediction
+        if spec.uses_function(eta) or control or restoring is not None:  # the blend is the denoiser's prediction
             from engine.kpipeline import brownian_noise, plan_sigmas
 
+            function = restore.sampler_function(spec) if restoring is not None else spec.function
             denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype, lcm=spec.lcm)
             sigmas, start = plan_sigmas(spec, schedule, denoiser, steps, strength, model.family == "sdxl")
             run = max(1, len(sigmas) - 1)
             if control:
                 control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
+            r = restoring
+            if r is not None:
+                gamma = restore.churn_gamma(len(sigmas) - 1, r.s_churn) if function == restore.EDM else 0.0
+                restore.install(denoiser, cfg, latents, r.guidance, r.cfg_start, sigmas, gamma)
 
             def step_done(x, denoised, fraction: float) -> None:
                 done[0] = round(fraction * run)
@@ -282,8 +292,8 @@ def tiled_img2img(
                 step_noise = brownian_noise(x, min(positive), max(positive), [seed])
             else:
                 step_noise = lambda sigma, sigma_next: noise()  # noqa: E731
-            x = ksampling.sample(spec.function, denoiser, x, sigmas, step_noise, step_done, spec.eta_for(eta),
-                                 **spec.sampler_options())
+            x = restore.sample(function, denoiser, x, sigmas, step_noise, step_done, spec.eta_for(eta),
+                               r.s_churn if r else 0.0, r.s_noise if r else 1.0, **spec.sampler_options())
             if spec.timesteps:
                 x = x / math.sqrt(1 + sigmas[-1] ** 2)
             latents = x.to(dtype)

@@ -25,7 +25,7 @@ from protocol.messages import (
     Submit,
     Welcome,
 )
-from protocol.requests import ControlUnit, HiresFix, JobKind, JobRequest, Upscale
+from protocol.requests import ControlUnit, HiresFix, JobKind, JobRequest, Restore, Upscale
 from protocol.version import PROTOCOL_VERSION
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "Progress",
     "ProtocolError",
     "RawImage",
+    "Restore",
     "Result",
     "Submit",
     "Upscale",

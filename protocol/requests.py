@@ -81,6 +81,18 @@ class ControlUnit:
 
 
 @dataclass
+class Restore:
+    """Restoration-guided sampling (SUPIR, arXiv 2401.13627) on img2img and upscale:
+    each step's clean-image estimate is pulled toward the input's latent by
+    k = (sigma / sigma_start) ** guidance."""
+
+    guidance: float = bounded(0.0, 0.0, 100.0)  # tau_r; 0 = off; ~1-2 = faithful, ~4 = balanced, >10 = detail
+    s_churn: float = bounded(0.0, 0.0, 100.0)  # EDM churn, sampler "Euler" only (SUPIR: 5)
+    s_noise: float = bounded(1.0, 0.5, 1.5)  # churn noise scale (SUPIR: 1.003)
+    cfg_start: float | None = bounded(None, 0.0, 30.0)  # linear CFG from this to cfg_scale; null = constant
+
+
+@dataclass
 class JobRequest:
     kind: str = choice("txt2img", tuple(k.value for k in JobKind))
     prompt: str = ""
@@ -131,6 +143,7 @@ class JobRequest:
     seed_resize_from_h: int = bounded(0, 0, MAX_GENERATE_SIDE)
     controls: list[ControlUnit] = field(default_factory=list)  # ControlNet units (and a preprocess job's one)
     regions: list[Region] = field(default_factory=list)  # a prompt per masked area (protocol/regions.py)
+    restore: Restore | None = None  # img2img and upscale: restoration-guided sampling
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
@@ -182,6 +195,8 @@ class JobRequest:
                 raise invalid("mask", f"mask is {self.mask.width}x{self.mask.height}, image is {self.image.width}x{self.image.height}")
         elif self.mask is not None:
             raise invalid("mask", f"{kind.value} takes no mask")
+        if self.restore is not None and kind not in (JobKind.IMG2IMG, JobKind.UPSCALE):
+            raise invalid("restore", f"restore guidance applies to img2img and upscale, not {kind.value}")
         if kind is JobKind.TXT2IMG and self.image is not None:
             raise invalid("image", "txt2img takes no image; use img2img")
         # Every size the engine will make (derived from the image, hires, upscale), before queueing.
