@@ -2,7 +2,8 @@
 
 Blocks are taken from the README itself, so an example that stops working
 fails here. Each runs in bash with errexit and pipefail, in a fresh folder,
-with the virtualenv's bin/ first on PATH (as after `source .venv/bin/activate`),
+with the virtualenv's bin/ first on PATH (as after `source .venv/bin/activate`)
+and reachable as `.venv/` (as from the repository root),
 PAINTBRIDGE_SERVER pointing at the test's demo server, and HOME in a temporary
 folder (so `install-plugin` writes nowhere real).
 
@@ -59,6 +60,7 @@ def test_readme_block_runs_as_written(server, tmp_path, line, block):
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            "PAINTBRIDGE_SERVER": server.url, "HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
     (tmp_path / "home").mkdir()
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix))  # blocks that say .venv/bin/... as from the repository root
     done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"README.md:{line} failed ({done.returncode}):\n{block}\n{done.stderr[-3000:]}"
