@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-preload", action="store_true", help="load the default model on the first job, not at start")
     serve.add_argument("--offload", action="store_true", help="CUDA: model CPU offload + tiled VAE, for small GPUs")
     serve.add_argument("--compile", action="store_true", help="CUDA: torch.compile the UNet (slower first job)")
+    serve.add_argument("--threads", type=int, default=0,
+                       help="CPU threads for torch (0 = the CPUs this process may use); divide a machine between "
+                       "several servers or workers")
     serve.add_argument("--max-message-mib", type=int, default=300, help="largest accepted message, MiB")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every message")
 

@@ -49,6 +49,11 @@ def run_server(args: argparse.Namespace) -> int:
     if not Path(models_dir).is_dir():
         raise CliError("not_found", f"models folder {models_dir} does not exist")
     registry = Registry(Path(models_dir)).scan()
+    from engine import runtime
+
+    manager = ModelManager(device=args.device, offload=args.offload, compile=args.compile)
+    threads = runtime.configure(manager.device, getattr(args, "threads", 0))
+    logging.getLogger("paintbridge").info("device %s, %d CPU threads", manager.device, threads)
     if registry.default_checkpoint() is None:
         log.warning("no checkpoint found in %s; put a .safetensors into Stable-diffusion/ or checkpoints/", models_dir)
     config = ServerConfig(
@@ -68,7 +73,7 @@ def run_server(args: argparse.Namespace) -> int:
             registry.get(args.vae, "vae", field="vae")
         except EngineError as exc:
             raise CliError(exc.code, f"--vae: {exc.message}") from None
-    engine = Engine(registry, ModelManager(device=args.device, offload=args.offload, compile=args.compile),
+    engine = Engine(registry, manager,
                     default_vae=args.vae)
     return asyncio.run(_serve(config, engine))
 

@@ -209,9 +209,9 @@ class ModelManager:
                 pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
                 model.native_size = 512
         if self.compile and self.device.startswith("cuda"):
-            import torch
+            from engine import runtime
 
-            pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead")
+            pipe.unet = runtime.compile_unet(pipe.unet)
         return model
 
     def _place(self, pipe) -> None:

@@ -1,0 +1,46 @@
+"""torch's process-wide knobs, set once where the engine starts.
+
+- Threads: torch's default is the machine's physical cores, even when this
+  process may only use some of them (a container's CPU set, `taskset`) or
+  when several workers share the machine; each would then run as many
+  threads as cores and they would thrash. The default here is the CPUs this
+  process may run on, and `--threads` (serve, worker) divides a machine.
+- CUDA: TF32 matmuls and convolutions (Ampere and later; the precision loss is
+  below fp16's, which the UNet runs in anyway) and cuDNN's autotuner, which
+  picks the fastest convolution for each shape once and reuses it.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure(device: str, threads: int = 0) -> int:
+    """Set the knobs for `device`; returns the CPU thread count in use."""
+    import torch
+
+    count = threads if threads > 0 else usable_cpus()
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return count
+
+
+def compile_unet(unet):
+    """torch.compile with dynamic shapes: a new picture size, or the last, shorter
+    batch of tiles, reuses the compiled graph instead of compiling again (the
+    default specialises on every shape). No CUDA graphs ("reduce-overhead"):
+    they need static shapes too."""
+    import torch
+
+    return torch.compile(unet, dynamic=True)
