@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--job", required=True, help="the job id (printed as `job <id>` when it was submitted)")
     models = command("models", "list the server's models")
     client_args(models)
-    control_args.add_preprocess_command(sub, client_args)
+    control_args.add_preprocess_command(sub, client_args, _Formatter)
 
     build = command("build-plugin", "write the Krita plugin zip (Tools > Scripts > Import Python Plugin)")
     build.add_argument("--out", type=Path, default=Path("dist/paintbridge-krita.zip"), help="the zip to write")

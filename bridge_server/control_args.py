@@ -82,14 +82,17 @@ def controls_wire(args: argparse.Namespace, read_image) -> list[dict[str, Any]]:
     return units
 
 
-def add_preprocess_command(sub, client_args) -> None:
-    p = sub.add_parser("preprocess", help="turn an image into a control image on the server (depth, canny, ...)")
+def add_preprocess_command(sub, client_args, formatter=None) -> None:
+    text = "turn an image into a control image on the server (depth, canny, ...)"
+    p = sub.add_parser("preprocess", help=text, description=text,
+                       **({"formatter_class": formatter} if formatter else {}))
     client_args(p)
-    p.add_argument("--kind", required=True, choices=[k for k in PREPROCESSORS if k != "none"])
-    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--kind", required=True, choices=[k for k in PREPROCESSORS if k != "none"],
+                   help="depth (an estimator from annotators/), canny, lineart, scribble or tile")
+    p.add_argument("--image", type=Path, required=True, help="the picture to preprocess")
     p.add_argument("--width", type=int, default=0, help="fit the result to this size (crop and resize); 0 = the image's")
-    p.add_argument("--height", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--height", type=int, default=0, help="as --width")
+    p.add_argument("--out", type=Path, required=True, help="output PNG")
 
 
 def preprocess_wire(args: argparse.Namespace, read_image) -> dict[str, Any]:
