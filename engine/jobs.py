@@ -87,6 +87,14 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint", field="model")
     if entry.inpainting and params.kind != "inpaint":
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
+    if entry.depth:  # SD 2's depth model: img2img (depth-to-image), its depth from the annotators/ estimator
+        if params.kind != "img2img" or params.hires is not None:
+            raise EngineError("invalid_request", f"{entry.name} is a depth-to-image model; use it for img2img jobs",
+                              field="model")
+        if not lookup(params.sampler).function:
+            raise EngineError("invalid_request", f"{entry.name} (depth-to-image) runs with the samplers of "
+                              "engine/ksampling.py, e.g. Euler a", field="sampler")
+        preprocess.check("depth", engine.registry.root, "model")
     control.check(engine.registry, params, entry)
     return entry
 
@@ -273,7 +281,13 @@ def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel
     KPipeline for the samplers written here (engine/ksampling.py) and for
     every job with ControlNet units (they act inside its denoiser)."""
     spec = lookup(params.sampler)
-    if spec.uses_function(params.eta) or params.controls:
+    if model.depth and (task != "img2img" or params.hires is not None):  # a .ckpt known only once loaded
+        raise EngineError("invalid_request", f"{model.entry.name} is a depth-to-image model; use it for img2img jobs",
+                          field="model")
+    if (params.controls or model.depth) and not spec.function:
+        raise EngineError("invalid_request", f"{spec.name} has no k-diffusion function yet; ControlNet units and "
+                          "depth models run with Euler a, DPM2 a, DPM++ 2S a, DPM fast or DPM adaptive", field="sampler")
+    if spec.uses_function(params.eta) or params.controls or model.depth:
         return KPipeline(model, spec.function, spec.karras, spec.eta_for(params.eta), lambda: _check_cancel(cancel))
     pipe = model.pipeline(task)
     pipe.scheduler = make_scheduler(spec.name, model.base.scheduler.config, seed)
@@ -297,6 +311,9 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
         pipe = _prepare(model, "img2img", params, seeds[0], cancel)
         kwargs.update(image=_init_image(model, params, width, height), strength=params.strength,
                       num_inference_steps=denoise_steps(params.steps, params.strength))
+        if model.depth:  # depth-to-image: the depth of the picture at the working size
+            source = np.asarray(_rgb(params.image).resize((width, height), Image.LANCZOS))
+            kwargs["depth_map"] = preprocess.depth(source, engine.registry.root, engine.models.device)[..., 0]
     else:
         pipe = _prepare(model, "txt2img", params, seeds[0], cancel)
         kwargs.update(width=width, height=height, latents=_noise(model, params, seeds, width, height))

@@ -40,7 +40,7 @@ class KPipeline:
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
         generator: list, output_type: str = "np", callback_on_step_end=None, pooled_prompt_embeds=None,
         negative_pooled_prompt_embeds=None, width: int | None = None, height: int | None = None, latents=None,
-        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, control: Any = None, **_: Any,
+        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, control: Any = None, depth_map: np.ndarray | None = None, **_: Any,
     ) -> SimpleNamespace:
         import torch
         from diffusers.utils.torch_utils import randn_tensor
@@ -73,6 +73,9 @@ class KPipeline:
                 extra = torch.cat([mask, masked], dim=1).repeat(batch, 1, 1, 1)
             else:
                 keep = 1.0 - mask
+        if unet.config.in_channels == 5:  # SD 2's depth model: the depth map as a fifth channel
+            assert depth_map is not None, "a depth model needs the image's depth map"
+            extra = depth_latent(depth_map, height // 8, width // 8, device).repeat(batch, 1, 1, 1)
 
         denoiser = Denoiser(dict(pipe.scheduler.config), lambda x, t: guided_unet(unet, x, t, guidance, extra, control),
                             unet.dtype, self.check)
@@ -124,6 +127,19 @@ class KPipeline:
 
         small = mask_image.convert("L").resize((width // 8, height // 8), Image.NEAREST)
         return torch.from_numpy((np.asarray(small) >= 128).astype(np.float32))[None, None].to(device)
+
+
+def depth_latent(depth: np.ndarray, h: int, w: int, device):
+    """A depth map (near = bright) -> 1 x 1 x h x w in -1..1, as diffusers'
+    StableDiffusionDepth2ImgPipeline.prepare_depth_map scales MiDaS's output."""
+    import torch
+    import torch.nn.functional as F
+
+    d = torch.from_numpy(np.asarray(depth, np.float32).reshape(depth.shape[0], depth.shape[1], -1)[..., 0])
+    d = F.interpolate(d[None, None], size=(h, w), mode="bicubic", align_corners=False)
+    lo, hi = d.amin(), d.amax()
+    d = 2.0 * (d - lo) / (hi - lo) - 1.0 if hi > lo else torch.zeros_like(d)
+    return d.to(device)
 
 
 def decode_images(vae, latents) -> np.ndarray:

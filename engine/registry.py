@@ -56,6 +56,7 @@ class ModelEntry:
     format: str  # safetensors | pickle | diffusers
     family: Family | None = None
     inpainting: bool = False
+    depth: bool = False  # SD 2's depth-conditioned model (engine/families.py)
 
     @property
     def native_size(self) -> int:
@@ -184,6 +185,7 @@ class Registry:
             format=fmt,
             family=detected.family if detected else None,
             inpainting=detected.inpainting if detected else False,
+            depth=detected.depth if detected else False,
         )
 
     def _diffusers_entry(self, path: Path, rel: Path) -> ModelEntry | None:
@@ -224,7 +226,7 @@ class Registry:
 
     def default_checkpoint(self) -> ModelEntry | None:
         checkpoints = self.list(CHECKPOINT)
-        plain = [e for e in checkpoints if not e.inpainting]
+        plain = [e for e in checkpoints if not e.inpainting and not e.depth]
         return (plain or checkpoints or [None])[0]
 
     def vae_for(self, checkpoint: ModelEntry) -> ModelEntry | None:
