@@ -37,6 +37,7 @@ UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 class Detected:
     family: Family
     inpainting: bool  # UNet takes 9 input channels (latent + mask + masked latent)
+    depth: bool = False  # SD 2's depth model (512-depth-ema): 5 channels, latent + depth, and its MiDaS
 
 
 def detect(shapes: Mapping[str, Sequence[int]]) -> Detected | None:
@@ -44,12 +45,13 @@ def detect(shapes: Mapping[str, Sequence[int]]) -> Detected | None:
     if UNET_IN not in shapes:
         return None
     inpainting = len(shapes[UNET_IN]) == 4 and shapes[UNET_IN][1] == 9
+    depth = len(shapes[UNET_IN]) == 4 and shapes[UNET_IN][1] == 5 and any(k.startswith("depth_model.") for k in shapes)
     if any(k.startswith("conditioner.embedders.1.model.") for k in shapes):
         if not any(k.startswith("conditioner.embedders.0.transformer.") for k in shapes):
             return None  # the SDXL refiner: image-to-image only, not supported yet
         return Detected(SDXL, inpainting)
     if any(k.startswith("cond_stage_model.model.") for k in shapes):
-        return Detected(SD2, inpainting)  # OpenCLIP ViT-H text encoder
+        return Detected(SD2, inpainting, depth)  # OpenCLIP ViT-H text encoder
     if any(k.startswith("cond_stage_model.transformer.") for k in shapes):
         return Detected(SD15, inpainting)
     return None

@@ -131,6 +131,14 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         raise EngineError("invalid_request", NOTHING_TO_REPAINT, field="mask")
     if entry.inpainting and params.kind != "inpaint":
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
+    if entry.depth:  # SD 2's depth model: img2img (depth-to-image), its depth from the annotators/ estimator
+        if params.kind != "img2img" or params.hires is not None:
+            raise EngineError("invalid_request", f"{entry.name} is a depth-to-image model; use it for img2img jobs",
+                              field="model")
+        if not lookup(params.sampler).function:
+            raise EngineError("invalid_request", f"{entry.name} (depth-to-image) runs with the samplers of "
+                              "engine/ksampling.py, e.g. Euler a", field="sampler")
+        preprocess.check("depth", engine.registry.root, "model")
     control.check(engine.registry, params, entry)
     return entry
 
@@ -347,8 +355,15 @@ def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel
     """The pipeline for a task: diffusers' with the sampler's scheduler, or
     KPipeline for the samplers written here (engine/ksampling.py), which is
     also where the per-step features act, inside its denoiser: ControlNet
-    units (engine/control.py) and regions (engine/regions.py)."""
+    units (engine/control.py), regions (engine/regions.py), restore guidance
+    (engine/restore.py) and SD 2's depth channel."""
     spec, schedule = resolve(params.sampler, params.schedule_type)
+    if model.depth and (task != "img2img" or params.hires is not None):  # a .ckpt known only once loaded
+        raise EngineError("invalid_request", f"{model.entry.name} is a depth-to-image model; use it for img2img jobs",
+                          field="model")
+    if (params.controls or model.depth) and not spec.function:
+        raise EngineError("invalid_request", f"{spec.name} has no k-diffusion function; ControlNet units and "
+                          "depth models run with every sampler but UniPC", field="sampler")
     if spec.uses_function(params.eta):
         return KPipeline(model, spec, eta=spec.eta_for(params.eta), check=lambda: _check_cancel(cancel),
                          schedule=schedule, noise=noise_options(params, params.batch_size), regions=region_control,
@@ -383,6 +398,9 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
         pipe = _prepare(model, "img2img", params, seeds[0], cancel, region_control)
         kwargs.update(image=_init_image(model, params, width, height), strength=params.strength,
                       num_inference_steps=denoise_steps(params.steps, params.strength, params.sampler))
+        if model.depth:  # depth-to-image: the depth of the picture at the working size
+            source = np.asarray(_rgb(params.image).resize((width, height), Image.LANCZOS))
+            kwargs["depth_map"] = preprocess.depth(source, engine.registry.root, engine.models.device)[..., 0]
     else:
         pipe = _prepare(model, "txt2img", params, seeds[0], cancel, region_control)
         kwargs.update(width=width, height=height, latents=_noise(model, params, seeds, width, height))

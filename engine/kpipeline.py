@@ -75,7 +75,7 @@ class KPipeline:
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
         generator: list, output_type: str = "np", callback_on_step_end=None, pooled_prompt_embeds=None,
         negative_pooled_prompt_embeds=None, width: int | None = None, height: int | None = None, latents=None,
-        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, control: Any = None, **_: Any,
+        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, control: Any = None, depth_map: np.ndarray | None = None, **_: Any,
     ) -> SimpleNamespace:
         import torch
 
@@ -108,6 +108,9 @@ class KPipeline:
                 extra = torch.cat([mask, masked], dim=1).repeat(batch, 1, 1, 1)
             else:
                 keep = 1.0 - mask
+        if unet.config.in_channels == 5:  # SD 2's depth model: the depth map as a fifth channel
+            assert depth_map is not None, "a depth model needs the image's depth map"
+            extra = depth_latent(depth_map, height // 8, width // 8, device).repeat(batch, 1, 1, 1)
 
         def predict(x, t):
             return guided_unet(unet, x, t, guidance, extra, control)
@@ -241,6 +244,19 @@ def brownian_noise(x, sigma_min: float, sigma_max: float, seeds: list[int]) -> k
         return w / (high - low).abs().sqrt()
 
     return noise
+
+
+def depth_latent(depth: np.ndarray, h: int, w: int, device):
+    """A depth map (near = bright) -> 1 x 1 x h x w in -1..1, as diffusers'
+    StableDiffusionDepth2ImgPipeline.prepare_depth_map scales MiDaS's output."""
+    import torch
+    import torch.nn.functional as F
+
+    d = torch.from_numpy(np.asarray(depth, np.float32).reshape(depth.shape[0], depth.shape[1], -1)[..., 0])
+    d = F.interpolate(d[None, None], size=(h, w), mode="bicubic", align_corners=False)
+    lo, hi = d.amin(), d.amax()
+    d = 2.0 * (d - lo) / (hi - lo) - 1.0 if hi > lo else torch.zeros_like(d)
+    return d.to(device)
 
 
 def decode_images(vae, latents) -> np.ndarray:

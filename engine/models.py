@@ -10,6 +10,7 @@ can reach a model hub.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import json
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
-from engine.families import FAMILIES, detect
+from engine.families import FAMILIES, Detected, detect
 from engine.paths import cache_dir
 from engine.registry import ModelEntry
 from engine.tokenizers import clip_tokenizer
@@ -77,6 +78,7 @@ class LoadedModel:
     embeddings: set[str] = field(default_factory=set)  # textual inversions loaded so far
     own_vae: Any = None  # the checkpoint's VAE, while another is swapped in
     native_size: int = 0  # 0 = the family's (an SD2 epsilon model is a 512 "base" model)
+    depth: bool = False  # SD 2's depth-to-image model: its UNet takes the depth map as a fifth channel
 
     def __post_init__(self) -> None:
         self.native_size = self.native_size or self.entry.native_size
@@ -185,7 +187,12 @@ class ModelManager:
         diffusers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.disable_progress_bar()
 
-        family = entry.family.name if entry.family else self._detect_pickle(entry)
+        depth = entry.depth
+        if entry.family:
+            family = entry.family.name
+        else:  # a .ckpt: its keys say what it is, read with the weights-only unpickler
+            detected = self._detect_pickle(entry)
+            family, depth = detected.family.name, detected.depth
         group = "sdxl" if family == "sdxl" else "sd"
         cls = getattr(diffusers, _PIPELINES[group]["txt2img"])
         extra: dict[str, Any] = {}
@@ -194,14 +201,14 @@ class ModelManager:
         if entry.format == "diffusers":
             pipe = cls.from_pretrained(str(entry.path), local_files_only=True, torch_dtype=self.dtype, **extra)
         else:
-            config = self._config_dir(entry, family)
+            config = self._config_dir(dataclasses.replace(entry, depth=depth), family)
             extra.update(self._tokenizers(config, family))
             pipe = cls.from_single_file(
                 str(entry.path), config=str(config), local_files_only=True, torch_dtype=self.dtype, **extra
             )
         self._place(pipe)
         pipe.set_progress_bar_config(disable=True)
-        model = LoadedModel(entry, family, pipe)
+        model = LoadedModel(entry, family, pipe, depth=depth or pipe.unet.config.in_channels == 5)
         if family == "sd2" and entry.format != "diffusers" and not entry.path.with_suffix(".config").is_dir():
             # SD2 comes as 768 v-prediction models and 512 epsilon "base" models
             # with the same keys; no config says which, so ask the UNet.
@@ -230,7 +237,7 @@ class ModelManager:
             pipe.to(self.device)
         pipe.unet.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
 
-    def _detect_pickle(self, entry: ModelEntry) -> str:
+    def _detect_pickle(self, entry: ModelEntry) -> Detected:
         """Family of a .ckpt: read its keys with the safe (weights-only) unpickler."""
         try:
             state = load_weights(entry.path, mmap=True)
@@ -245,7 +252,7 @@ class ModelManager:
         del state
         if detected is None:
             raise EngineError("model_load_failed", f"{entry.path.name} is not a Stable Diffusion checkpoint")
-        return detected.family.name
+        return detected
 
     def config_dir(self, entry: ModelEntry, family: str) -> Path:
         """The diffusers config folder a model was (or would be) loaded with."""
@@ -256,16 +263,18 @@ class ModelManager:
         if sidecar.is_dir():
             return sidecar
         bundled = FAMILIES[family].config_dir
-        if not entry.inpainting:
+        if not entry.inpainting and not entry.depth:
             return bundled
-        # Inpainting checkpoints: the same configs with a 9-channel UNet input.
-        derived = cache_dir() / "configs" / f"{family}-inpainting"
+        # Inpainting checkpoints: the same configs with a 9-channel UNet input; SD 2's
+        # depth model: 5 (the latent and the depth map).
+        channels, variant = (9, "inpainting") if entry.inpainting else (5, "depth")
+        derived = cache_dir() / "configs" / f"{family}-{variant}"
         if not (derived / "model_index.json").is_file():
             tmp = derived.with_suffix(".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(bundled, tmp)
             unet = json.loads((tmp / "unet" / "config.json").read_text("utf-8"))
-            unet["in_channels"] = 9
+            unet["in_channels"] = channels
             (tmp / "unet" / "config.json").write_text(json.dumps(unet, indent=2), "utf-8")
             shutil.rmtree(derived, ignore_errors=True)
             tmp.replace(derived)

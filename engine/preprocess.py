@@ -101,6 +101,7 @@ def depth(image: np.ndarray, root: Path, device: str = "cpu") -> np.ndarray:
     import torch
     from PIL import Image
 
+    check("depth", root, "model")
     folder = depth_folder(root)
     assert folder is not None
     try:

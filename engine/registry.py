@@ -59,6 +59,7 @@ class ModelEntry:
     family: Family | None = None
     inpainting: bool = False
     few_step: FewStep | None = None  # LCM / Turbo / Lightning / Hyper (engine/fewstep.py): its defaults
+    depth: bool = False  # SD 2's depth-conditioned model (engine/families.py)
 
     @property
     def native_size(self) -> int:
@@ -206,6 +207,7 @@ class Registry:
             family=detected.family if detected else None,
             inpainting=detected.inpainting if detected else False,
             few_step=few_step,
+            depth=detected.depth if detected else False,
         )
 
     def _diffusers_entry(self, path: Path, rel: Path) -> ModelEntry | None:
@@ -249,7 +251,7 @@ class Registry:
         """The first checkpoint by name (plain before inpainting ones) that has
         not failed to load."""
         checkpoints = [e for e in self.list(CHECKPOINT) if not self.is_broken(e)]
-        plain = [e for e in checkpoints if not e.inpainting]
+        plain = [e for e in checkpoints if not e.inpainting and not e.depth]
         return (plain or checkpoints or [None])[0]
 
     def mark_broken(self, entry: ModelEntry, why: str) -> None:

@@ -308,3 +308,56 @@ def test_infotext_reads_back(engine):
     fields = parse_infotext(out.infotext)
     assert fields["ControlNet 0"] == ("Module: none, Model: control_v11p_sd15_tiny, Weight: 0.7, Resize Mode: Crop and "
                                       "Resize, Guidance Start: 0, Guidance End: 0.5, Control Mode: My prompt is more important")
+
+
+# -- SD 2's depth model (512-depth-ema) ----------------------------------------------
+@pytest.fixture(scope="module")
+def depth_engine(models, tmp_path_factory):
+    from engine.demo.builder import build_depth_checkpoint
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import Registry
+
+    root = tmp_path_factory.mktemp("depth-models")
+    build_depth_checkpoint(root / "Stable-diffusion" / "512-depth-ema.safetensors")
+    shutil.copytree(models / "annotators", root / "annotators")
+    return Engine(Registry(root).scan(), ModelManager(device="cpu"))
+
+
+def test_sd2_depth_model_is_recognised_and_runs_depth_to_image(depth_engine, monkeypatch):
+    from engine import preprocess
+    from engine.registry import CHECKPOINT
+
+    (entry,) = depth_engine.registry.list(CHECKPOINT)
+    assert entry.family.name == "sd2" and entry.depth and not entry.inpainting
+    image = _gradient(80, 64)
+    job = JobParams(kind="img2img", image=image, steps=2, seed=1, strength=0.8, prompt="a room")
+    out = depth_engine.run(job)
+    assert out.images[0].shape == (64, 80, 4)
+    model = depth_engine.models.loaded
+    assert model.depth and model.base.unet.config.in_channels == 5
+    seen = []
+    real = preprocess.depth
+
+    def flat(image, root, device="cpu"):
+        seen.append(image.shape)
+        return np.zeros_like(real(image, root, device))
+
+    monkeypatch.setattr(preprocess, "depth", flat)
+    other = depth_engine.run(job)
+    assert seen == [(64, 80, 3)]  # the init image at the working size
+    assert not np.array_equal(out.images[0], other.images[0])  # the fifth channel steers the result
+
+
+def test_sd2_depth_model_refusals(depth_engine, tmp_path):
+    for params, field in (
+        (JobParams(kind="txt2img", steps=1), "model"),
+        (JobParams(kind="img2img", image=_gradient(64, 64), steps=1, sampler="DPM++ 2M"), "sampler"),
+    ):
+        with pytest.raises(EngineError) as err:
+            depth_engine.check(params)
+        assert err.value.code == "invalid_request" and err.value.field == field
+    shutil.rmtree(depth_engine.registry.root / "annotators")
+    with pytest.raises(EngineError) as err:
+        depth_engine.check(JobParams(kind="img2img", image=_gradient(64, 64), steps=1))
+    assert err.value.code == "unknown_model" and "annotators" in err.value.message

@@ -327,3 +327,40 @@ def build_depth_estimator(folder: Path, seed: int = 0) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     tmp.replace(folder)
     return folder
+
+
+def build_depth_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A tiny random-init checkpoint shaped like SD 2's depth model
+    (`512-depth-ema`): OpenCLIP-layout text encoder, a UNet taking 5 channels
+    (latent + depth), and its MiDaS under `depth_model.*` (a token tensor here:
+    the server computes depth with the annotators/ estimator). LDM layout, with
+    a `<stem>.config/` sidecar since its shapes are not SD 2's."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.demo.ldm_layout import open_clip_to_ldm, unet_to_ldm, vae_to_ldm
+    from engine.families import SD2
+
+    sidecar = path.with_suffix(".config")
+    write_sidecar(sidecar, SD2.config_dir, {**UNET, "in_channels": 5})
+    scheduler = json.loads((SD2.config_dir / "scheduler" / "scheduler_config.json").read_text())
+    scheduler["prediction_type"] = "epsilon"  # the depth model predicts noise (v2-midas-inference.yaml)
+    (sidecar / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(json.loads((sidecar / "unet" / "config.json").read_text()))
+    vae = AutoencoderKL.from_config(json.loads((sidecar / "vae" / "config.json").read_text()))
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(str(sidecar / "text_encoder")))
+    state = {
+        **unet_to_ldm(unet.state_dict(), unet.config),
+        **vae_to_ldm(vae.state_dict(), vae.config),
+        **open_clip_to_ldm(text.state_dict(), "cond_stage_model.model."),
+        "depth_model.model.pretrained.model.cls_token": torch.zeros(1, 1, 8),
+    }
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "paintbridge": "test, random weights"})
+    tmp.replace(path)
+    return path
