@@ -368,11 +368,11 @@ def check(registry, params, checkpoint) -> None:
         return
     from engine import preprocess
     from engine.registry import CONTROLNET
-    from engine.samplers import lookup
+    from engine.samplers import SAMPLERS, lookup
 
     spec = lookup(params.sampler)
     if not spec.function:
-        names = ", ".join(n for n, s in __import__("engine.samplers", fromlist=["SAMPLERS"]).SAMPLERS.items() if s.function)
+        names = ", ".join(n for n, s in SAMPLERS.items() if s.function)
         raise EngineError("invalid_request", f"ControlNet units run with the samplers of engine/ksampling.py; "
                           f"{spec.name} is not one of them yet (use {names})", field="sampler")
     if params.kind == "upscale" and params.upscale is not None and params.upscale.denoise == 0:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import EngineError
-from engine.ksampling import Callback, Model, Noise, _none
+from engine.ksampling import Callback, Model, Noise, _legacy, _none
 
 S_TMIN = 0.05  # the authors' restore_cfg_s_tmin: no pull on steps that end below it
 EDM = "sample_edm"  # the sampler function name KPipeline/tiled pass around
@@ -110,6 +110,7 @@ def sample_edm(model: Model, x, sigmas: Sequence[float], noise: Noise, callback:
     take an Euler step to the next sigma. s_churn 0 is plain Euler."""
     steps = len(sigmas) - 1
     gamma = churn_gamma(steps, s_churn)
+    noise = _legacy(noise)  # (sigma, sigma_next) -> noise, or a zero-argument function
     for i in range(steps):
         sigma = sigmas[i]
         sigma_hat = sigma * (1.0 + gamma)

@@ -155,7 +155,8 @@ def test_tiled_diffusion_reports_tiles_and_cancels_between_batches(engine):
         engine.run(JobParams(kind="upscale", image=image, steps=10, upscale=options), progress, flag)
     assert events[0][0] == "upscaling"
     diffusion = [e for e in events if e[0] == "tiled diffusion"]
-    assert diffusion == [("tiled diffusion", 1, 5, 2, 9)]  # 3x3 tiles of 16 on a 32x32 latent
+    # 3x3 tiles of 16 on a 32x32 latent; denoise 0.5 of 10 steps runs the WebUI's int(0.5 * 10) + 1 = 6
+    assert diffusion == [("tiled diffusion", 1, 6, 2, 9)]
 
 
 def test_hires_fix_size_and_both_passes(engine):

@@ -154,7 +154,7 @@ def test_regions_in_the_tiled_upscale_each_tile_takes_its_crop(engine):
 
 def test_regions_refuse_a_sampler_without_a_k_function_and_per_region_loras(engine):
     with pytest.raises(EngineError) as err:
-        engine.check(JobParams(**{**BASE, "sampler": "DPM++ 2M"}, regions=[RegionParams(LEFT, OTHER)]))
+        engine.check(JobParams(**{**BASE, "sampler": "UniPC"}, regions=[RegionParams(LEFT, OTHER)]))
     assert err.value.code == "invalid_request" and err.value.field == "sampler"
     with pytest.raises(EngineError) as err:
         engine.check(JobParams(**BASE, regions=[RegionParams(LEFT, "a <lora:x:0.5> dog")]))
@@ -239,5 +239,5 @@ def test_cli_generate_with_regions_and_from_png(server, tmp_path):
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
     without = run_cli("generate", "--server", server.url, "--from-png", str(first), "--out", str(tmp_path / "w.png"))
     assert without.returncode == 0 and "cannot hold their masks" in without.stderr
-    bad = run_cli("generate", *args, "--region", f"{mask}=x", "--sampler", "DPM++ 2M", "--out", str(tmp_path / "b.png"))
+    bad = run_cli("generate", *args, "--region", f"{mask}=x", "--sampler", "UniPC", "--out", str(tmp_path / "b.png"))
     assert bad.returncode == 1 and "[invalid_request]" in bad.stderr

@@ -339,3 +339,33 @@ def test_bad_plots_are_refused_before_queueing(server, plot, field, words):
 def test_serve_refuses_an_unknown_default_vae():
     done = run_cli("serve", "--demo", "--port", "0", "--vae", "nope")
     assert done.returncode != 0 and "--vae: no VAE named 'nope'" in done.stderr
+
+
+def test_ctrl_c_cancels_the_job_on_the_server_and_ends_the_line(server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "bridge_server", "generate", "--server", server.url, "--steps", "150", "--exact-size",
+         "--width", "256", "--height", "256", "--out", str(tmp_path / "x.png")],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert cli.stderr is not None
+    line = cli.stderr.readline()
+    assert line.startswith("job "), line
+    job = line.split()[1]
+    time.sleep(1.0)  # running, the bar drawn
+    cli.send_signal(signal.SIGINT)
+    err = cli.stderr.read()
+    assert cli.wait(30) == 130
+    assert f"\npaintbridge: interrupted; cancelled job {job} on the server" in err  # on a line of its own
+    done = run_cli("cancel", "--server", server.url, "--job", job)
+    assert done.stdout.strip() == f"job {job}: not cancelled: the job is already cancelled", done.stdout + done.stderr
+
+
+def test_cancel_and_a_mistyped_job_id_say_what_happened(server, tmp_path):
+    done = run_cli("cancel", "--server", server.url, "--job", "banana")
+    assert done.returncode == 1 and "no job 'banana'" in done.stderr and "restarted" not in done.stderr
