@@ -380,7 +380,7 @@ class PaintBridgeServer:
             entry = self.engine.check(to_params(cell.request))
             native = entry.native_size if entry is not None and entry.native_size else limits.MAX_NATIVE
             limits.check_sides(cell.request, native)
-            sized.append((cell.request, native))
+            sized.append((cell.request, native, cell.labels))
         # The whole result travels as one message: it must fit the limit the client was told.
         limits.check_result_bytes(sized, self.config.max_message_bytes)
         if len(self.jobs) >= self.config.max_queue:
