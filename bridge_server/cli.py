@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", type=Path, help="models folder (WebUI, ComfyUI or flat layout)")
     serve.add_argument("--demo", action="store_true", help="DEMO: serve tiny random-init models (pictures are noise)")
     serve.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""), help="require this token from clients")
-    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help="allow a browser origin")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="admit this Origin header, exactly as sent (a web page, or a host such as uxp://com.example.plugin)")
     serve.add_argument("--vae", default="", help="VAE for requests that name none (the WebUI's \"SD VAE\"); "
                        "default: a checkpoint's own <name>.vae file if any, else its built-in VAE")
     serve.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
