@@ -166,6 +166,7 @@ class PaintBridgeServer:
         self._ws_server: WsServer | None = None
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._last_scan = 0.0  # monotonic time of the last list_models rescan
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -355,7 +356,7 @@ class PaintBridgeServer:
             elif isinstance(message, FetchResult):
                 self._fetch(session, message.job_id)
             elif isinstance(message, ListModels):
-                self.engine.registry.scan()
+                self._rescan()
                 default = self.engine.registry.default_checkpoint()
                 session.send(Models(self._model_infos(), default.name if default else ""))
             elif isinstance(message, Hello):
@@ -370,6 +371,15 @@ class PaintBridgeServer:
         except Exception:  # a bug must not take the connection down
             log.exception("error handling a message")
             session.send(Error(ErrorCode.INTERNAL.value, "internal error while handling the message"))
+
+    def _rescan(self) -> None:
+        """Rescan the models folder for `list_models`, at most twice a second:
+        the scan's work follows the folder, so a client sending list_models in
+        a loop must not make the event loop walk the disk for each one."""
+        now = time.monotonic()
+        if now - self._last_scan >= 0.5:
+            self._last_scan = now
+            self.engine.registry.scan()
 
     def _submit(self, session: Session, message: Submit) -> None:
         request = message.request

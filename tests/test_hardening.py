@@ -386,6 +386,29 @@ def test_only_small_frames_before_hello(server):
         assert reply["code"] == "invalid_request" and reply["field"] == "prompt" and reply["ref"] == "big"
 
 
+def test_list_models_in_a_loop_does_not_rescan_each_time(tmp_path):
+    from bridge_server.config import ServerConfig
+    from bridge_server.server import PaintBridgeServer
+
+    class Registry:
+        scans = 0
+
+        def scan(self):
+            Registry.scans += 1
+
+    class FakeEngine:
+        registry = Registry()
+
+    server = PaintBridgeServer(ServerConfig(models_dir=tmp_path), FakeEngine())  # type: ignore[arg-type]
+    for _ in range(1000):
+        server._rescan()
+    assert Registry.scans == 1
+    server._last_scan -= 0.6  # half a second later: the next one scans again
+    server._rescan()
+    assert Registry.scans == 2
+    server.executor.shutdown()
+
+
 def test_booleans_and_integral_floats_are_not_integers(server):
     img = hostile.raw_image(8, 8)
     cases = [
