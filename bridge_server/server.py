@@ -134,6 +134,15 @@ class Session:
                 await _close_or_abort(self.ws, 1008, "too far behind: read your messages")
 
 
+def _allow_frames(ws: ServerConnection, limit: int) -> None:
+    """Raise the connection's incoming frame limit (websockets reads it as each frame starts)."""
+    protocol: Any = ws.protocol
+    if hasattr(protocol, "max_message_size"):  # websockets >= 15
+        protocol.max_message_size = limit
+    else:  # websockets 14
+        protocol.max_size = limit
+
+
 async def _close_or_abort(ws: ServerConnection, code: int, reason: str, timeout: float = 2.0) -> None:
     """A close handshake needs the peer to read; one that does not is cut off."""
     try:
@@ -305,7 +314,7 @@ class PaintBridgeServer:
         session.client_id = hello.client_id or secrets.token_hex(16)
         # Past hello: frames up to the full limit. The parser reads this when the
         # next frame starts, so a client that waits for `welcome` gets it.
-        session.ws.protocol.max_message_size = self.config.max_message_bytes
+        _allow_frames(session.ws, self.config.max_message_bytes)
         session.send(
             Welcome(
                 protocol=PROTOCOL_VERSION,
