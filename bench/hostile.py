@@ -104,7 +104,7 @@ def main() -> None:
                   f"{outcome.answer}", flush=True)
         rows.append(row)
     if args.json:
-        args.json.write_text(json.dumps([{k: vars(v) for k, v in row.items()} for row in rows], indent=2))
+        args.json.write_text(json.dumps([{k: {**vars(v), "reply": None} for k, v in row.items()} for row in rows], indent=2))
 
 
 if __name__ == "__main__":

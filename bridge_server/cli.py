@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""),
                        help="require this token from clients (PAINTBRIDGE_TOKEN)")
     serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                       help="also accept connections that send this Origin header (a browser page or a host "
-                       "application such as uxp://...); repeatable")
+                       help="admit this Origin header, exactly as sent (a web page, or a host such as "
+                       "uxp://com.example.plugin); repeatable")
     serve.add_argument("--vae", default="", help="VAE for requests that name none (the WebUI's \"SD VAE\"); "
                        "default: a checkpoint's own <name>.vae file if any, else its built-in VAE")
     serve.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

@@ -134,6 +134,15 @@ class Session:
                 await _close_or_abort(self.ws, 1008, "too far behind: read your messages")
 
 
+def _allow_frames(ws: ServerConnection, limit: int) -> None:
+    """Raise the connection's incoming frame limit (websockets reads it as each frame starts)."""
+    protocol: Any = ws.protocol
+    if hasattr(protocol, "max_message_size"):  # websockets >= 15
+        protocol.max_message_size = limit
+    else:  # websockets 14
+        protocol.max_size = limit
+
+
 async def _close_or_abort(ws: ServerConnection, code: int, reason: str, timeout: float = 2.0) -> None:
     """A close handshake needs the peer to read; one that does not is cut off."""
     try:
@@ -166,6 +175,7 @@ class PaintBridgeServer:
         self._ws_server: WsServer | None = None
         self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._last_scan = 0.0  # monotonic time of the last list_models rescan
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -304,7 +314,7 @@ class PaintBridgeServer:
         session.client_id = hello.client_id or secrets.token_hex(16)
         # Past hello: frames up to the full limit. The parser reads this when the
         # next frame starts, so a client that waits for `welcome` gets it.
-        session.ws.protocol.max_message_size = self.config.max_message_bytes
+        _allow_frames(session.ws, self.config.max_message_bytes)
         session.send(
             Welcome(
                 protocol=PROTOCOL_VERSION,
@@ -357,7 +367,7 @@ class PaintBridgeServer:
             elif isinstance(message, FetchResult):
                 self._fetch(session, message.job_id)
             elif isinstance(message, ListModels):
-                self.engine.registry.scan()
+                self._rescan()
                 default = self.engine.registry.default_checkpoint()
                 session.send(Models(self._model_infos(), default.name if default else ""))
             elif isinstance(message, Hello):
@@ -373,6 +383,15 @@ class PaintBridgeServer:
             log.exception("error handling a message")
             session.send(Error(ErrorCode.INTERNAL.value, "internal error while handling the message"))
 
+    def _rescan(self) -> None:
+        """Rescan the models folder for `list_models`, at most twice a second:
+        the scan's work follows the folder, so a client sending list_models in
+        a loop must not make the event loop walk the disk for each one."""
+        now = time.monotonic()
+        if now - self._last_scan >= 0.5:
+            self._last_scan = now
+            self.engine.registry.scan()
+
     def _submit(self, session: Session, message: Submit) -> None:
         request = message.request
         # Names, combinations and sizes: bad input fails before queueing (every cell of a plot).
@@ -382,7 +401,7 @@ class PaintBridgeServer:
             entry = self.engine.check(to_params(cell.request))
             native = entry.native_size if entry is not None and entry.native_size else limits.MAX_NATIVE
             limits.check_sides(cell.request, native)
-            sized.append((cell.request, native))
+            sized.append((cell.request, native, cell.labels))
         # The whole result travels as one message: it must fit the limit the client was told.
         limits.check_result_bytes(sized, self.config.max_message_bytes)
         if len(self.jobs) >= self.config.max_queue:

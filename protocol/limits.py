@@ -83,12 +83,14 @@ def image_count(request) -> int:
     return 1 if request.kind == "upscale" else request.batch_size * request.batch_count
 
 
-def result_bytes(request, native: int = MAX_NATIVE) -> int:
-    """An upper estimate of the `result` frame's size, in bytes."""
+def result_bytes(request, native: int = MAX_NATIVE, labels: list[str] | None = None) -> int:
+    """An upper estimate of the `result` frame's size, in bytes (`labels`: a
+    plot cell's captions, which every image of the cell carries)."""
     w, h = result_size(request, native)
     text = len(request.prompt.encode()) + len(request.negative_prompt.encode())
-    # Each image carries its own infotext (prompt, negative prompt and settings).
-    return image_count(request) * (w * h * 4 + 2 * text + RESULT_OVERHEAD)
+    captions = sum(len(label.encode()) + 8 for label in labels or [])
+    # Each image carries its own infotext (prompt, negative prompt and settings) and captions.
+    return image_count(request) * (w * h * 4 + 2 * text + captions + RESULT_OVERHEAD)
 
 
 def check_sides(request, native: int = MAX_NATIVE) -> None:
@@ -124,14 +126,14 @@ def _size_hint(request) -> str:
     return "lower the size"
 
 
-def check_result_bytes(cells: list[tuple[object, int]], max_bytes: int) -> None:
+def check_result_bytes(cells: list[tuple[object, int, list[str]]], max_bytes: int) -> None:
     """The whole result (every cell of a plot, every image of every batch) fits
-    in one message. `cells`: (request, the native size of its model)."""
-    total = sum(result_bytes(cell, native) for cell, native in cells)
+    in one message. `cells`: (request, the native size of its model, its labels)."""
+    total = sum(result_bytes(cell, native, labels) for cell, native, labels in cells)
     if total > max_bytes:
-        first, native = cells[0]
+        first, native, _ = cells[0]
         w, h = result_size(first, native)
-        count = sum(image_count(c) for c, _ in cells)
+        count = sum(image_count(c) for c, _, _ in cells)
         field = "plot" if len(cells) > 1 else "batch_size" if image_count(first) > 1 else _size_field(first)
         raise invalid(field, f"the result would be {total / 2**20:.0f} MiB ({count} images of about {w}x{h}); "
                              f"the largest message is {max_bytes / 2**20:.0f} MiB: lower the batch or the size")

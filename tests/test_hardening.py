@@ -264,6 +264,7 @@ def test_a_job_longer_than_the_ping_timeout_keeps_the_connection(engine):
 
 
 # -- second pass (issue 14): bounded memory against hostile requests -----------------------------
+from protocol import limits  # noqa: E402
 from tests import hostile  # noqa: E402
 
 MiB = 2**20
@@ -314,13 +315,17 @@ def test_every_produced_size_is_checked_before_queueing(server):
             reply = _reply(ws, {"steps": 1, **request}, ref=f"s{i}")
             assert reply["type"] == "error" and reply["code"] == "invalid_request", (request.keys(), reply)
             assert reply["field"] == field and text in reply["message"] and reply["ref"] == f"s{i}", reply
-        # What fits runs, at the size it said.
-        reply = _reply(ws, {"kind": "img2img", "image": img(64, 32), "width": 128, "steps": 1, "preview": False})
+        # What fits runs, at the size it said, in a message no bigger than the estimate the check used.
+        fits = {"kind": "img2img", "image": img(64, 32), "width": 128, "steps": 1, "preview": False, "batch_size": 2,
+                "prompt": "a cat " * 50}
+        reply = _reply(ws, fits)
         assert reply["type"] == "accepted", reply
         while reply["type"] != "result":
             reply = msgpack.unpackb(ws.recv(timeout=120))
             assert reply["type"] in ("progress", "result"), reply
         assert (reply["images"][0]["width"], reply["images"][0]["height"]) == (128, 64)
+        estimate = limits.result_bytes(decode(msgpack.packb({"type": "submit", "request": fits})).request, 512)
+        assert len(msgpack.packb(reply)) <= estimate
 
 
 def test_a_kept_result_holds_its_pixels_once():
@@ -379,6 +384,29 @@ def test_only_small_frames_before_hello(server):
     with _raw(server.url) as ws:  # past hello, the full limit: a 1 MiB frame gets an answer
         reply = _reply(ws, {"prompt": "x" * (1024 * 1024)}, ref="big")
         assert reply["code"] == "invalid_request" and reply["field"] == "prompt" and reply["ref"] == "big"
+
+
+def test_list_models_in_a_loop_does_not_rescan_each_time(tmp_path):
+    from bridge_server.config import ServerConfig
+    from bridge_server.server import PaintBridgeServer
+
+    class Registry:
+        scans = 0
+
+        def scan(self):
+            Registry.scans += 1
+
+    class FakeEngine:
+        registry = Registry()
+
+    server = PaintBridgeServer(ServerConfig(models_dir=tmp_path), FakeEngine())  # type: ignore[arg-type]
+    for _ in range(1000):
+        server._rescan()
+    assert Registry.scans == 1
+    server._last_scan -= 0.6  # half a second later: the next one scans again
+    server._rescan()
+    assert Registry.scans == 2
+    server.executor.shutdown()
 
 
 def test_booleans_and_integral_floats_are_not_integers(server):
