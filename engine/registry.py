@@ -164,6 +164,8 @@ class Registry:
             role = _kind_from_shapes(shapes)
             if role is None:
                 return None
+        if role == UPSCALER and _is_supir(path, shapes):
+            return None  # a SUPIR file beside the upscalers (ComfyUI users keep them there): engine/supir.py
         if role == CHECKPOINT and name.endswith(".vae"):
             role = VAE  # the WebUI's `<checkpoint>.vae.safetensors` beside its checkpoint
         detected: Detected | None = detect(shapes) if (shapes is not None and role == CHECKPOINT) else None
@@ -232,6 +234,13 @@ class Registry:
             names = ", ".join(e.name for e in self.list(kind)) or "none"
             raise EngineError("unknown_model", f"no {kind} named {name!r} in the models folder (have: {names})", field=field)
         return entry
+
+
+def _is_supir(path: Path, shapes: dict[str, list[int]] | None) -> bool:
+    """SUPIR's adaptor keys, or (a pickle, not opened here) SUPIR's file name."""
+    if shapes is not None:
+        return any(k.startswith("model.control_model.") for k in shapes)
+    return path.stem.lower().startswith("supir")
 
 
 def _kind_from_shapes(shapes: dict[str, list[int]]) -> str | None:
