@@ -165,9 +165,11 @@ def run(model: Any, supir: Any, image: np.ndarray, job: SupirJob, report: Report
     cond = encode_prompts(model, text, job.negative)
     g = Guidance(cond.cond, cond.uncond, job.cfg_scale, cond.pooled, cond.uncond_pooled)
     _, _, lh, lw = lq.shape
-    grid = tiled.views(lh, lw, job.tile, job.tile - job.stride)
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet halves a tile this often
+    tile = max(factor, job.tile // factor * factor)
+    grid = tiled.views(lh, lw, tile, max(0, tile - job.stride))
     batches = [grid[i : i + job.tile_batch] for i in range(0, len(grid), job.tile_batch)]
-    weight = gaussian_weights(min(job.tile, lh), min(job.tile, lw), device)
+    weight = gaussian_weights(min(tile, lh), min(tile, lw), device)
     coverage = torch.zeros((lh, lw), device=device)
     for v in grid:
         coverage[v.y : v.y + v.size_h, v.x : v.x + v.size_w] += weight
