@@ -245,7 +245,7 @@ def rss():
 def job(side):
     image = (np.random.default_rng(0).random((side, side, 3)) * 255).astype(np.uint8)
     return JobParams(kind="upscale", image=image, steps=1, seed=1, sampler="Euler", prompt="a cat",
-                     upscale=UpscaleParams(scale=4, upscaler="Lanczos", tile=8, overlap=4, vae_tile=128),
+                     upscale=UpscaleParams(scale=4, upscaler="Lanczos", tile=16, overlap=8, vae_tile=128),
                      restore=RestoreParams(guidance=4, s_churn=5, supir="SUPIR-v0Q", pre_denoise=False))
 
 engine = Engine(Registry(Path(sys.argv[1])).scan(), ModelManager(device="cpu"))
@@ -274,10 +274,10 @@ def test_supir_peak_memory_does_not_grow_with_the_image(xl_engine, xl):
 
     root = xl[0]
     deltas = {}
-    for side in (32, 64):  # 128x128 and 256x256 results
+    for side in (64, 128):  # 256x256 and 512x512 results (smaller ones are all allocator noise)
         done = subprocess.run([sys.executable, "-c", _PEAK, str(root), str(side)], capture_output=True, text=True,
                               check=True, timeout=900)
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["shape"] == [side * 4, side * 4, 4]
         deltas[side] = result["delta"]
-    assert deltas[64] < 1.3 * deltas[32], deltas
+    assert deltas[128] < 1.3 * deltas[64], deltas
