@@ -142,10 +142,10 @@ def run(model: Any, supir: Any, image: np.ndarray, job: SupirJob, report: Report
         if cancel is not None and cancel.is_set():
             raise JobCancelled()
 
-    def stage(name: str) -> None:
+    def stage(name: str, step: int = 0) -> None:
         check()
         if report is not None:
-            report(0, job.steps, name, None, 0, 0)
+            report(step, job.steps, name, None, 0, 0)
 
     stage("encoding")
     vae_dtype = next(vae.parameters()).dtype
@@ -223,7 +223,7 @@ def run(model: Any, supir: Any, image: np.ndarray, job: SupirJob, report: Report
         # sgm starts from unit noise scaled by sqrt(1 + sigma_max^2) (the VP latent's spread).
         x = noise() * math.sqrt(1.0 + sigmas[0] ** 2)
         x = restore.sample_edm(denoiser, x, sigmas, noise, step_done, job.s_churn, job.s_noise)
-        stage("decoding")
+        stage("decoding", job.steps)
         return tiled.decode(vae, x.to(dtype), job.vae_tile)
 
 
