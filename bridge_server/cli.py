@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         restoring.add_argument("--s-churn", type=float, default=0.0, help="EDM churn with --sampler Euler (SUPIR: 5)")
         restoring.add_argument("--s-noise", type=float, default=1.0, help="EDM churn noise scale (SUPIR: 1.003)")
         restoring.add_argument("--cfg-start", type=float, help="linear CFG: this at the first step, --cfg at the last")
+    supir = upscale.add_argument_group("SUPIR (an SDXL checkpoint + SUPIR-v0Q/v0F from SUPIR/ or upscale_models/)")
+    supir.add_argument("--supir", default="", metavar="NAME",
+                       help="restore with this SUPIR model; the authors' defaults fill what you do not set")
+    supir.add_argument("--no-pre-denoise", action="store_true", help="SUPIR: skip the robust encoder's pre-denoise")
+    supir.add_argument("--no-quality-prompt", action="store_true", help="SUPIR: do not append the quality prompt")
 
     result = command("result", "wait for a job, or fetch its finished result")
     client_args(result)
@@ -233,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# SUPIR's own defaults (the authors' "Quality" preset; engine/supir_upscale.py holds them
+# for the engine): 50 EDM steps with churn, CFG rising 4 -> 7.5, tiles of 128 latent pixels.
+SUPIR_DEFAULTS = {"steps": 50, "cfg": 7.5, "cfg_start": 4.0, "s_churn": 5.0, "s_noise": 1.003, "sampler": "Euler",
+                  "tile": 128, "overlap": 64, "tile_batch": 1}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -246,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "few_step", None):
             # The few-step model's settings become defaults; flags given explicitly still win.
             parser.commands[args.command].set_defaults(**few_step_settings(args))
+        if args.command == "upscale" and args.supir:
+            # The authors' defaults (engine/supir_upscale.py) where the flags were not given.
+            parser.commands["upscale"].set_defaults(**SUPIR_DEFAULTS)
             args = parser.parse_args(argv)
         if args.command == "serve":
             from bridge_server.serve import run_server
@@ -551,9 +565,14 @@ def build_request(args: argparse.Namespace, plot=None):
     if args.command == "upscale":
         wire["upscale"] = {"scale": args.scale, "upscaler": args.upscaler, "denoise": args.denoise, "tile": args.tile,
                            "overlap": args.overlap, "tile_batch": args.tile_batch, "vae_tile": args.vae_tile}
-    if args.command in ("img2img", "upscale") and (args.restore_guidance or args.s_churn or args.cfg_start is not None):
+    supir_name = getattr(args, "supir", "")
+    if args.command in ("img2img", "upscale") and (args.restore_guidance or args.s_churn or args.cfg_start is not None
+                                                   or supir_name):
         wire["restore"] = {"guidance": args.restore_guidance, "s_churn": args.s_churn, "s_noise": args.s_noise,
                            "cfg_start": args.cfg_start}
+        if supir_name:
+            wire["restore"].update(supir=supir_name, pre_denoise=not args.no_pre_denoise,
+                                   quality_prompt=not args.no_quality_prompt)
     if args.command == "inpaint":
         image, mask, expanding = inpaint_inputs(args)
         wire["image"], wire["mask"] = image.to_wire(), mask.to_wire()

@@ -30,6 +30,7 @@ from engine.preview import latent_preview
 from engine.prompts import extract_loras
 from engine.registry import CHECKPOINT, LORA, VAE, ModelEntry, Registry
 from engine.samplers import lookup, make_scheduler, resolve
+from engine.supir_upscale import supir_entry, supir_restore
 from engine.upscalers import Upscalers
 
 log = logging.getLogger("paintbridge")
@@ -117,6 +118,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
                               "or DPM adaptive)", field="sampler")
     entry = engine.registry.get(params.model, CHECKPOINT) if params.model else None
     if params.restore is not None:
+        if params.restore.supir:
+            return supir_entry(engine, params, entry)
         restore.check(params.kind, lookup(params.sampler), (params.upscale or UpscaleParams()).denoise)
     if params.kind == "upscale":
         options = params.upscale or UpscaleParams()
@@ -527,7 +530,12 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
 
     upscaled = engine.upscalers.upscale(rgb, target, options.upscaler, progress=tiles_done, cancel=cancel)
     seeds = resolve_seeds(params.seed, 1)
-    if options.denoise > 0:
+    supir = params.restore.supir if params.restore is not None else ""
+    extra: dict[str, Any] = {}
+    if supir:
+        assert model is not None
+        upscaled, extra = supir_restore(engine, model, params, upscaled, seeds[0], progress, cancel)
+    elif options.denoise > 0:
         assert model is not None
         work = (max(64, target[0] // 8 * 8), max(64, target[1] // 8 * 8))
         source = upscaled if work == target else np.asarray(Image.fromarray(upscaled).resize(work, Image.LANCZOS))
@@ -558,7 +566,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         "upscaler": options.upscaler or _default_upscaler(engine), "denoising_strength": options.denoise,
         "tile": options.tile, "overlap": options.overlap, "tile_batch": options.tile_batch,
         **regions.infotext_fields(params.regions),
-        **restore.parameters(params.restore),
+        **(extra if supir else restore.parameters(params.restore)),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
 
@@ -733,7 +741,7 @@ def infotext(p: dict[str, Any]) -> str:
         fields.append(f"Hires upscaler: {_quote(p['hires_upscaler'])}")
     if "upscale_by" in p:
         fields += [f"Upscale by: {p['upscale_by']:g}", f"Upscaler: {p['upscaler']}"]
-        if p["denoising_strength"]:
+        if p["denoising_strength"] and "supir" not in p:
             fields.append(f"Tiled Diffusion: MultiDiffusion, tile {p['tile']}, overlap {p['overlap']}")
     for key, value in p.get("controlnet", {}).items():  # as the WebUI's ControlNet extension writes them
         fields.append(f"{key}: {_quote(value)}")

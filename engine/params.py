@@ -67,6 +67,9 @@ class RestoreParams:
     s_churn: float = 0.0  # EDM churn (sampler "Euler")
     s_noise: float = 1.0
     cfg_start: float | None = None  # linear CFG from this (first step) to cfg_scale (last); None = constant
+    supir: str = ""  # upscale: a SUPIR model (SUPIR/ or upscale_models/) with an SDXL checkpoint
+    pre_denoise: bool = True  # SUPIR: guide toward the degradation-robust encoder's cleaned input
+    quality_prompt: bool = True  # SUPIR: append the authors' positive quality prompt
 
 
 @dataclass

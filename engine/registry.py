@@ -186,6 +186,8 @@ class Registry:
             role = _kind_from_shapes(shapes)
             if role is None:
                 return None
+        if role == UPSCALER and _is_supir(path, shapes):
+            return None  # a SUPIR file beside the upscalers (ComfyUI users keep them there): engine/supir.py
         if role == CHECKPOINT and name.endswith(".vae"):
             role = VAE  # the WebUI's `<checkpoint>.vae.safetensors` beside its checkpoint
         detected: Detected | None = detect(shapes) if (shapes is not None and role == CHECKPOINT) else None
@@ -297,6 +299,13 @@ def _is_controlnet_folder(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and config.get("_class_name") == "ControlNetModel"
+
+
+def _is_supir(path: Path, shapes: dict[str, list[int]] | None) -> bool:
+    """SUPIR's adaptor keys, or (a pickle, not opened here) SUPIR's file name."""
+    if shapes is not None:
+        return any(k.startswith("model.control_model.") for k in shapes)
+    return path.stem.lower().startswith("supir")
 
 
 def _kind_from_shapes(shapes: dict[str, list[int]]) -> str | None:

@@ -79,25 +79,27 @@ class RestoreGuidance:
 
 @dataclass
 class LinearCFG:
-    """CFG scale falling linearly with sigma, from `start` at sigma_ref to `end`
-    at sigma 0 (SUPIR's LinearCFG guider: scale_min + (scale - scale_min) * sigma / sigma_max)."""
+    """CFG scale linear in sigma, `start` at sigma_ref and `end` at sigma 0
+    (SUPIR's LinearCFG guider: scale_min + (scale - scale_min) * sigma / sigma_max,
+    read at the model's sigma, so churn's sigma_hat runs a little past `start`)."""
 
     start: float
     end: float
     sigma_ref: float
 
     def __call__(self, sigma: float) -> float:
-        return self.end + (self.start - self.end) * min(1.0, sigma / self.sigma_ref)
+        return self.end + (self.start - self.end) * sigma / self.sigma_ref
 
 
 def install(denoiser: Any, guidance: Any, z_lq, tau: float, cfg_start: float | None, sigmas: Sequence[float],
             gamma: float) -> None:
     """Hook restore guidance (tau > 0) and the linear CFG schedule (cfg_start set)
-    into a Denoiser whose predict reads `guidance.cfg_scale` per call."""
+    into a Denoiser whose predict reads `guidance.cfg_scale` per call. Both are
+    normalised by the job's first sigma, as the authors normalise by sigma_max."""
     if tau > 0:
         denoiser.after.append(RestoreGuidance.for_schedule(z_lq.float(), tau, sigmas, gamma))
     if cfg_start is not None:
-        schedule = LinearCFG(cfg_start, guidance.cfg_scale, sigmas[0] * (1.0 + gamma))
+        schedule = LinearCFG(cfg_start, guidance.cfg_scale, sigmas[0])
         denoiser.before.append(lambda sigma: setattr(guidance, "cfg_scale", schedule(sigma)))
 
 
@@ -170,9 +172,12 @@ def infotext_fields(p: dict[str, Any]) -> list[str]:
     """The infotext fields of the restore settings, as SUPIR's own names read."""
     if "restore_guidance" not in p:
         return []
-    fields = [f"Restore guidance: {p['restore_guidance']:g}"]
+    fields = [f"SUPIR: {p['supir']}"] if p.get("supir") else []
+    fields.append(f"Restore guidance: {p['restore_guidance']:g}")
     if p["s_churn"]:
         fields += [f"S churn: {p['s_churn']:g}", f"S noise: {p['s_noise']:g}"]
-    if "cfg_start" in p:
+    if p.get("cfg_start") is not None:
         fields.append(f"CFG start: {p['cfg_start']:g}")
+    if p.get("supir"):
+        fields += [f"SUPIR tile: {p['supir_tile']}/{p['supir_stride']}", f"Pre-denoise: {p['pre_denoise']}"]
     return fields

@@ -90,6 +90,9 @@ class Restore:
     s_churn: float = bounded(0.0, 0.0, 100.0)  # EDM churn, sampler "Euler" only (SUPIR: 5)
     s_noise: float = bounded(1.0, 0.5, 1.5)  # churn noise scale (SUPIR: 1.003)
     cfg_start: float | None = bounded(None, 0.0, 30.0)  # linear CFG from this to cfg_scale; null = constant
+    supir: str = ""  # upscale only: a SUPIR model (SUPIR/ or upscale_models/); the checkpoint must be SDXL
+    pre_denoise: bool = True  # SUPIR: guide toward the degradation-robust encoder's cleaned input
+    quality_prompt: bool = True  # SUPIR: append the authors' positive quality prompt
 
 
 @dataclass
@@ -197,6 +200,8 @@ class JobRequest:
             raise invalid("mask", f"{kind.value} takes no mask")
         if self.restore is not None and kind not in (JobKind.IMG2IMG, JobKind.UPSCALE):
             raise invalid("restore", f"restore guidance applies to img2img and upscale, not {kind.value}")
+        if self.restore is not None and self.restore.supir and kind is not JobKind.UPSCALE:
+            raise invalid("restore.supir", "SUPIR models restore in upscale jobs")
         if kind is JobKind.TXT2IMG and self.image is not None:
             raise invalid("image", "txt2img takes no image; use img2img")
         # Every size the engine will make (derived from the image, hires, upscale), before queueing.

@@ -217,3 +217,20 @@ def test_protocol_restore_field():
         from_wire(JobRequest, {"kind": "txt2img", "restore": {"guidance": 4}}).validate()
     with pytest.raises(Exception, match="guidance"):
         from_wire(JobRequest, {"kind": "img2img", "image": image, "restore": {"guidance": -1}})
+
+
+def test_restore_crosses_from_the_wire_to_the_engine():
+    from bridge_server.convert import to_params
+    from protocol.fields import from_wire
+    from protocol.requests import JobRequest
+
+    image = {"width": 8, "height": 8, "channels": 3, "data": bytes(192)}
+    wire = {"kind": "upscale", "image": image, "sampler": "Euler",
+            "restore": {"guidance": 4, "s_churn": 5, "s_noise": 1.003, "cfg_start": 4, "supir": "SUPIR-v0Q",
+                        "pre_denoise": False}}
+    request = from_wire(JobRequest, wire)
+    request.validate()
+    params = to_params(request)
+    assert params.restore == RestoreParams(4.0, 5.0, 1.003, 4.0, "SUPIR-v0Q", False, True)
+    with pytest.raises(Exception, match="SUPIR models restore in upscale jobs"):
+        from_wire(JobRequest, {**wire, "kind": "img2img"}).validate()
