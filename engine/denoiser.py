@@ -30,6 +30,8 @@ class Guidance:
     pooled: Any = None  # SDXL: N x 1280
     uncond_pooled: Any = None
     time_ids: Any = None  # SDXL: N x 6 (original size, crop top-left, target size)
+    parts: Any = None  # composable prompt (AND): [(cond, weight)...] (engine/prompt_schedule.py)
+    parts_pooled: Any = None
 
     @property
     def guided(self) -> bool:
@@ -46,6 +48,10 @@ def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None):
         t = torch.tensor(float(t), device=x_in.device)
     if extra is not None:
         x_in = torch.cat([x_in, extra.to(x_in.dtype)], dim=1)
+    if g.parts is not None:  # AND: one UNet pass per part (engine/prompt_schedule.py)
+        from engine.prompt_schedule import composable_unet
+
+        return composable_unet(unet, x_in, t, g)
     hidden, text, ids = g.cond, g.pooled, g.time_ids
     if g.guided:
         x_in = torch.cat([x_in, x_in])

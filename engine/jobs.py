@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import embeddings, loras, masks, tiled, vaes
+from engine import embeddings, loras, masks, prompt_schedule, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, NoiseOptions, decode_images
@@ -224,7 +224,16 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
     import torch
 
     text, _ = extract_loras(params.prompt)
-    conditioning = encode_prompts(model, text, params.negative_prompt, params.clip_skip)
+    schedule = None
+    if not prompt_schedule.is_plain(text, params.negative_prompt):
+        # [from:to:when], [a|b], AND: conditioning per step (engine/prompt_schedule.py), KPipeline only.
+        if not lookup(params.sampler).uses_function(params.eta):
+            raise EngineError("invalid_request", f"prompt editing, alternation and AND need a k-diffusion sampler, "
+                              f"not {params.sampler}", field="sampler")
+        schedule = prompt_schedule.build(model, text, params.negative_prompt, params.steps, params.clip_skip)
+        conditioning = schedule.first()
+    else:
+        conditioning = encode_prompts(model, text, params.negative_prompt, params.clip_skip)
     pipe_kwargs: dict[str, Any] = {
         **conditioning.pipeline_kwargs(len(seeds)),
         "num_inference_steps": params.steps,
@@ -237,6 +246,8 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
         "callback_on_step_end": _StepReporter(model.family, params, progress, cancel),
         "callback_on_step_end_tensor_inputs": ["latents"],
     }
+    if schedule is not None:
+        pipe_kwargs["prompt_schedule"] = schedule
     return pipe_kwargs
 
 
@@ -364,6 +375,10 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     else:
         pipe = _prepare(model, "img2img", params, seeds[0], reporter.cancel)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
+        if "prompt_schedule" in kwargs:  # the hires pass schedules the prompt over its own steps
+            text = extract_loras(params.prompt)[0]
+            kwargs = {**kwargs, "prompt_schedule": prompt_schedule.build(
+                model, text, params.negative_prompt, params.steps, params.clip_skip, hires_steps=hires_steps)}
         out = _to_rgba(pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
                             image=init, strength=hires.denoise).images)
     result = _output(model, params, out, seeds, width, height)

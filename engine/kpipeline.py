@@ -13,6 +13,7 @@ a scheduler). Encoding and decoding use the model's own VAE.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -73,7 +74,8 @@ class KPipeline:
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
         generator: list, output_type: str = "np", callback_on_step_end=None, pooled_prompt_embeds=None,
         negative_pooled_prompt_embeds=None, width: int | None = None, height: int | None = None, latents=None,
-        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, **_: Any,
+        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, prompt_schedule: Any = None,
+        **_: Any,
     ) -> SimpleNamespace:
         import torch
 
@@ -107,8 +109,14 @@ class KPipeline:
             else:
                 keep = 1.0 - mask
 
-        denoiser = Denoiser(dict(pipe.scheduler.config), lambda x, t: guided_unet(unet, x, t, guidance, extra),
-                            unet.dtype, self.check, lcm=self.spec.lcm)
+        def predict(x, t):
+            if prompt_schedule is not None:  # [from:to:when], [a|b], AND: this call's conditioning
+                prompt_schedule.apply(guidance)
+            return guided_unet(unet, x, t, guidance, extra)
+
+        if prompt_schedule is not None:
+            prompt_schedule.calls = 0
+        denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check, lcm=self.spec.lcm)
         x0 = None
         if init is not None:
             x0 = init.float().expand(batch, -1, -1, -1) if init.shape[0] == 1 else init.float()
@@ -220,7 +228,9 @@ def brownian_noise(x, sigma_min: float, sigma_max: float, seeds: list[int]) -> k
     def noise(sigma: float, sigma_next: float):
         a, b = torch.tensor(sigma, dtype=torch.float32), torch.tensor(sigma_next, dtype=torch.float32)
         low, high, sign = (a, b, 1) if a < b else (b, a, -1)
-        w = torch.stack([tree(low, high) for tree in trees]) * sign
+        with warnings.catch_warnings():  # torchsde warns when a query rounds a hair outside [t0, t1]
+            warnings.simplefilter("ignore", UserWarning)
+            w = torch.stack([tree(low, high) for tree in trees]) * sign
         return w / (high - low).abs().sqrt()
 
     return noise
