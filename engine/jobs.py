@@ -59,8 +59,12 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
     upscaler, VAE, LoRAs) and their combination. The server runs it before
     queueing, so bad input fails at once. Returns the checkpoint to load, or
     None for an upscaler-only job."""
-    resolve(params.sampler, params.schedule_type)
+    spec, _ = resolve(params.sampler, params.schedule_type)
     check_source(params.rng)
+    if not spec.uses_function(params.eta) and not prompt_schedule.is_plain(extract_loras(params.prompt)[0],
+                                                                           params.negative_prompt):
+        raise EngineError("invalid_request", f"prompt editing, alternation and AND need a k-diffusion sampler, "
+                          f"not {spec.name}", field="sampler")
     assert engine.upscalers is not None
     if params.hires is not None and params.hires.upscaler != "Latent":
         engine.upscalers.resolve(params.hires.upscaler, "hires.upscaler")
@@ -227,9 +231,6 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
     schedule = None
     if not prompt_schedule.is_plain(text, params.negative_prompt):
         # [from:to:when], [a|b], AND: conditioning per step (engine/prompt_schedule.py), KPipeline only.
-        if not lookup(params.sampler).uses_function(params.eta):
-            raise EngineError("invalid_request", f"prompt editing, alternation and AND need a k-diffusion sampler, "
-                              f"not {params.sampler}", field="sampler")
         schedule = prompt_schedule.build(model, text, params.negative_prompt, params.steps, params.clip_skip)
         conditioning = schedule.first()
     else:
@@ -354,8 +355,13 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     hires = params.hires
     assert hires is not None and engine.upscalers is not None
     target_w, target_h = masks.round8(width * hires.scale), masks.round8(height * hires.scale)
-    hires_steps = denoise_steps(hires.steps or params.steps, hires.denoise)
-    second = int(hires_steps * hires.denoise)
+    k_path = lookup(params.sampler).uses_function(params.eta)
+    if k_path:  # the WebUI's hires pass: exactly its steps, of a schedule stretched by 1 / denoise
+        hires_steps = hires.steps or params.steps
+        second = hires_steps if hires.denoise > 0 else 0
+    else:
+        hires_steps = denoise_steps(hires.steps or params.steps, hires.denoise)
+        second = int(hires_steps * hires.denoise)
     reporter: _StepReporter = kwargs["callback_on_step_end"]
     reporter.grand_total = params.steps + second
     latent = hires.upscaler == "Latent"
@@ -379,6 +385,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
             text = extract_loras(params.prompt)[0]
             kwargs = {**kwargs, "prompt_schedule": prompt_schedule.build(
                 model, text, params.negative_prompt, params.steps, params.clip_skip, hires_steps=hires_steps)}
+        if k_path:
+            kwargs = {**kwargs, "fixed_steps": True}
         out = _to_rgba(pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
                             image=init, strength=hires.denoise).images)
     result = _output(model, params, out, seeds, width, height)

@@ -66,16 +66,17 @@ class KPipeline:
     def function(self) -> str:
         return self.spec.function
 
-    def sigmas(self, denoiser: Denoiser, steps: int, strength: float | None = None) -> tuple[list[float], float]:
+    def sigmas(self, denoiser: Denoiser, steps: int, strength: float | None = None,
+               fixed_steps: bool = False) -> tuple[list[float], float]:
         sdxl = getattr(self.model, "family", "") == "sdxl"
-        return plan_sigmas(self.spec, self.schedule, denoiser, steps, strength, sdxl)
+        return plan_sigmas(self.spec, self.schedule, denoiser, steps, strength, sdxl, fixed_steps)
 
     def __call__(
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
         generator: list, output_type: str = "np", callback_on_step_end=None, pooled_prompt_embeds=None,
         negative_pooled_prompt_embeds=None, width: int | None = None, height: int | None = None, latents=None,
         image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, prompt_schedule: Any = None,
-        **_: Any,
+        fixed_steps: bool = False, **_: Any,
     ) -> SimpleNamespace:
         import torch
 
@@ -130,7 +131,8 @@ class KPipeline:
                 callback_on_step_end(self, step, None, {"latents": x})
 
         with torch.inference_mode():
-            x = self.run(denoiser, num_inference_steps, rng, x0=x0, strength=strength, start=start, callback=progress)
+            x = self.run(denoiser, num_inference_steps, rng, x0=x0, strength=strength, start=start, callback=progress,
+                         fixed_steps=fixed_steps)
             if keep is not None:
                 x = denoiser.known[0] * keep + x * (1.0 - keep)
             if output_type == "latent":
@@ -138,13 +140,13 @@ class KPipeline:
             return SimpleNamespace(images=decode_images(pipe.vae, x))
 
     def run(self, denoiser: Any, steps: int, rng: ImageNoise, x0: Any = None, strength: float = 1.0, start: Any = None,
-            callback: ksampling.Callback = ksampling._none):
+            callback: ksampling.Callback = ksampling._none, fixed_steps: bool = False):
         """The sampling itself, on any denoiser (with the model's `log_sigmas`):
         txt2img from the seeds' noise (or `start`), img2img from the clean latent
         x0; returns the final latent."""
         import torch
 
-        sigmas, start_sigma = self.sigmas(denoiser, steps, strength if x0 is not None else None)
+        sigmas, start_sigma = self.sigmas(denoiser, steps, strength if x0 is not None else None, fixed_steps)
         noise = rng.first().to(rng.device, torch.float32) if start is None else start
         if x0 is not None:
             x = x0 + noise * start_sigma
@@ -193,13 +195,20 @@ class KPipeline:
 
 
 def plan_sigmas(spec: SamplerSpec, schedule: str, denoiser: Denoiser, steps: int, strength: float | None = None,
-                sdxl: bool = False) -> tuple[list[float], float]:
+                sdxl: bool = False, fixed_steps: bool = False) -> tuple[list[float], float]:
     """The sigmas to walk and the sigma of the start noise, as the WebUI picks them.
-    img2img (a strength) runs the last int(strength * steps) + 1 steps of the
-    full schedule (the WebUI's t_enc + 1)."""
+    img2img (a strength) runs the last t_enc + 1 steps of the full schedule,
+    t_enc = int(strength * steps); with `fixed_steps` (the WebUI's hires pass)
+    exactly `steps` steps, of a schedule of int(steps / strength)."""
     discrete = schedules.Discrete(denoiser.log_sigmas)
+    t_enc = None
+    if strength is not None:
+        if fixed_steps:
+            t_enc, steps = steps - 1, int(steps / min(strength, 0.999))
+        else:
+            t_enc = int(min(strength, 0.999) * steps)
     if spec.timesteps:
-        return schedules.timestep_sigmas(steps, discrete, strength)
+        return schedules.timestep_sigmas(steps, discrete, t_enc)
     if spec.lcm:
         full = denoiser.lcm_sigmas(steps)
     else:
@@ -208,8 +217,7 @@ def plan_sigmas(spec: SamplerSpec, schedule: str, denoiser: Denoiser, steps: int
         # txt2img: the WebUI scales the start noise by the schedule's first sigma but gives
         # the DPM-Solvers the model's whole range and `steps` calls.
         return schedules.uniform(steps, discrete), full[0]
-    if strength is not None:
-        t_enc = int(min(strength, 0.999) * steps)
+    if t_enc is not None:
         full = full[max(0, steps - t_enc - 1):]
     return full, full[0]
 
