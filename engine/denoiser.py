@@ -32,10 +32,12 @@ class Guidance:
     time_ids: Any = None  # SDXL: N x 6 (original size, crop top-left, target size)
     parts: Any = None  # composable prompt (AND): [(cond, weight)...] (engine/prompt_schedule.py)
     parts_pooled: Any = None
+    always_uncond: bool = False  # DDIM CFG++: the unconditional pass even at a CFG scale <= 1
+    last_uncond: Any = None  # with always_uncond: the last call's unconditional model output
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale > 1.0  # as diffusers: no unconditional pass at CFG <= 1
+        return self.cfg_scale > 1.0 or self.always_uncond  # as diffusers: no unconditional pass at CFG <= 1
 
 
 def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None):
@@ -63,6 +65,8 @@ def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None):
     if g.guided:
         uncond, cond = out.chunk(2)
         out = uncond + g.cfg_scale * (cond - uncond)
+        if g.always_uncond:
+            g.last_uncond = uncond
     return out
 
 
@@ -141,16 +145,20 @@ class Denoiser:
             self.check()
         self.calls += 1
         c_in = 1.0 / math.sqrt(sigma**2 + 1.0)
-        out = self.predict((x * c_in).to(self.dtype), self.timestep(sigma)).float()
+        x0 = self.to_x0(x, sigma, self.predict((x * c_in).to(self.dtype), self.timestep(sigma)).float())
+        if self.lcm:
+            x0 = self._lcm_boundary(x0, x, sigma)
+        if self.known is not None:
+            image, keep = self.known
+            x0 = image * keep + x0 * (1.0 - keep)
+        return x0
+
+    def to_x0(self, x, sigma: float, out):
+        """The model's output (eps, v or x0, by its prediction type) as the clean estimate."""
         if self.prediction == "v_prediction":
             x0 = x / (sigma**2 + 1.0) - out * (sigma / math.sqrt(sigma**2 + 1.0))
         elif self.prediction == "sample":
             x0 = out
         else:
             x0 = x - out * sigma
-        if self.lcm:
-            x0 = self._lcm_boundary(x0, x, sigma)
-        if self.known is not None:
-            image, keep = self.known
-            x0 = image * keep + x0 * (1.0 - keep)
         return x0

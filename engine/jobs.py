@@ -61,6 +61,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
     None for an upscaler-only job."""
     spec, _ = resolve(params.sampler, params.schedule_type)
     check_source(params.rng)
+    if spec.cfgpp and params.kind == "upscale":
+        raise EngineError("invalid_request", "DDIM CFG++ is not available for tiled upscaling", field="sampler")
     if not spec.uses_function(params.eta) and not prompt_schedule.is_plain(extract_loras(params.prompt)[0],
                                                                            params.negative_prompt):
         raise EngineError("invalid_request", f"prompt editing, alternation and AND need a k-diffusion sampler, "

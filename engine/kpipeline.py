@@ -60,6 +60,7 @@ class KPipeline:
         self.eta = eta
         self.check = check
         self.noise_options = noise or NoiseOptions()
+        self.uncond: Callable[[Any, float], Any] | None = None  # DDIM CFG++: the last call's unconditional x0
         self.num_timesteps = 0  # read by the step callback, as on a diffusers pipeline
 
     @property
@@ -95,6 +96,8 @@ class KPipeline:
 
         guidance = Guidance(prompt_embeds, negative_prompt_embeds, guidance_scale, pooled_prompt_embeds,
                             negative_pooled_prompt_embeds)
+        if self.spec.cfgpp:  # the WebUI maps CFG 0..12.5 to CFG++'s 0..1
+            guidance.cfg_scale, guidance.always_uncond = guidance_scale / 12.5, True
         if pooled_prompt_embeds is not None:  # SDXL: original size, crop (0, 0), target size
             ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=prompt_embeds.dtype)
             guidance.time_ids = ids.repeat(batch, 1)
@@ -118,6 +121,8 @@ class KPipeline:
         if prompt_schedule is not None:
             prompt_schedule.calls = 0
         denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check, lcm=self.spec.lcm)
+        if self.spec.cfgpp:
+            self.uncond = lambda x, sigma: denoiser.to_x0(x, sigma, guidance.last_uncond.float())
         x0 = None
         if init is not None:
             x0 = init.float().expand(batch, -1, -1, -1) if init.shape[0] == 1 else init.float()
@@ -157,8 +162,10 @@ class KPipeline:
             x = noise * (math.sqrt(1 + sigmas[0] ** 2) if self.spec.timesteps else start_sigma)
         self.num_timesteps = max(1, len(sigmas) - 1)
         step_noise = self._noise_sampler(rng, sigmas, rng.seeds, x)
-        x = ksampling.sample(self.function, denoiser, x, sigmas, step_noise, callback, self.eta,
-                             **self.spec.sampler_options())
+        options = self.spec.sampler_options()
+        if self.spec.cfgpp:
+            options["uncond"] = self.uncond
+        x = ksampling.sample(self.function, denoiser, x, sigmas, step_noise, callback, self.eta, **options)
         if self.spec.timesteps:  # ends at the lowest timestep, decoded as it is
             x = x / math.sqrt(1 + sigmas[-1] ** 2)
         return x
