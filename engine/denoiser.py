@@ -30,10 +30,14 @@ class Guidance:
     pooled: Any = None  # SDXL: N x 1280
     uncond_pooled: Any = None
     time_ids: Any = None  # SDXL: N x 6 (original size, crop top-left, target size)
+    parts: Any = None  # composable prompt (AND): [(cond, weight)...] (engine/prompt_schedule.py)
+    parts_pooled: Any = None
+    always_uncond: bool = False  # DDIM CFG++: the unconditional pass even at a CFG scale <= 1
+    last_uncond: Any = None  # with always_uncond: the last call's unconditional model output
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale > 1.0  # as diffusers: no unconditional pass at CFG <= 1
+        return self.cfg_scale > 1.0 or self.always_uncond  # as diffusers: no unconditional pass at CFG <= 1
 
 
 def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None, control: Any = None, crops: Any = None):
@@ -48,6 +52,10 @@ def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None, control: Any = No
     latent = x_in  # ControlNets see the latent alone, without an inpainting model's extra channels
     if extra is not None:
         x_in = torch.cat([x_in, extra.to(x_in.dtype)], dim=1)
+    if g.parts is not None:  # AND: one UNet pass per part (engine/prompt_schedule.py)
+        from engine.prompt_schedule import composable_unet
+
+        return composable_unet(unet, x_in, t, g)
     hidden, text, ids = g.cond, g.pooled, g.time_ids
     if g.guided:
         x_in, latent = torch.cat([x_in, x_in]), torch.cat([latent, latent])
@@ -60,6 +68,8 @@ def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None, control: Any = No
     if g.guided:
         uncond, cond = out.chunk(2)
         out = uncond + g.cfg_scale * (cond - uncond)
+        if g.always_uncond:
+            g.last_uncond = uncond
     return out
 
 
@@ -144,13 +154,7 @@ class Denoiser:
         for hook in self.before:
             hook(sigma)
         c_in = 1.0 / math.sqrt(sigma**2 + 1.0)
-        out = self.predict((x * c_in).to(self.dtype), self.timestep(sigma)).float()
-        if self.prediction == "v_prediction":
-            x0 = x / (sigma**2 + 1.0) - out * (sigma / math.sqrt(sigma**2 + 1.0))
-        elif self.prediction == "sample":
-            x0 = out
-        else:
-            x0 = x - out * sigma
+        x0 = self.to_x0(x, sigma, self.predict((x * c_in).to(self.dtype), self.timestep(sigma)).float())
         if self.lcm:
             x0 = self._lcm_boundary(x0, x, sigma)
         for after in self.after:
@@ -158,4 +162,14 @@ class Denoiser:
         if self.known is not None:
             image, keep = self.known
             x0 = image * keep + x0 * (1.0 - keep)
+        return x0
+
+    def to_x0(self, x, sigma: float, out):
+        """The model's output (eps, v or x0, by its prediction type) as the clean estimate."""
+        if self.prediction == "v_prediction":
+            x0 = x / (sigma**2 + 1.0) - out * (sigma / math.sqrt(sigma**2 + 1.0))
+        elif self.prediction == "sample":
+            x0 = out
+        else:
+            x0 = x - out * sigma
         return x0

@@ -19,7 +19,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import autosize, control, embeddings, inpainting, loras, masks, preprocess, regions, restore, tiled, vaes
+from engine import (
+    autosize,
+    control,
+    embeddings,
+    inpainting,
+    loras,
+    masks,
+    preprocess,
+    prompt_schedule,
+    regions,
+    restore,
+    tiled,
+    vaes,
+)
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, NoiseOptions, decode_images
@@ -98,8 +111,14 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
             raise EngineError("invalid_request", "a preprocess job takes one unit", field="controls")
         preprocess.check(params.controls[0].preprocess, engine.registry.root, "controls[0].preprocess")
         return None
-    resolve(params.sampler, params.schedule_type)
+    spec, _ = resolve(params.sampler, params.schedule_type)
     check_source(params.rng)
+    if spec.cfgpp and params.kind == "upscale":
+        raise EngineError("invalid_request", "DDIM CFG++ is not available for tiled upscaling", field="sampler")
+    if not spec.uses_function(params.eta) and not prompt_schedule.is_plain(extract_loras(params.prompt)[0],
+                                                                           params.negative_prompt):
+        raise EngineError("invalid_request", f"prompt editing, alternation and AND need a k-diffusion sampler, "
+                          f"not {spec.name}", field="sampler")
     assert engine.upscalers is not None
     if params.hires is not None and params.hires.upscaler != "Latent":
         engine.upscalers.resolve(params.hires.upscaler, "hires.upscaler")
@@ -315,7 +334,13 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
     import torch
 
     text, _ = extract_loras(params.prompt)
-    conditioning = encode_prompts(model, text, params.negative_prompt, params.clip_skip)
+    schedule = None
+    if not prompt_schedule.is_plain(text, params.negative_prompt):
+        # [from:to:when], [a|b], AND: conditioning per step (engine/prompt_schedule.py), KPipeline only.
+        schedule = prompt_schedule.build(model, text, params.negative_prompt, params.steps, params.clip_skip)
+        conditioning = schedule.first()
+    else:
+        conditioning = encode_prompts(model, text, params.negative_prompt, params.clip_skip)
     pipe_kwargs: dict[str, Any] = {
         **conditioning.pipeline_kwargs(len(seeds)),
         "num_inference_steps": params.steps,
@@ -328,6 +353,8 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
         "callback_on_step_end": _StepReporter(model.family, params, progress, cancel),
         "callback_on_step_end_tensor_inputs": ["latents"],
     }
+    if schedule is not None:
+        pipe_kwargs["prompt_schedule"] = schedule
     return pipe_kwargs
 
 
@@ -477,8 +504,13 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     hires = params.hires
     assert hires is not None and engine.upscalers is not None
     target_w, target_h = autosize.hires_target(hires, width, height)
-    hires_steps = denoise_steps(hires.steps or params.steps, hires.denoise, params.sampler)
-    second = steps_run(hires.steps or params.steps, hires.denoise, params.sampler)
+    k_path = lookup(params.sampler).uses_function(params.eta)
+    if k_path:  # the WebUI's hires pass: exactly its steps, of a schedule stretched by 1 / denoise
+        hires_steps = hires.steps or params.steps
+        second = hires_steps if hires.denoise > 0 else 0
+    else:
+        hires_steps = denoise_steps(hires.steps or params.steps, hires.denoise, params.sampler)
+        second = steps_run(hires.steps or params.steps, hires.denoise, params.sampler)
     reporter: _StepReporter = kwargs["callback_on_step_end"]
     reporter.grand_total = params.steps + second
     latent = hires.upscaler == "Latent"
@@ -503,6 +535,12 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
         if units:  # the second pass sees the control image at the target size
             kwargs = {**kwargs, "control": control.control_for(units, target_w, target_h, hires=True)}
+        if "prompt_schedule" in kwargs:  # the hires pass schedules the prompt over its own steps
+            text = extract_loras(params.prompt)[0]
+            kwargs = {**kwargs, "prompt_schedule": prompt_schedule.build(
+                model, text, params.negative_prompt, params.steps, params.clip_skip, hires_steps=hires_steps)}
+        if k_path:
+            kwargs = {**kwargs, "fixed_steps": True}
         out = _to_rgba(pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
                             image=init, strength=hires.denoise).images)
     result = _output(model, params, out, seeds, width, height)

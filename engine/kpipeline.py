@@ -13,6 +13,7 @@ a scheduler). Encoding and decoding use the model's own VAE.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -60,6 +61,7 @@ class KPipeline:
         self.check = check
         self.noise_options = noise or NoiseOptions()
         self.restoring = restoring  # engine.params.RestoreParams: restore guidance toward the input image
+        self.uncond: Callable[[Any, float], Any] | None = None  # DDIM CFG++: the last call's unconditional x0
         self.num_timesteps = 0  # read by the step callback, as on a diffusers pipeline
         self.regions = regions  # engine/regions.py RegionControl, masks in this call's frame; None = no regions
 
@@ -67,15 +69,17 @@ class KPipeline:
     def function(self) -> str:
         return self.spec.function
 
-    def sigmas(self, denoiser: Denoiser, steps: int, strength: float | None = None) -> tuple[list[float], float]:
+    def sigmas(self, denoiser: Denoiser, steps: int, strength: float | None = None,
+               fixed_steps: bool = False) -> tuple[list[float], float]:
         sdxl = getattr(self.model, "family", "") == "sdxl"
-        return plan_sigmas(self.spec, self.schedule, denoiser, steps, strength, sdxl)
+        return plan_sigmas(self.spec, self.schedule, denoiser, steps, strength, sdxl, fixed_steps)
 
     def __call__(
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
         generator: list, output_type: str = "np", callback_on_step_end=None, pooled_prompt_embeds=None,
         negative_pooled_prompt_embeds=None, width: int | None = None, height: int | None = None, latents=None,
-        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, control: Any = None, depth_map: np.ndarray | None = None, **_: Any,
+        image: Any = None, mask_image: Image.Image | None = None, strength: float = 1.0, control: Any = None,
+        depth_map: np.ndarray | None = None, prompt_schedule: Any = None, fixed_steps: bool = False, **_: Any,
     ) -> SimpleNamespace:
         import torch
 
@@ -94,6 +98,8 @@ class KPipeline:
 
         guidance = Guidance(prompt_embeds, negative_prompt_embeds, guidance_scale, pooled_prompt_embeds,
                             negative_pooled_prompt_embeds)
+        if self.spec.cfgpp:  # the WebUI maps CFG 0..12.5 to CFG++'s 0..1
+            guidance.cfg_scale, guidance.always_uncond = guidance_scale / 12.5, True
         if pooled_prompt_embeds is not None:  # SDXL: original size, crop (0, 0), target size
             ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=prompt_embeds.dtype)
             guidance.time_ids = ids.repeat(batch, 1)
@@ -113,13 +119,19 @@ class KPipeline:
             extra = depth_latent(depth_map, height // 8, width // 8, device).repeat(batch, 1, 1, 1)
 
         def predict(x, t):
+            if prompt_schedule is not None:  # [from:to:when], [a|b], AND: this call's conditioning
+                prompt_schedule.apply(guidance)
             return guided_unet(unet, x, t, guidance, extra, control)
 
         if self.regions is not None:  # a prompt per region, blended by the masks at every step
             predict = self.regions.predictor(unet, guidance, extra, self.regions.weights(height // 8, width // 8, device))
+        if prompt_schedule is not None:
+            prompt_schedule.calls = 0
         denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check, lcm=self.spec.lcm)
         self.control = control  # ControlNet units (engine/control.py): told the steps of this pass in run()
         self.guidance = guidance  # restore guidance's CFG schedule changes its scale per step (engine/restore.py)
+        if self.spec.cfgpp:
+            self.uncond = lambda x, sigma: denoiser.to_x0(x, sigma, guidance.last_uncond.float())
         x0 = None
         if init is not None:
             x0 = init.float().expand(batch, -1, -1, -1) if init.shape[0] == 1 else init.float()
@@ -133,7 +145,8 @@ class KPipeline:
                 callback_on_step_end(self, step, None, {"latents": x})
 
         with torch.inference_mode():
-            x = self.run(denoiser, num_inference_steps, rng, x0=x0, strength=strength, start=start, callback=progress)
+            x = self.run(denoiser, num_inference_steps, rng, x0=x0, strength=strength, start=start, callback=progress,
+                         fixed_steps=fixed_steps)
             if keep is not None:
                 x = denoiser.known[0] * keep + x * (1.0 - keep)
             if output_type == "latent":
@@ -141,13 +154,13 @@ class KPipeline:
             return SimpleNamespace(images=decode_images(pipe.vae, x))
 
     def run(self, denoiser: Any, steps: int, rng: ImageNoise, x0: Any = None, strength: float = 1.0, start: Any = None,
-            callback: ksampling.Callback = ksampling._none):
+            callback: ksampling.Callback = ksampling._none, fixed_steps: bool = False):
         """The sampling itself, on any denoiser (with the model's `log_sigmas`):
         txt2img from the seeds' noise (or `start`), img2img from the clean latent
         x0; returns the final latent."""
         import torch
 
-        sigmas, start_sigma = self.sigmas(denoiser, steps, strength if x0 is not None else None)
+        sigmas, start_sigma = self.sigmas(denoiser, steps, strength if x0 is not None else None, fixed_steps)
         noise = rng.first().to(rng.device, torch.float32) if start is None else start
         if x0 is not None:
             x = x0 + noise * start_sigma
@@ -167,8 +180,11 @@ class KPipeline:
         else:
             r = None
         step_noise = self._noise_sampler(rng, sigmas, rng.seeds, x)
+        options = self.spec.sampler_options()
+        if self.spec.cfgpp:
+            options["uncond"] = self.uncond
         x = restore.sample(function, denoiser, x, sigmas, step_noise, callback, self.eta,
-                           r.s_churn if r else 0.0, r.s_noise if r else 1.0, **self.spec.sampler_options())
+                           r.s_churn if r else 0.0, r.s_noise if r else 1.0, **options)
         if self.spec.timesteps:  # ends at the lowest timestep, decoded as it is
             x = x / math.sqrt(1 + sigmas[-1] ** 2)
         return x
@@ -205,13 +221,20 @@ class KPipeline:
 
 
 def plan_sigmas(spec: SamplerSpec, schedule: str, denoiser: Denoiser, steps: int, strength: float | None = None,
-                sdxl: bool = False) -> tuple[list[float], float]:
+                sdxl: bool = False, fixed_steps: bool = False) -> tuple[list[float], float]:
     """The sigmas to walk and the sigma of the start noise, as the WebUI picks them.
-    img2img (a strength) runs the last int(strength * steps) + 1 steps of the
-    full schedule (the WebUI's t_enc + 1)."""
+    img2img (a strength) runs the last t_enc + 1 steps of the full schedule,
+    t_enc = int(strength * steps); with `fixed_steps` (the WebUI's hires pass)
+    exactly `steps` steps, of a schedule of int(steps / strength)."""
     discrete = schedules.Discrete(denoiser.log_sigmas)
+    t_enc = None
+    if strength is not None:
+        if fixed_steps:
+            t_enc, steps = steps - 1, int(steps / min(strength, 0.999))
+        else:
+            t_enc = int(min(strength, 0.999) * steps)
     if spec.timesteps:
-        return schedules.timestep_sigmas(steps, discrete, strength)
+        return schedules.timestep_sigmas(steps, discrete, t_enc)
     if spec.lcm:
         full = denoiser.lcm_sigmas(steps)
     else:
@@ -220,8 +243,7 @@ def plan_sigmas(spec: SamplerSpec, schedule: str, denoiser: Denoiser, steps: int
         # txt2img: the WebUI scales the start noise by the schedule's first sigma but gives
         # the DPM-Solvers the model's whole range and `steps` calls.
         return schedules.uniform(steps, discrete), full[0]
-    if strength is not None:
-        t_enc = int(min(strength, 0.999) * steps)
+    if t_enc is not None:
         full = full[max(0, steps - t_enc - 1):]
     return full, full[0]
 
@@ -240,7 +262,9 @@ def brownian_noise(x, sigma_min: float, sigma_max: float, seeds: list[int]) -> k
     def noise(sigma: float, sigma_next: float):
         a, b = torch.tensor(sigma, dtype=torch.float32), torch.tensor(sigma_next, dtype=torch.float32)
         low, high, sign = (a, b, 1) if a < b else (b, a, -1)
-        w = torch.stack([tree(low, high) for tree in trees]) * sign
+        with warnings.catch_warnings():  # torchsde warns when a query rounds a hair outside [t0, t1]
+            warnings.simplefilter("ignore", UserWarning)
+            w = torch.stack([tree(low, high) for tree in trees]) * sign
         return w / (high - low).abs().sqrt()
 
     return noise

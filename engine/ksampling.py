@@ -365,6 +365,27 @@ def sample_ddim(model: Model, x, sigmas: Sequence[float], noise: Noise, callback
     return x
 
 
+def sample_ddim_cfgpp(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                      eta: float = 0.0, uncond: Callable[[Any, float], Any] | None = None):
+    """DDIM CFG++ (Chung et al. 2024, "CFG++: Manifold-constrained Classifier Free
+    Guidance"): the estimate from guidance at CFG / 12.5, the direction back to
+    the noise from the unconditional prediction. `uncond(x, sigma)` gives the
+    unconditional x0 of the call just made."""
+    assert uncond is not None, "DDIM CFG++ needs the unconditional estimate"
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_prev = sigmas[i], sigmas[i + 1]
+        a, a_prev = 1 / (1 + sigma**2), 1 / (1 + sigma_prev**2)
+        x0 = model(x, sigma)
+        eps_uncond = (x - uncond(x, sigma)) / sigma
+        sigma_t = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+        x_vp = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma_t**2) * eps_uncond
+        if sigma_t:
+            x_vp = x_vp + sigma_t * noise(sigma, sigma_prev)
+        x = x_vp / math.sqrt(a_prev)
+        callback(x, x0, (i + 1) / (len(sigmas) - 1))
+    return x
+
+
 def sample_plms(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
     """PLMS (Liu et al. 2022, pseudo linear multistep): the first step is pseudo
     improved Euler (two calls), then Adams-Bashforth of orders 2-4 on eps."""
@@ -530,7 +551,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     for f in (
         sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral, sample_euler, sample_heun,
         sample_dpm_2, sample_lms, sample_dpmpp_2m, sample_dpmpp_sde, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde,
-        sample_lcm, sample_restart, sample_ddim, sample_plms,
+        sample_lcm, sample_restart, sample_ddim, sample_ddim_cfgpp, sample_plms,
     )
 }
 

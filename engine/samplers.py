@@ -39,6 +39,7 @@ class SamplerSpec:
     timesteps: bool = False  # the WebUI's DDIM/PLMS: integer timesteps, unit start noise
     lcm: bool = False  # LCM: the consistency model's discretisation and output scaling
     uses_ensd: bool = False  # "Eta noise seed delta" reseeds its step noise
+    cfgpp: bool = False  # DDIM CFG++: CFG / 12.5, and the unconditional estimate for the direction
     aliases: tuple[str, ...] = ()  # the WebUI's API names (k_euler_a...)
     webui19_schedule: str = ""  # what "Automatic" meant in the WebUI 1.9+, where it differs
     scheduler: str = ""  # a diffusers scheduler class name (UniPC)
@@ -114,6 +115,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("UniPC", scheduler="UniPCMultistepScheduler", options={"timestep_spacing": "linspace"},
                     aliases=("unipc",)),
         SamplerSpec("LCM", "sample_lcm", lcm=True, aliases=("k_lcm",)),
+        SamplerSpec("DDIM CFG++", "sample_ddim_cfgpp", eta=0.0, timesteps=True, cfgpp=True, aliases=("ddim_cfgpp",)),
     ]
 }
 SAMPLER_NAMES = list(SAMPLERS)

@@ -185,19 +185,16 @@ def webui_timesteps(steps: int, train_steps: int = 1000) -> list[int]:
     return [min(t + 1, train_steps - 1) for t in range(0, train_steps, train_steps // steps)]
 
 
-def timestep_sigmas(steps: int, d: Discrete, strength: float | None = None) -> tuple[list[float], float]:
+def timestep_sigmas(steps: int, d: Discrete, t_enc: int | None = None) -> tuple[list[float], float]:
     """A timestep sampler's sigmas (descending, from its first timestep down to
     timestep 1, no 0) and the sigma its start noise belongs to. For txt2img the
-    WebUI starts from unit noise at the top timestep; for img2img it noises the
-    image to timestep[t_enc] and starts sampling one timestep below it."""
+    WebUI starts from unit noise at the top timestep; for img2img (`t_enc`) it
+    noises the image to timestep[t_enc] and samples from one timestep below."""
     ts = webui_timesteps(steps, len(d.log_sigmas))
-    if strength is None:
-        chosen = ts
-        start = d.sigma_at(ts[-1])
+    if t_enc is None:
+        chosen, start = ts, d.sigma_at(ts[-1])
     else:
-        t_enc = int(min(strength, 0.999) * steps)
-        chosen = ts[:max(t_enc, 1)]
-        start = d.sigma_at(ts[min(t_enc, len(ts) - 1)])
+        chosen, start = ts[: max(t_enc, 1)], d.sigma_at(ts[min(t_enc, len(ts) - 1)])
     return [d.sigma_at(t) for t in chosen][::-1], start
 
 

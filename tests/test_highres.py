@@ -169,12 +169,12 @@ def test_hires_fix_size_and_both_passes(engine):
             lambda step, total, stage, preview, *tiles: events.append((stage, step, total)),
         )
         assert out.images[0].shape == (128, 192, 4)
-        # Every phase says what runs: the upscaler model between the passes, the VAE at the end.
+        # Every phase says what runs: the upscaler model between the passes, the VAE at the end; the
+        # WebUI's hires pass runs its steps in full (of a schedule of steps / denoise).
         between = [] if upscaler == "Latent" else [("hires upscaling", 4)]
-        # The second pass runs the WebUI's int(denoise * steps) + 1 = 3 steps.
-        hires = [("hires", 5), ("hires", 6), ("hires", 7), ("decoding", 7)]
+        hires = [("hires", 5), ("hires", 6), ("hires", 7), ("hires", 8), ("decoding", 8)]
         expected = [("sampling", s) for s in (1, 2, 3, 4)] + between + hires
-        assert [e[:2] for e in events] == expected and {e[2] for e in events} == {7}
+        assert [e[:2] for e in events] == expected and {e[2] for e in events} == {8}
         assert f"Hires upscaler: {upscaler}" in out.infotext
 
 

@@ -339,3 +339,48 @@ def test_restart_is_heun_below_20_steps_and_restarts_from_20():
     out, calls = ours("Restart", "Automatic", 20, None)
     assert calls == 39
     assert abs(float(out.mean()) - MU) < 0.05 and abs(float(out.std()) - S) < 0.05
+
+
+def test_ddim_cfgpp_equals_the_webuis():
+    """DDIM CFG++ on two exact denoisers (conditional data around 0.8, unconditional
+    around -0.2): the WebUI's loop (CFG / 12.5 for the estimate, the unconditional
+    eps for the direction) against ours."""
+    from engine import ksampling
+
+    mu_c, mu_u, cfg, steps = 0.8, -0.2, 7.0, 20
+
+    def exact(x, sigma, mu):
+        return (S**2 * x + sigma**2 * mu) / (S**2 + sigma**2)
+
+    def guided(x, sigma, scale):
+        u = exact(x, sigma, mu_u)
+        return u + scale * (exact(x, sigma, mu_c) - u), u
+
+    # The WebUI's loop, on x_t over its integer timesteps.
+    alphas = 1 / (1 + training_sigmas().double() ** 2)
+    timesteps = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
+    x = GeneratorNoise(SEEDS)().double()
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        a, a_prev = alphas[timesteps[index]], alphas[timesteps[index - 1]]
+        sigma = float(((1 - a) / a).sqrt())
+        x_s = x / a.sqrt()
+        x0, x0_u = guided(x_s, sigma, cfg / 12.5)
+        e_t, e_u = (x_s - x0) / sigma, (x_s - x0_u) / sigma
+        pred_x0 = (x - (1 - a).sqrt() * e_t) / a.sqrt()
+        x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * e_u
+    theirs_out = x
+
+    last = {}
+
+    def model(x, sigma):
+        x0, last["u"] = guided(x, sigma, cfg / 12.5)
+        return x0
+
+    sigmas, _ = schedules.timestep_sigmas(steps, schedules.Discrete(ExactDenoiser().log_sigmas))
+    start = ImageNoise(SHAPE, SEEDS, source="cpu").first().double() * math.sqrt(1 + sigmas[0] ** 2)
+    ours_out = ksampling.sample("sample_ddim_cfgpp", model, start, sigmas, lambda *_: None, eta=0.0,
+                                uncond=lambda x, sigma: last["u"]) / math.sqrt(1 + sigmas[-1] ** 2)
+    error = relative(ours_out, theirs_out)
+    MEASURED["DDIM CFG++ | - | 20 | eta 0"] = error
+    assert error < TOLERANCE
