@@ -361,3 +361,25 @@ def test_sd2_depth_model_refusals(depth_engine, tmp_path):
     with pytest.raises(EngineError) as err:
         depth_engine.check(JobParams(kind="img2img", image=_gradient(64, 64), steps=1))
     assert err.value.code == "unknown_model" and "annotators" in err.value.message
+
+
+# -- SDXL ------------------------------------------------------------------------------
+def test_sdxl_controlnet_steers_an_sdxl_checkpoint(models, tmp_path_factory):
+    """The SDXL path: pooled text and size conditioning reach the ControlNet too,
+    and an SD1.5 ControlNet is refused for an SDXL checkpoint."""
+    from engine.demo.builder import build_sdxl_folder
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import Registry
+
+    root = tmp_path_factory.mktemp("xl-control")
+    build_sdxl_folder(root / "checkpoints" / "tiny-xl")
+    shutil.copytree(models / "ControlNet", root / "ControlNet")
+    xl = Engine(Registry(root).scan(), ModelManager(device="cpu"))
+    job = {**FAST, "width": 64, "height": 64}
+    plain = xl.run(JobParams(**job)).images[0]
+    steered = xl.run(JobParams(**job, controls=[unit("tiny_xl")])).images[0]
+    assert not np.array_equal(plain, steered)
+    with pytest.raises(EngineError) as err:
+        xl.check(JobParams(**job, controls=[unit()]))
+    assert err.value.field == "controls[0].model" and "SD 1.x ControlNet" in err.value.message
