@@ -52,7 +52,9 @@ _DIFFUSERS = "controlnet_cond_embedding.conv_in.weight"
 
 # -- recognising a ControlNet file ---------------------------------------------------
 def looks_like_controlnet(shapes: Mapping[str, Sequence[int]]) -> bool:
-    return _DIFFUSERS in shapes or any(k.startswith(_LDM + "input_hint_block.") for k in shapes)
+    """diffusers keys, lllyasviel's `control_model.*`, or the same without the
+    prefix (as thibaud's SD 2.1 ControlNets ship; diffusers converts all three)."""
+    return _DIFFUSERS in shapes or any(k.startswith((_LDM + "input_hint_block.", "input_hint_block.")) for k in shapes)
 
 
 def controlnet_family(shapes: Mapping[str, Sequence[int]]) -> Family | None:
@@ -61,7 +63,7 @@ def controlnet_family(shapes: Mapping[str, Sequence[int]]) -> Family | None:
     test model's own width)."""
     if not looks_like_controlnet(shapes):
         return None
-    if any(k.startswith(("add_embedding.", _LDM + "label_emb.")) for k in shapes):
+    if any(k.startswith(("add_embedding.", _LDM + "label_emb.", "label_emb.")) for k in shapes):
         return FAMILIES["sdxl"]
     widths = {shape[1] for k, shape in shapes.items() if k.endswith("attn2.to_k.weight") and len(shape) == 2}
     return FAMILIES["sd2"] if 1024 in widths else FAMILIES["sd15"]

@@ -383,3 +383,15 @@ def test_sdxl_controlnet_steers_an_sdxl_checkpoint(models, tmp_path_factory):
     with pytest.raises(EngineError) as err:
         xl.check(JobParams(**job, controls=[unit()]))
     assert err.value.field == "controls[0].model" and "SD 1.x ControlNet" in err.value.message
+
+
+def test_controlnet_family_from_tensor_names():
+    from engine.control import controlnet_family, looks_like_controlnet
+
+    attn = "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    sd15 = {"control_model.input_hint_block.0.weight": [16, 3, 3, 3], f"control_model.{attn}": [320, 768]}
+    sd21 = {"input_hint_block.0.weight": [16, 3, 3, 3], attn: [320, 1024]}  # thibaud's layout, no prefix
+    xl = {"controlnet_cond_embedding.conv_in.weight": [16, 3, 3, 3], "add_embedding.linear_1.weight": [1280, 2816]}
+    assert [controlnet_family(s).name for s in (sd15, sd21, xl)] == ["sd15", "sd2", "sdxl"]
+    assert not looks_like_controlnet({"model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3]})
+    assert controlnet_family({"lora_unet_x.lora_down.weight": [4, 4]}) is None
