@@ -90,6 +90,7 @@ def test_original_layout_loads_the_same_weights_as_diffusers_layout(engine):
     assert any(float(v.abs().sum()) > 0 for k, v in a.items() if k.startswith("controlnet_down_blocks"))
 
 
+@pytest.mark.slow  # several tiny jobs: ~10 s alone, over a minute on a loaded machine
 def test_unit_changes_the_result_and_strength_zero_is_no_unit(engine):
     plain = run(engine)
     ldm = run(engine, [unit()])
@@ -138,12 +139,14 @@ def _job_kinds() -> dict[str, dict]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["img2img", "inpaint", "hires"])
 def test_every_job_kind_gets_the_units(engine, kind):
     case = _job_kinds()[kind]
     assert not np.array_equal(run(engine, **case), run(engine, [unit()], **case))
 
 
+@pytest.mark.slow  # several tiny jobs: ~10 s alone, over a minute on a loaded machine
 def test_tiled_upscale_gives_each_tile_its_crop(engine, monkeypatch):
     import torch
 
