@@ -272,11 +272,14 @@ class Control:
                 hints = torch.cat([hint[:, :, y * 8 : (y + h) * 8, xx * 8 : (xx + w) * 8] for y, xx, h, w in crops])
             if guided:
                 hints = torch.cat([hints, hints])
+            soft = unit.mode != "balanced" or (unit.soft_hires and unit.preprocess == "canny")
+            # A uniform weight is applied by the ControlNet itself (conditioning_scale), as diffusers does.
             d, m = unit.net(x, t, encoder_hidden_states=hidden, controlnet_cond=hints, added_cond_kwargs=added,
-                            return_dict=False)
-            scales = unit.scales(len(d) + 1)
-            d = [r * s for r, s in zip(d, scales[:-1], strict=True)]
-            m = m * scales[-1]
+                            conditioning_scale=1.0 if soft else unit.strength, return_dict=False)
+            if soft:
+                scales = unit.scales(len(d) + 1)
+                d = [r * s for r, s in zip(d, scales[:-1], strict=True)]
+                m = m * scales[-1]
             if guided and unit.mode == "control":  # cfg_injection: the conditional half only
                 mark = torch.cat([torch.zeros(n), torch.ones(n)]).to(x.device, x.dtype).view(-1, 1, 1, 1)
                 d, m = [r * mark for r in d], m * mark
