@@ -52,7 +52,9 @@ _DIFFUSERS = "controlnet_cond_embedding.conv_in.weight"
 
 # -- recognising a ControlNet file ---------------------------------------------------
 def looks_like_controlnet(shapes: Mapping[str, Sequence[int]]) -> bool:
-    return _DIFFUSERS in shapes or any(k.startswith(_LDM + "input_hint_block.") for k in shapes)
+    """diffusers keys, lllyasviel's `control_model.*`, or the same without the
+    prefix (as thibaud's SD 2.1 ControlNets ship; diffusers converts all three)."""
+    return _DIFFUSERS in shapes or any(k.startswith((_LDM + "input_hint_block.", "input_hint_block.")) for k in shapes)
 
 
 def controlnet_family(shapes: Mapping[str, Sequence[int]]) -> Family | None:
@@ -61,7 +63,7 @@ def controlnet_family(shapes: Mapping[str, Sequence[int]]) -> Family | None:
     test model's own width)."""
     if not looks_like_controlnet(shapes):
         return None
-    if any(k.startswith(("add_embedding.", _LDM + "label_emb.")) for k in shapes):
+    if any(k.startswith(("add_embedding.", _LDM + "label_emb.", "label_emb.")) for k in shapes):
         return FAMILIES["sdxl"]
     widths = {shape[1] for k, shape in shapes.items() if k.endswith("attn2.to_k.weight") and len(shape) == 2}
     return FAMILIES["sd2"] if 1024 in widths else FAMILIES["sd15"]
@@ -270,11 +272,14 @@ class Control:
                 hints = torch.cat([hint[:, :, y * 8 : (y + h) * 8, xx * 8 : (xx + w) * 8] for y, xx, h, w in crops])
             if guided:
                 hints = torch.cat([hints, hints])
+            soft = unit.mode != "balanced" or (unit.soft_hires and unit.preprocess == "canny")
+            # A uniform weight is applied by the ControlNet itself (conditioning_scale), as diffusers does.
             d, m = unit.net(x, t, encoder_hidden_states=hidden, controlnet_cond=hints, added_cond_kwargs=added,
-                            return_dict=False)
-            scales = unit.scales(len(d) + 1)
-            d = [r * s for r, s in zip(d, scales[:-1], strict=True)]
-            m = m * scales[-1]
+                            conditioning_scale=1.0 if soft else unit.strength, return_dict=False)
+            if soft:
+                scales = unit.scales(len(d) + 1)
+                d = [r * s for r, s in zip(d, scales[:-1], strict=True)]
+                m = m * scales[-1]
             if guided and unit.mode == "control":  # cfg_injection: the conditional half only
                 mark = torch.cat([torch.zeros(n), torch.ones(n)]).to(x.device, x.dtype).view(-1, 1, 1, 1)
                 d, m = [r * mark for r in d], m * mark

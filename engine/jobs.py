@@ -247,6 +247,8 @@ def _guarded(engine: Engine, work) -> JobOutput:
     except Exception as exc:
         if is_out_of_memory(exc):
             engine.models.unload()  # drop everything; the next job reloads
+            if engine.controlnets is not None:
+                engine.controlnets.clear()
             raise EngineError("out_of_memory", "out of memory: try a smaller size or batch") from exc
         raise
 

@@ -34,7 +34,7 @@ class Hello(Message):
 @dataclass
 class ModelInfo:
     name: str
-    kind: str  # checkpoint | vae | lora | upscaler | embedding
+    kind: str  # checkpoint | vae | lora | upscaler | embedding | controlnet
     family: str = ""  # sd15 | sd2 | sdxl (checkpoints)
     native_size: int = 0  # 512 | 768 | 1024 (checkpoints)
     few_step: FewStepDefaults | None = None  # LCM / Turbo / Lightning / Hyper checkpoints and LoRAs: their settings

@@ -90,6 +90,7 @@ def test_original_layout_loads_the_same_weights_as_diffusers_layout(engine):
     assert any(float(v.abs().sum()) > 0 for k, v in a.items() if k.startswith("controlnet_down_blocks"))
 
 
+@pytest.mark.slow  # several tiny jobs: ~10 s alone, over a minute on a loaded machine
 def test_unit_changes_the_result_and_strength_zero_is_no_unit(engine):
     plain = run(engine)
     ldm = run(engine, [unit()])
@@ -138,12 +139,14 @@ def _job_kinds() -> dict[str, dict]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["img2img", "inpaint", "hires"])
 def test_every_job_kind_gets_the_units(engine, kind):
     case = _job_kinds()[kind]
     assert not np.array_equal(run(engine, **case), run(engine, [unit()], **case))
 
 
+@pytest.mark.slow  # several tiny jobs: ~10 s alone, over a minute on a loaded machine
 def test_tiled_upscale_gives_each_tile_its_crop(engine, monkeypatch):
     import torch
 
@@ -361,3 +364,37 @@ def test_sd2_depth_model_refusals(depth_engine, tmp_path):
     with pytest.raises(EngineError) as err:
         depth_engine.check(JobParams(kind="img2img", image=_gradient(64, 64), steps=1))
     assert err.value.code == "unknown_model" and "annotators" in err.value.message
+
+
+# -- SDXL ------------------------------------------------------------------------------
+def test_sdxl_controlnet_steers_an_sdxl_checkpoint(models, tmp_path_factory):
+    """The SDXL path: pooled text and size conditioning reach the ControlNet too,
+    and an SD1.5 ControlNet is refused for an SDXL checkpoint."""
+    from engine.demo.builder import build_sdxl_folder
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import Registry
+
+    root = tmp_path_factory.mktemp("xl-control")
+    build_sdxl_folder(root / "checkpoints" / "tiny-xl")
+    shutil.copytree(models / "ControlNet", root / "ControlNet")
+    xl = Engine(Registry(root).scan(), ModelManager(device="cpu"))
+    job = {**FAST, "width": 64, "height": 64}
+    plain = xl.run(JobParams(**job)).images[0]
+    steered = xl.run(JobParams(**job, controls=[unit("tiny_xl")])).images[0]
+    assert not np.array_equal(plain, steered)
+    with pytest.raises(EngineError) as err:
+        xl.check(JobParams(**job, controls=[unit()]))
+    assert err.value.field == "controls[0].model" and "SD 1.x ControlNet" in err.value.message
+
+
+def test_controlnet_family_from_tensor_names():
+    from engine.control import controlnet_family, looks_like_controlnet
+
+    attn = "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    sd15 = {"control_model.input_hint_block.0.weight": [16, 3, 3, 3], f"control_model.{attn}": [320, 768]}
+    sd21 = {"input_hint_block.0.weight": [16, 3, 3, 3], attn: [320, 1024]}  # thibaud's layout, no prefix
+    xl = {"controlnet_cond_embedding.conv_in.weight": [16, 3, 3, 3], "add_embedding.linear_1.weight": [1280, 2816]}
+    assert [controlnet_family(s).name for s in (sd15, sd21, xl)] == ["sd15", "sd2", "sdxl"]
+    assert not looks_like_controlnet({"model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3]})
+    assert controlnet_family({"lora_unet_x.lora_down.weight": [4, 4]}) is None
