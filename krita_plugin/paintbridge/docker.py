@@ -798,14 +798,15 @@ class PaintBridgeDocker(DockWidget):
     def _drain_background(self) -> None:
         while not self.background.done.empty():
             then, value, error = self.background.done.get_nowait()
-            self.background.busy -= 1
-            if error is not None:
-                self.show_message(f"PaintBridge: {error}")
-                continue
             try:
-                then(value)
+                if error is not None:
+                    self.show_message(f"PaintBridge: {error}")
+                else:
+                    then(value)
             except Exception as exc:
                 self.show_message(f"PaintBridge: {exc}")
+            finally:  # only now: Krita may run events (and timers) while it adds layers
+                self.background.busy -= 1
 
     def _place(self, tag: str, job: PendingJob, result, prepared) -> None:
         """UI thread: the history entries and the preview (or, for upscale, the layer)."""
@@ -859,7 +860,6 @@ class PaintBridgeDocker(DockWidget):
         top = layers[-1] if layers else None
         for image, seed in zip(ready, result.seeds, strict=False):
             top = kritadoc.add_layer(document, f"Upscaled ×{job.settings['upscale_factor']:g} (seed {seed})", image, 0, 0, top)
-        document.refreshProjection()
         self.show_message(f"Upscaled to {width}x{height}")
 
     def _save_histories(self) -> None:
@@ -949,7 +949,6 @@ class PaintBridgeDocker(DockWidget):
             name = f"{label}: {entry.title()}"
             above = kritadoc.add_layer(document, name, self._pixels_of(entry, document), entry.x, entry.y, above)
             names.append(name)
-        document.refreshProjection()
         self.last_apply_ms = (time.perf_counter() - t0) * 1000
         self.show_message(f"Applied {len(names)} layer(s)" + (f": {names[0]}" if names else ""))
         return names
@@ -961,7 +960,6 @@ class PaintBridgeDocker(DockWidget):
         history.discard(entry.id)
         self._pixels.pop(entry.id, None)
         kritadoc.remove_preview(document)
-        document.refreshProjection()
         self._dirty.add(kritadoc.document_key(document))
         self._refresh_history()
         if self.history_list.count():

@@ -181,7 +181,7 @@ def add_layer(document, name: str, ready: Ready, x: int, y: int, below=None):
     node = document.createNode(name, "paintlayer")
     node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
     parent.addChildNode(node, above)
-    return node
+    return node  # no refreshProjection(): Krita updates the projection asynchronously
 
 
 def find_preview(document):
@@ -201,8 +201,7 @@ def show_preview(document, ready: Ready, x: int, y: int):
     node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
     # Top level, so that finding and removing it never depends on where the painter was.
     document.rootNode().addChildNode(node, above if parent == document.rootNode() else None)
-    document.refreshProjection()
-    return node
+    return node  # Krita recomposites on its own threads: no refreshProjection() (a full, blocking one)
 
 
 # -- the history inside the .kra -------------------------------------------------------------

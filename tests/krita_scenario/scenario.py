@@ -63,7 +63,7 @@ def names(doc):
 
 
 def idle(d):
-    return not d.jobs and not d.background.busy
+    return not d.jobs and not d.background.busy and not d.queue.active()
 
 
 def screenshot(path):
@@ -431,7 +431,7 @@ def s_big_done():
     top = [n for n in doc.topLevelNodes()][-1]
     log("big", timings=timings, ui_total_ms=sum(timings.values()), wall_s=time.perf_counter() - ctx["t0"],
         max_timer_gap_ms=max(gaps, default=0), timer_gaps_over_100ms=sum(1 for g in gaps if g > 100),
-        ticks=len(gaps), top=top.name(), top_size=[top.bounds().width(), top.bounds().height()], message=d.message.text())
+        ticks=len(gaps), top=top.name(), rows=[r.text() for r in d.queue.rows], all_log=d.log[-10:], top_size=[top.bounds().width(), top.bounds().height()], message=d.message.text())
     report["log"] = d.log[-30:]
     parts = {}
     from PyQt5.QtGui import QImage
