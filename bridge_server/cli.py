@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer, 2 = the one before")
         p.add_argument("--vae", default="", help="a VAE from the models folder (default: the checkpoint's own)")
         p.add_argument("--out", type=Path, required=True, help="output PNG (a batch adds -2, -3, ...)")
+        if p.prog.split()[-1] != "upscale":
+            p.add_argument("--exact-size", action="store_true",
+                           help="draw at exactly --width x --height (or the image's size); by default an area far "
+                                "from the model's native size is drawn near native, then hires-fixed or scaled to it")
 
     generate = sub.add_parser("generate", help="text to image")
     job_args(generate)
@@ -84,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     grids.add_argument("--prompt-matrix", action="store_true", help="combine the parts of a prompt split by |")
     grids.add_argument("--prompts-from-file", type=Path, metavar="FILE", help="one prompt per line")
     hires = generate.add_argument_group("hires fix (two passes: generate, upscale, img2img at the new size)")
-    hires.add_argument("--hires-scale", type=float, default=0, help="upscale by (e.g. 2); 0 = no hires fix")
+    hires.add_argument("--hires-scale", type=float, default=0,
+                       help="upscale by (e.g. 2; --width/--height are then the first pass, as in the WebUI); "
+                            "0 = no hires fix, or the automatic one for a large area")
     hires.add_argument("--hires-upscaler", default="Latent", help="Latent, Lanczos or an upscaler model name")
     hires.add_argument("--hires-steps", type=int, default=0, help="0 = same as --steps")
     hires.add_argument("--hires-denoise", type=float, default=0.45, help="denoising strength (above 0.5 repaints a lot)")
@@ -97,10 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint = sub.add_parser("inpaint", help="repaint where the mask is white")
     job_args(inpaint)
     inpaint.add_argument("--image", type=Path, required=True)
-    inpaint.add_argument("--mask", type=Path, required=True, help="gray PNG, white = repaint")
+    inpaint.add_argument("--mask", type=Path, help="gray PNG, white = repaint (optional when expanding)")
     inpaint.add_argument("--strength", type=float, default=0.75)
     inpaint.add_argument("--mask-blur", type=int, default=4)
     inpaint.add_argument("--padding", type=int, default=32, help="context around the mask, pixels")
+    inpaint.add_argument("--mode", default="", choices=["original", "fill", "expand", "add", "remove"],
+                         help="what the masked area starts from: original pixels (default), fill (blurred, "
+                              "replaced), expand (continued from its edge), add (neutral, new content), "
+                              "remove (erased from its surroundings); expand when --expand-* is given")
+    inpaint.add_argument("--grow", type=_px_or_auto, default=0, metavar="N|auto",
+                         help="grow the mask by N px on the server (auto: 4 px)")
+    inpaint.add_argument("--feather", type=_px_or_auto, default=0, metavar="N|auto",
+                         help="soft edge of N px outside the grown mask (auto: 10%% of the mask's size, "
+                              "at least 32 px, times the strength); replaces --mask-blur")
+    inpaint.add_argument("--layer", action="store_true",
+                         help="write a layer: the repainted pixels with alpha = the blend mask, transparent elsewhere")
+    for side in ("left", "top", "right", "bottom"):
+        inpaint.add_argument(f"--expand-{side}", type=int, default=0, metavar="N",
+                             help=f"outpaint: grow the canvas by N px on the {side} and fill the new strip")
 
     upscale = sub.add_parser("upscale", help="upscale an image: upscaler model, then optional tiled diffusion")
     job_args(upscale)
@@ -296,7 +316,11 @@ def build_request(args: argparse.Namespace, plot=None):
         "clip_skip": args.clip_skip,
         "vae": args.vae,
     }
-    if args.command in ("img2img", "inpaint", "upscale"):
+    if args.command != "upscale":
+        # --hires-scale keeps the WebUI's meaning (width/height = the first pass), so it implies exact.
+        exact = args.exact_size or bool(getattr(args, "hires_scale", 0))
+        wire["resolution"] = "exact" if exact else "auto"
+    if args.command in ("img2img", "upscale"):
         wire["image"] = read_image(args.image, "RGBA").to_wire()
     if args.command in ("img2img", "inpaint"):
         wire["strength"] = args.strength
@@ -309,9 +333,13 @@ def build_request(args: argparse.Namespace, plot=None):
         wire["upscale"] = {"scale": args.scale, "upscaler": args.upscaler, "denoise": args.denoise, "tile": args.tile,
                            "overlap": args.overlap, "tile_batch": args.tile_batch, "vae_tile": args.vae_tile}
     if args.command == "inpaint":
-        wire["mask"] = read_image(args.mask, "L").to_wire()
+        image, mask, expanding = inpaint_inputs(args)
+        wire["image"], wire["mask"] = image.to_wire(), mask.to_wire()
         wire["mask_blur"] = args.mask_blur
         wire["inpaint_padding"] = args.padding
+        wire["inpaint_mode"] = args.mode or ("expand" if expanding else "original")
+        wire["mask_grow"], wire["mask_feather"] = args.grow, args.feather
+        wire["result_alpha"] = "mask" if args.layer else "opaque"
     if plot is not None:
         wire["plot"] = to_wire(plot)
     try:
@@ -324,7 +352,56 @@ def build_request(args: argparse.Namespace, plot=None):
     return request
 
 
-_FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "--batch", "inpaint_padding": "--padding"}
+_FLAGS = {"negative_prompt": "--negative", "cfg_scale": "--cfg", "batch_size": "--batch", "inpaint_padding": "--padding",
+          "inpaint_mode": "--mode", "mask_grow": "--grow", "mask_feather": "--feather", "result_alpha": "--layer",
+          "resolution": "--exact-size"}
+
+
+def _px_or_auto(value: str) -> int:
+    """--grow/--feather: pixels, or "auto" (the protocol's -1)."""
+    if value == "auto":
+        return -1
+    try:
+        px = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected pixels or 'auto', got {value!r}") from None
+    if px < 0:
+        raise argparse.ArgumentTypeError(f"expected pixels >= 0 or 'auto', got {value!r}")
+    return px
+
+
+def inpaint_inputs(args: argparse.Namespace):
+    """The image and mask to send; with --expand-* the canvas grows (the new
+    strip transparent, so the server pre-fills it) and the strip joins the mask."""
+    import numpy as np
+
+    from protocol import RawImage
+
+    pad = (args.expand_left, args.expand_top, args.expand_right, args.expand_bottom)
+    if min(pad) < 0:
+        raise CliError("invalid_request", "--expand-*: pixels must be >= 0")
+    expanding = any(pad)
+    if args.mask is None and not expanding:
+        raise CliError("invalid_request", "--mask: inpaint needs a mask (or --expand-left/top/right/bottom N)")
+    image = read_image(args.image, "RGBA")
+    if not expanding:
+        return image, read_image(args.mask, "L"), False
+    left, top, right, bottom = pad
+    rgba = np.frombuffer(image.data, np.uint8).reshape(image.height, image.width, 4)
+    height, width = image.height + top + bottom, image.width + left + right
+    if max(width, height) > 8192:
+        raise CliError("invalid_request", f"--expand-*: the canvas would be {width}x{height}, over 8192 px a side")
+    canvas = np.zeros((height, width, 4), np.uint8)  # transparent: no colour yet
+    canvas[top:top + image.height, left:left + image.width] = rgba
+    mask = np.full((height, width), 255, np.uint8)
+    inner = np.zeros((image.height, image.width), np.uint8)
+    if args.mask is not None:
+        given = read_image(args.mask, "L")
+        if given.size != image.size:
+            raise CliError("invalid_request", f"--mask is {given.width}x{given.height}, the image {image.width}x{image.height}")
+        inner = np.frombuffer(given.data, np.uint8).reshape(image.height, image.width)
+    mask[top:top + image.height, left:left + image.width] = inner
+    return (RawImage(width, height, 4, canvas.tobytes()), RawImage(width, height, 1, mask.tobytes()), True)
 
 
 def _cli_field_message(exc) -> str:
@@ -376,6 +453,12 @@ def settings_from_png(path: Path) -> dict:
                 settings[dest] = kind(fields[key])
         if "Size" in fields:
             settings["width"], settings["height"] = (int(v) for v in fields["Size"].split("x"))
+        # Without a "First pass size" or "Hires resize" the image was drawn at its size: reproduce it exactly.
+        settings["exact_size"] = "First pass size" not in fields and "Hires resize" not in fields
+        if "Hires resize" in fields and "First pass size" not in fields:
+            # An automatic-resolution image: the area is the hires target, the plan gives the first pass again.
+            settings["width"], settings["height"] = (int(v) for v in fields["Hires resize"].split("x"))
+            settings.pop("hires_scale", None)
         if "Denoising strength" in fields and "hires_scale" in settings:
             settings["hires_denoise"] = float(fields["Denoising strength"])
     except ValueError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import embeddings, loras, masks, tiled, vaes
+from engine import autosize, embeddings, inpainting, loras, masks, tiled, vaes
 from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, decode_images
@@ -73,7 +73,7 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         engine.upscalers.resolve(options.upscaler, "upscale.upscaler")
         if options.denoise == 0:  # the upscaler alone: no checkpoint needed
             return None
-    entry = entry or engine.registry.default_checkpoint()
+    entry = entry or inpainting.inpainting_checkpoint(engine.registry, params) or engine.registry.default_checkpoint()
     if entry is None:
         raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint", field="model")
     if entry.inpainting and params.kind != "inpaint":
@@ -84,6 +84,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
 def run_job(
     engine: Engine, params: JobParams, progress: ProgressFn | None = None, cancel: CancelFlag | None = None
 ) -> JobOutput:
+    if params.resolution == "auto" and params.kind in ("txt2img", "img2img"):  # inpaint: in _inpaint
+        return autosize.run_auto(engine, params, progress, cancel, run_job)
     if params.subseed < 0 and params.subseed_strength > 0:
         params = replace(params, subseed=resolve_seeds(-1, 1)[0])  # one random variation seed, reported
     entry = check_job(engine, params)  # bad input fails before loading anything
@@ -330,7 +332,7 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
 
     hires = params.hires
     assert hires is not None and engine.upscalers is not None
-    target_w, target_h = masks.round8(width * hires.scale), masks.round8(height * hires.scale)
+    target_w, target_h = autosize.hires_target(hires, width, height)
     hires_steps = denoise_steps(hires.steps or params.steps, hires.denoise)
     second = int(hires_steps * hires.denoise)
     reporter: _StepReporter = kwargs["callback_on_step_end"]
@@ -357,6 +359,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     result = _output(model, params, out, seeds, width, height)
     result.parameters.update(hires_upscale=hires.scale, hires_upscaler=hires.upscaler, hires_steps=hires.steps,
                              hires_width=target_w, hires_height=target_h, denoising_strength=hires.denoise)
+    if hires.resize_width or hires.resize_height:
+        result.parameters["hires_resize"] = True  # the WebUI writes "Hires resize: WxH" then
     result.infotext = infotext(result.parameters)
     return result
 
@@ -417,34 +421,59 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
     assert params.image is not None and params.mask is not None
     image, mask = params.image, params.mask
     h, w = image.shape[:2]
+    # Soft masks (issue 13): the selection grown and feathered; it is both what is repainted and the blend.
+    soft = params.mask_grow != 0 or params.mask_feather != 0
+    blend = None
+    if soft:
+        grow, feather = masks.resolve_grow_feather(mask, params.mask_grow, params.mask_feather, params.strength)
+        blend = masks.soft_mask(mask, grow, feather)
+        mask = masks.to_mask(blend)
+        params = replace(params, mask_grow=grow, mask_feather=feather)
+    if params.inpaint_mode == "remove" and not extract_loras(params.prompt)[0].strip():
+        params = replace(params, prompt=f"{inpainting.REMOVE_PROMPT} {params.prompt}".strip())
     box = masks.mask_box(mask)
     seeds = resolve_seeds(params.seed, params.batch_size)
     if box is None:  # nothing to repaint: the input comes back untouched
         rgba = image if image.shape[2] == 4 else np.dstack([image, np.full((h, w), 255, np.uint8)])
+        if params.result_alpha == "mask":
+            rgba = np.zeros_like(rgba)
         return _output(model, params, [rgba.copy() for _ in seeds], seeds, w, h)
     x0, y0, x1, y1 = masks.expand_box(box, params.inpaint_padding, w, h)
-    work_w, work_h = masks.working_size(x1 - x0, y1 - y0, model.native_size)
-    crop = _rgb(np.ascontiguousarray(image[y0:y1, x0:x1])).resize((work_w, work_h), Image.LANCZOS)
+    work_w, work_h = autosize.inpaint_work_size(params, x1 - x0, y1 - y0, model.native_size)
+    crop_rgba = np.ascontiguousarray(image[y0:y1, x0:x1])
+    crop_rgb = np.asarray(_rgb(crop_rgba))
+    unknown = crop_rgba[..., 3] == 0 if crop_rgba.shape[2] == 4 else None
+    crop_rgb = inpainting.prefill(crop_rgb, mask[y0:y1, x0:x1], params.inpaint_mode, unknown, params.strength)
+    crop = Image.fromarray(crop_rgb).resize((work_w, work_h), Image.LANCZOS)
     crop_mask = Image.fromarray(np.ascontiguousarray(mask[y0:y1, x0:x1]), "L").resize((work_w, work_h), Image.LANCZOS)
     pipe = _prepare(model, "inpaint", params, seeds[0], cancel)
     kwargs = _common(model, params, seeds, progress, cancel)
     if params.strength == 0:  # nothing to repaint
-        return _output(model, params, [_opaque(image) for _ in seeds], seeds, w, h)
+        images = [np.zeros_like(_opaque(image)) if params.result_alpha == "mask" else _opaque(image) for _ in seeds]
+        return _output(model, params, images, seeds, w, h)
     kwargs.update(image=crop, mask_image=crop_mask, strength=params.strength, width=work_w, height=work_h,
                   num_inference_steps=denoise_steps(params.steps, params.strength))
     generated = _to_rgba(pipe(**kwargs).images)
-    alpha = masks.feather(mask, params.mask_blur)
+    alpha = blend if blend is not None else masks.feather(mask, params.mask_blur)
     original = image if image.shape[2] == 4 else np.dstack([image, np.full((h, w), 255, np.uint8)])
     results = []
     for patch in generated:
-        canvas = original.copy()
         patch = np.asarray(Image.fromarray(patch).resize((x1 - x0, y1 - y0), Image.LANCZOS))
+        if params.result_alpha == "mask":  # layer-ready: the new pixels, alpha = the blend mask
+            canvas = np.zeros_like(original)
+            canvas[y0:y1, x0:x1] = masks.layer(patch, alpha[y0:y1, x0:x1])
+            results.append(canvas)
+            continue
+        canvas = original.copy()
         if original[..., 3].min() < 255:
             patch = patch.copy()
             patch[..., 3] = 255  # repainted pixels are opaque
         canvas[y0:y1, x0:x1] = masks.composite(original[y0:y1, x0:x1], patch, alpha[y0:y1, x0:x1])
         results.append(canvas)
-    return _output(model, params, results, seeds, work_w, work_h)
+    output = _output(model, params, results, seeds, work_w, work_h)
+    if params.resolution == "auto":  # both sizes for the painter: the crop's working size, the image's
+        output.parameters.update(first_pass=[work_w, work_h], final_size=[w, h])
+    return output
 
 
 def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], seeds: list[int], w: int, h: int) -> JobOutput:
@@ -466,6 +495,8 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
     }
     if params.vae:
         parameters["vae"] = params.vae
+    if params.resolution == "auto":
+        parameters["resolution"] = "auto"
     if params.eta is not None and spec.eta is not None and params.eta != spec.eta:
         parameters["eta"] = params.eta  # as the WebUI: only when not the sampler's default
     if params.subseed_strength > 0:
@@ -476,6 +507,10 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
         parameters["denoising_strength"] = params.strength
     if params.kind == "inpaint":
         parameters.update(mask_blur=params.mask_blur, inpaint_padding=params.inpaint_padding)
+        if params.mask_grow or params.mask_feather:
+            parameters.update(mask_grow=params.mask_grow, mask_feather=params.mask_feather)
+        if params.inpaint_mode != "original":
+            parameters["inpaint_mode"] = params.inpaint_mode
     return JobOutput(images, seeds, parameters, infotext(parameters))
 
 
@@ -510,8 +545,13 @@ def infotext(p: dict[str, Any]) -> str:
         fields.append(f"Denoising strength: {p['denoising_strength']:g}")
     if "mask_blur" in p:
         fields.append(f"Mask blur: {p['mask_blur']}")
-    if "hires_upscale" in p:
+    if "first_pass_width" in p:
+        fields.append(f"First pass size: {p['first_pass_width']}x{p['first_pass_height']}")
+    if p.get("hires_resize"):
+        fields.append(f"Hires resize: {p['hires_width']}x{p['hires_height']}")
+    elif "hires_upscale" in p:
         fields.append(f"Hires upscale: {p['hires_upscale']:g}")
+    if "hires_upscale" in p:
         if p["hires_steps"]:
             fields.append(f"Hires steps: {p['hires_steps']}")
         fields.append(f"Hires upscaler: {_quote(p['hires_upscaler'])}")

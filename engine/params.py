@@ -19,6 +19,8 @@ class HiresParams:
     upscaler: str = "Latent"
     steps: int = 0  # 0 = same as the first pass
     denoise: float = 0.45
+    resize_width: int = 0  # WebUI "Resize width to": an exact target instead of `scale`
+    resize_height: int = 0
 
 
 @dataclass
@@ -61,6 +63,11 @@ class JobParams:
     vae: str = ""  # "" = the checkpoint's own
     hires: HiresParams | None = None
     upscale: UpscaleParams | None = None
+    resolution: str = "exact"  # "auto": width/height or the image is the area (engine/autosize.py)
+    inpaint_mode: str = "original"  # original | fill | expand | add | remove (engine/inpainting.py)
+    mask_grow: int = 0  # px; -1 = auto
+    mask_feather: int = 0  # px; -1 = auto
+    result_alpha: str = "opaque"  # "mask": repainted pixels with alpha = the blend mask
 
 
 @dataclass

@@ -9,9 +9,11 @@ from protocol.errors import invalid
 from protocol.fields import bounded, choice
 from protocol.images import RawImage
 from protocol.plots import Plot, check
+from protocol.resolution import RESOLUTIONS
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
 MAX_GENERATE_SIDE = 8192
+INPAINT_MODES = ("original", "fill", "expand", "add", "remove")
 
 
 class JobKind(str, Enum):
@@ -29,6 +31,10 @@ class HiresFix:
     upscaler: str = "Latent"  # "Latent", "Lanczos", "Nearest" or an upscaler model name
     steps: int = bounded(0, 0, 150)  # "Hires steps"; 0 = same as the first pass
     denoise: float = bounded(0.45, 0.0, 1.0)  # "Denoising strength"; above 0.5 repaints a lot
+    # WebUI "Resize width to" / "Resize height to": an exact target instead of `scale` (0 = use scale;
+    # one side given keeps the first pass's aspect). Automatic resolution sets both.
+    resize_width: int = bounded(0, 0, MAX_GENERATE_SIDE)
+    resize_height: int = bounded(0, 0, MAX_GENERATE_SIDE)
 
 
 @dataclass
@@ -76,6 +82,18 @@ class JobRequest:
     hires: HiresFix | None = None  # txt2img only
     upscale: Upscale | None = None  # upscale only (defaults when absent)
     plot: Plot | None = None  # X/Y/Z plot, prompt matrix or prompt list: many images, each labelled
+    # Issue 13, the painter's workflow (docs/protocol.md, "Automatic resolution" and "Soft masks").
+    # "auto": width/height (or the image) is the area; the model draws near its native size
+    # (protocol/resolution.py) and the hires fix or a resize brings it to the area.
+    resolution: str = choice("exact", RESOLUTIONS)
+    # How the masked area is prepared before diffusion: "original" keeps its pixels (protocol 2);
+    # fill / expand / add / remove pre-fill it as krita-ai-diffusion's inpaint modes do.
+    inpaint_mode: str = choice("original", INPAINT_MODES)
+    mask_grow: int = bounded(0, -1, 512)  # px the mask grows by; -1 = auto (scaled to the selection)
+    mask_feather: int = bounded(0, -1, 512)  # px of soft edge outside the grown mask; -1 = auto
+    # "mask": the result is layer-ready RGBA, the repainted pixels with alpha = the blend mask,
+    # transparent elsewhere (inpaint only); "opaque": composited over the input image.
+    result_alpha: str = choice("opaque", ("opaque", "mask"))
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
@@ -84,8 +102,19 @@ class JobRequest:
             if value and (value < 64 or value % 8):
                 raise invalid(name, f"{name} must be 0 (default) or a multiple of 8 from 64 to {MAX_GENERATE_SIDE}, got {value}")
         kind = JobKind(self.kind)
-        if self.hires is not None and kind is not JobKind.TXT2IMG:
-            raise invalid("hires", "hires fix applies to txt2img only")
+        if self.hires is not None and kind is not JobKind.TXT2IMG and not (
+            self.resolution == "auto" and kind in (JobKind.IMG2IMG, JobKind.INPAINT)
+        ):
+            raise invalid("hires", "hires fix applies to txt2img (or, as the second pass, to auto-resolution refine and inpaint)")
+        if self.hires is not None:
+            for name in ("resize_width", "resize_height"):
+                value = getattr(self.hires, name)
+                if value and (value < 64 or value % 8):
+                    raise invalid(f"hires.{name}", f"hires.{name} must be 0 or a multiple of 8 from 64 to {MAX_GENERATE_SIDE}, got {value}")
+        if kind is not JobKind.INPAINT:
+            for name, off in (("inpaint_mode", "original"), ("result_alpha", "opaque")):
+                if getattr(self, name) != off:
+                    raise invalid(name, f"{name} applies to inpaint jobs (a selection: send kind inpaint with the strength)")
         if self.upscale is not None and kind is not JobKind.UPSCALE:
             raise invalid("upscale", f"{kind.value} takes no upscale options")
         if kind is JobKind.UPSCALE:
@@ -99,7 +128,7 @@ class JobRequest:
                 raise invalid("upscale.scale", f"the result would be larger than {MAX_GENERATE_SIDE} pixels on a side")
         if self.plot is not None:
             check(self.plot, self.prompt)
-        if self.hires is not None:
+        if self.hires is not None and self.resolution == "exact" and not (self.hires.resize_width or self.hires.resize_height):
             side = max(self.width or 1024, self.height or 1024) * self.hires.scale
             if side > MAX_GENERATE_SIDE:
                 raise invalid("hires.scale", f"the result would be larger than {MAX_GENERATE_SIDE} pixels on a side")

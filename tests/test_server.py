@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_cli_generate_img2img_inpaint_models_result(server, tmp_path):
     out = tmp_path / "gen.png"
     done = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--steps", "3", "--seed", "11",
-                   "--width", "128", "--height", "96", "--sampler", "DPM++ 2M Karras", "--out", str(out))
+                   "--width", "128", "--height", "96", "--sampler", "DPM++ 2M Karras", "--exact-size", "--out", str(out))
     assert done.returncode == 0, done.stderr
     job_id = done.stderr.split("job ", 1)[1].split()[0]
     assert "3/3" in done.stderr
@@ -34,7 +34,7 @@ def test_cli_generate_img2img_inpaint_models_result(server, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(image))
 
     refined = run_cli("img2img", "--server", server.url, "--image", str(out), "--strength", "0.5", "--steps", "4",
-                      "--out", str(tmp_path / "refined.png"))
+                      "--exact-size", "--out", str(tmp_path / "refined.png"))
     assert refined.returncode == 0, refined.stderr
     assert Image.open(tmp_path / "refined.png").size == (128, 96)
 
@@ -42,7 +42,7 @@ def test_cli_generate_img2img_inpaint_models_result(server, tmp_path):
     mask[20:60, 30:90] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     painted = run_cli("inpaint", "--server", server.url, "--image", str(out), "--mask", str(tmp_path / "mask.png"),
-                      "--steps", "3", "--strength", "1", "--out", str(tmp_path / "inpaint.png"))
+                      "--steps", "3", "--strength", "1", "--exact-size", "--out", str(tmp_path / "inpaint.png"))
     assert painted.returncode == 0, painted.stderr
     before, after = np.asarray(image.convert("RGBA")), np.asarray(Image.open(tmp_path / "inpaint.png"))
     assert np.array_equal(after[mask == 0], before[mask == 0])
@@ -247,7 +247,7 @@ def test_generate_from_png_reproduces_the_pixels(server, tmp_path):
     first = tmp_path / "first.png"
     done = run_cli("generate", "--server", server.url, "--prompt", "a (red:1.2) fox, BREAK snow", "--negative", "blur",
                    "--steps", "3", "--width", "96", "--height", "64", "--sampler", "DPM++ 2M", "--cfg", "5.5",
-                   "--clip-skip", "2", "--out", str(first))
+                   "--clip-skip", "2", "--exact-size", "--out", str(first))
     assert done.returncode == 0, done.stderr
     again = tmp_path / "again.png"
     done = run_cli("generate", "--server", server.url, "--from-png", str(first), "--out", str(again))
@@ -274,19 +274,19 @@ def test_infotext_round_trip():
 def test_xyz_plot_prompt_matrix_and_prompts_file(server, tmp_path):
     out = tmp_path / "xyz.png"
     done = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--width", "64", "--height", "64",
-                   "--seed", "3", "--xyz", "Steps=1,2,3", "CFG scale=4,8", "--out", str(out))
+                   "--seed", "3", "--xyz", "Steps=1,2,3", "CFG scale=4,8", "--exact-size", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert Image.open(out).width == 3 * 64 and len(list(tmp_path.glob("xyz-*.png"))) == 6
     assert "Steps: 3" in Image.open(tmp_path / "xyz-006.png").info["parameters"]
     assert "CFG scale: 8" in Image.open(tmp_path / "xyz-006.png").info["parameters"]
     done = run_cli("generate", "--server", server.url, "--prompt", "a cat|red|hat", "--width", "64", "--height", "64",
-                   "--steps", "1", "--prompt-matrix", "--out", str(tmp_path / "m.png"))
+                   "--steps", "1", "--prompt-matrix", "--exact-size", "--out", str(tmp_path / "m.png"))
     assert done.returncode == 0, done.stderr
     assert len(list(tmp_path.glob("m-*.png"))) == 4
     assert Image.open(tmp_path / "m-004.png").info["parameters"].startswith("a cat, red, hat")
     (tmp_path / "prompts.txt").write_text("a fox\n# a comment\n\na dog\n")
     done = run_cli("generate", "--server", server.url, "--prompts-from-file", str(tmp_path / "prompts.txt"),
-                   "--width", "64", "--height", "64", "--steps", "1", "--out", str(tmp_path / "p.png"))
+                   "--width", "64", "--height", "64", "--steps", "1", "--exact-size", "--out", str(tmp_path / "p.png"))
     assert done.returncode == 0 and len(list(tmp_path.glob("p-*.png"))) == 2
     bad = run_cli("generate", "--server", server.url, "--xyz", "Steps=1,999", "--out", str(tmp_path / "b.png"))
     assert bad.returncode == 1 and "Steps: 999" in bad.stderr and "1..150" in bad.stderr

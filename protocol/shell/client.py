@@ -32,6 +32,7 @@ from protocol import (
     encode,
 )
 from protocol.requests import JobRequest
+from protocol.shell import framing
 
 UNREACHABLE = "unreachable"  # client-side code: no server answered
 
@@ -77,7 +78,9 @@ class Client:
         from websockets.sync.client import connect
 
         try:
-            self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=None, compression=None)
+            # Big frames skip the pure-Python XOR (protocol/shell/framing.py): zero key to a local server.
+            self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=None, compression=None,
+                               create_connection=framing.connection_class())
         except InvalidStatus as exc:
             body = (exc.response.body or b"").decode("utf-8", "replace").strip()
             raise ClientError("refused", f"the server at {self.url} refused the connection: {body}") from None
@@ -117,7 +120,10 @@ class Client:
     def submit(self, request: JobRequest) -> Accepted:
         ref = uuid.uuid4().hex[:8]
         self._send(Submit(request=request, ref=ref))
-        reply = self._wait(lambda m: isinstance(m, (Accepted, Error)) and m.ref == ref)
+        # A request the server cannot even decode is refused before it reads `ref`: that error comes
+        # back with no ref and no job id, in order, so it answers this submit too (else we would wait forever).
+        reply = self._wait(lambda m: isinstance(m, (Accepted, Error)) and (
+            m.ref == ref or (isinstance(m, Error) and not m.ref and not m.job_id)))
         if isinstance(reply, Error):
             raise ClientError(reply.code, reply.message, field=reply.field)
         assert isinstance(reply, Accepted)
