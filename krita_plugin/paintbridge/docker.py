@@ -60,7 +60,7 @@ from .connection import CONNECTED
 from .history import Entry, History
 from .kritadoc import UserError
 from .regions import SIDES, Rect, expand, strip_mask, work_area
-from .requests import LAYER, VISIBLE, Settings, generate_request, plan_sizes, upscale_request
+from .requests import LAYER, SERVER_MASKS, VISIBLE, Settings, generate_request, plan_sizes, upscale_request
 from .worker import Worker
 
 DOCKER_ID = "paintbridge_docker"
@@ -782,7 +782,7 @@ class PaintBridgeDocker(DockWidget):
         t0 = time.perf_counter()
         model, depth = job.color
         rect = Rect(0, 0, *job.scale_to) if job.scale_to is not None else job.rect
-        mask = job.mask
+        mask = None if SERVER_MASKS else job.mask  # the server's RGBA already has the blend mask as alpha
 
         def prepare():
             out = []
@@ -821,10 +821,12 @@ class PaintBridgeDocker(DockWidget):
         key = kritadoc.document_key(document)
         batch = uuid.uuid4().hex[:8] if len(result.images) > 1 else ""
         infotexts = result.infotexts or [result.infotext] * len(result.images)
+        first = result.parameters.get("first_pass") if isinstance(result.parameters, dict) else None
+        first_pass = tuple(first) if first else job.first_pass
         added = []
         for index, ((ready, thumbnail, width, height, rgba), seed) in enumerate(zip(prepared, result.seeds, strict=False)):
             entry = Entry(history.new_id(), job.prompt, seed, job.mode, job.kind, job.rect.x, job.rect.y,
-                          job.rect.width, job.rect.height, first_pass=job.first_pass,
+                          job.rect.width, job.rect.height, first_pass=first_pass,
                           settings={**job.settings, "seed": seed, "random_seed": False, "token": ""},
                           infotext=infotexts[index] if index < len(infotexts) else "", batch=batch, thumbnail=thumbnail)
             for dropped in history.add(entry):

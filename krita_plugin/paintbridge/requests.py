@@ -10,6 +10,8 @@ from protocol import HiresFix, JobRequest, RawImage, Upscale
 VISIBLE, LAYER = "visible", "layer"
 INPAINT_MODES = ("fill", "expand", "add", "remove")
 _REQUEST_FIELDS = {f.name for f in fields(JobRequest)}
+# The server hands back layer-ready RGBA (alpha = the blend mask) where the protocol has it.
+SERVER_MASKS = "result_alpha" in _REQUEST_FIELDS
 
 
 def _supported(name: str) -> bool:
