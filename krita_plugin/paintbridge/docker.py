@@ -783,13 +783,15 @@ class PaintBridgeDocker(DockWidget):
         model, depth = job.color
         rect = Rect(0, 0, *job.scale_to) if job.scale_to is not None else job.rect
         mask = None if SERVER_MASKS else job.mask  # the server's RGBA already has the blend mask as alpha
+        upscale = job.scale_to is not None  # applied at once; no PNG copy for the history
 
         def prepare():
             out = []
             for image in result.images:
                 ready = kritadoc.layer_ready(image, rect, mask)
+                rgba = b"" if upscale else kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))
                 out.append((kritadoc.Ready.make(ready, model, depth), kritadoc.thumbnail_png(ready),
-                            ready.width(), ready.height(), kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))))
+                            ready.width(), ready.height(), rgba))
             return out
 
         self.background.submit(prepare, lambda prepared: self._place(tag, job, result, prepared))
@@ -812,13 +814,23 @@ class PaintBridgeDocker(DockWidget):
         """UI thread: the history entries and the preview (or, for upscale, the layer)."""
         t0 = time.perf_counter()
         document = job.document
+        history = self._history(document)
+        key = kritadoc.document_key(document)
         if job.scale_to is not None:
             self._apply_upscale(job, result, [p[0] for p in prepared])
             job.timings["place_ms"] = (time.perf_counter() - t0) * 1000
             self._record_timings(tag, job)
+            # In the history too (thumbnail, settings, parameters), already applied: its pixels
+            # stay in the document rather than a second full-size copy in the .kra.
+            for (_ready, thumbnail, *_rest), seed in zip(prepared, result.seeds, strict=False):
+                width, height = job.scale_to
+                history.add(Entry(history.new_id(), job.prompt, seed, "upscale", "upscale", 0, 0, width, height,
+                                  first_pass=(job.rect.width, job.rect.height), settings={**job.settings, "token": ""},
+                                  infotext=result.infotext, thumbnail=thumbnail))
+            self._dirty.add(key)
+            if key == _active_key():
+                self._refresh_history()
             return
-        history = self._history(document)
-        key = kritadoc.document_key(document)
         batch = uuid.uuid4().hex[:8] if len(result.images) > 1 else ""
         infotexts = result.infotexts or [result.infotext] * len(result.images)
         first = result.parameters.get("first_pass") if isinstance(result.parameters, dict) else None
