@@ -700,6 +700,8 @@ class PaintBridgeDocker(DockWidget):
             except Exception as exc:
                 self.show_message(f"PaintBridge: {exc}")
         self._drain_background()
+        if self.ticks % 16 == 0:  # ~0.5 s: Krita signals no selection change; keep the labels true
+            self._update_labels()
         if self._dirty and not self.background.busy:
             self._save_histories()
         if changed:
