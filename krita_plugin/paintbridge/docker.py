@@ -701,7 +701,10 @@ class PaintBridgeDocker(DockWidget):
                 self.show_message(f"PaintBridge: {exc}")
         self._drain_background()
         if self.ticks % 16 == 0:  # ~0.5 s: Krita signals no selection change; keep the labels true
-            self._update_labels()
+            try:
+                self._update_labels()
+            except Exception:  # a document closing under us: next tick
+                pass
         if self._dirty and not self.background.busy:
             self._save_histories()
         if changed:
