@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from bridge_server import plugin_package
-from krita_plugin.paintbridge import colors, connection, placement, regions, requests
+from krita_plugin.paintbridge import colors, connection, regions, requests
 from krita_plugin.paintbridge.regions import Rect
 from protocol import RawImage
 
@@ -66,17 +66,6 @@ def test_requests_follow_the_strength_slider():
     up = requests.upscale_request(requests.Settings(upscale_factor=2, upscale_denoise=0.3), image)
     assert up.kind == "upscale" and up.upscale.scale == 2 and up.upscale.denoise == 0.3
     up.validate()
-
-
-def test_placement_names_batches_and_mask_alpha():
-    rect = Rect(4, 4, 2, 1)
-    images = [bytes([1, 2, 3, 255] * 2), bytes([4, 5, 6, 255] * 2)]
-    result = placement.plan("inpaint", "a  red\nhat", [7, 8], images, rect, mask=bytes([0, 128]))
-    assert result.group and "(2)" in result.group
-    assert [layer.name for layer in result.layers] == ["Inpainted: a red hat (seed 7)", "Inpainted: a red hat (seed 8)"]
-    assert result.layers[0].rgba[3::4] == bytes([0, 128])
-    single = placement.plan("txt2img", "", [1], images[:1], rect)
-    assert single.group is None and single.layers[0].name == "Generated (seed 1)"
 
 
 def test_connection_backoff_and_fatal_errors():

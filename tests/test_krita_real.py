@@ -52,11 +52,16 @@ def run_krita(server_url: str, tmp_path: Path, only: str = "") -> dict:
         "PAINTBRIDGE_ONLY": only,
     }
     log = tmp_path / "krita.log"
-    with open("/tmp/krita.lock", "w") as lock, open(log, "w") as out:
+    with open("/tmp/krita.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one real Krita at a time on this machine
-        # Krita 5.1.5 often segfaults on quit (status 139): judge by the report.
-        subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x800x24", "krita", "--nosplash"],
-                       env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900)
+        for _attempt in range(3):
+            with open(log, "w") as out:
+                # Krita 5.1.5 often segfaults on quit (status 139): judge by the report.
+                subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x800x24", "krita", "--nosplash"],
+                               env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900)
+            # xvfb-run -a can race another X server for a display number: try again.
+            if report_path.is_file() or "could not connect to display" not in log.read_text():
+                break
     assert report_path.is_file(), log.read_text()[-3000:]
     report = json.loads(report_path.read_text())
     shutil.copy(report_path, artifacts / "krita-report.json")

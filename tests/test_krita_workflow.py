@@ -157,3 +157,58 @@ def test_png_writer_is_lossless():
     rgba = bytes((i * 37) % 256 for i in range(width * height * 4))
     image = Image.open(io.BytesIO(pngio.encode_rgba(width, height, rgba)))
     assert image.mode == "RGBA" and image.size == (width, height) and image.tobytes() == rgba
+
+
+def test_worker_builds_requests_on_its_own_thread(server):
+    """The docker hands over a builder: pixel conversion never runs on Krita's UI thread."""
+    import threading
+
+    from krita_plugin.paintbridge.requests import generate_request
+    from krita_plugin.paintbridge.worker import Worker
+    from tests.test_krita_plugin import _until
+
+    worker = Worker(server.url)
+    worker.start()
+    try:
+        _until(worker, "welcome")
+        threads = []
+
+        def build():
+            threads.append(threading.current_thread().name)
+            return generate_request(Settings(steps=1, resolution="exact", random_seed=False, seed=3), 128, 128, None)
+
+        def broken():
+            raise ValueError("unreadable pixels")
+
+        worker.submit("good", build)
+        worker.submit("bad", broken)
+        events = _until(worker, "result", lambda e: e.tag == "good")
+        events += _until(worker, "failed", lambda e: e.tag == "bad") if not any(e.kind == "failed" for e in events) else []
+        failed = next(e for e in events if e.kind == "failed")
+        assert failed.tag == "bad" and failed.data[0] == "invalid_request" and "unreadable pixels" in failed.data[1]
+        assert threads == ["paintbridge-network"]
+        result = next(e for e in events if e.kind == "result").data
+        assert result.seeds == [3] and (result.images[0].width, result.images[0].height) == (128, 128)
+    finally:
+        worker.stop()
+
+
+def test_soft_mask_request_fields():
+    from krita_plugin.paintbridge.requests import generate_request, plan_sizes
+    from protocol import RawImage
+
+    image, mask = RawImage(64, 64, 4, bytes(64 * 64 * 4)), RawImage(64, 64, 1, bytes(64 * 64))
+    refine = generate_request(Settings(strength=0.5), 64, 64, image, mask)
+    assert refine.kind == "inpaint" and refine.strength == 0.5 and refine.mask_blur == 0
+    assert refine.inpaint_mode == "original" and refine.result_alpha == "mask"
+    fill = generate_request(Settings(strength=1.0, inpaint_mode="remove"), 64, 64, image, mask)
+    assert fill.inpaint_mode == "remove"
+    expand = generate_request(Settings(), 64, 64, image, mask, inpaint_mode="expand")
+    assert expand.inpaint_mode == "expand"
+    for request in (refine, fill, expand):
+        request.validate()
+    auto = generate_request(Settings(), 2048, 1536, None)
+    assert (auto.kind, auto.width, auto.height, auto.resolution) == ("txt2img", 2048, 1536, "auto")
+    auto.validate()
+    assert plan_sizes(2048, 1536, 512).text() == "592x440 → 2048x1536"
+    assert plan_sizes(2048, 1536, 512, "exact").text() == "2048x1536"

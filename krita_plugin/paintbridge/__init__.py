@@ -1,8 +1,9 @@
 """PaintBridge for Krita: AI painting through a local PaintBridge server.
 
 Krita imports this package at start-up. The logic lives in plain modules
-(colors, regions, requests, placement, connection, worker) that run and are
-tested without Krita; `docker` is the thin adapter to Krita's API and Qt.
+(colors, regions, requests, history, jobqueue, prefs, pngio, connection,
+worker) that run and are tested without Krita; `kritadoc` holds every call
+into Krita, and `docker` is the Qt widget over them.
 """
 
 import os

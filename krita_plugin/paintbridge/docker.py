@@ -60,7 +60,7 @@ from .connection import CONNECTED
 from .history import Entry, History
 from .kritadoc import UserError
 from .regions import SIDES, Rect, expand, strip_mask, work_area
-from .requests import LAYER, VISIBLE, Settings, generate_request, plan_sizes, upscale_request
+from .requests import LAYER, SERVER_MASKS, VISIBLE, Settings, generate_request, plan_sizes, upscale_request
 from .worker import Worker
 
 DOCKER_ID = "paintbridge_docker"
@@ -700,6 +700,11 @@ class PaintBridgeDocker(DockWidget):
             except Exception as exc:
                 self.show_message(f"PaintBridge: {exc}")
         self._drain_background()
+        if self.ticks % 16 == 0:  # ~0.5 s: Krita signals no selection change; keep the labels true
+            try:
+                self._update_labels()
+            except Exception:  # a document closing under us: next tick
+                pass
         if self._dirty and not self.background.busy:
             self._save_histories()
         if changed:
@@ -782,14 +787,16 @@ class PaintBridgeDocker(DockWidget):
         t0 = time.perf_counter()
         model, depth = job.color
         rect = Rect(0, 0, *job.scale_to) if job.scale_to is not None else job.rect
-        mask = job.mask
+        mask = None if SERVER_MASKS else job.mask  # the server's RGBA already has the blend mask as alpha
+        upscale = job.scale_to is not None  # applied at once; no PNG copy for the history
 
         def prepare():
             out = []
             for image in result.images:
                 ready = kritadoc.layer_ready(image, rect, mask)
+                rgba = b"" if upscale else kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))
                 out.append((kritadoc.Ready.make(ready, model, depth), kritadoc.thumbnail_png(ready),
-                            ready.width(), ready.height(), kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))))
+                            ready.width(), ready.height(), rgba))
             return out
 
         self.background.submit(prepare, lambda prepared: self._place(tag, job, result, prepared))
@@ -798,32 +805,45 @@ class PaintBridgeDocker(DockWidget):
     def _drain_background(self) -> None:
         while not self.background.done.empty():
             then, value, error = self.background.done.get_nowait()
-            self.background.busy -= 1
-            if error is not None:
-                self.show_message(f"PaintBridge: {error}")
-                continue
             try:
-                then(value)
+                if error is not None:
+                    self.show_message(f"PaintBridge: {error}")
+                else:
+                    then(value)
             except Exception as exc:
                 self.show_message(f"PaintBridge: {exc}")
+            finally:  # only now: Krita may run events (and timers) while it adds layers
+                self.background.busy -= 1
 
     def _place(self, tag: str, job: PendingJob, result, prepared) -> None:
         """UI thread: the history entries and the preview (or, for upscale, the layer)."""
         t0 = time.perf_counter()
         document = job.document
+        history = self._history(document)
+        key = kritadoc.document_key(document)
         if job.scale_to is not None:
             self._apply_upscale(job, result, [p[0] for p in prepared])
             job.timings["place_ms"] = (time.perf_counter() - t0) * 1000
             self._record_timings(tag, job)
+            # In the history too (thumbnail, settings, parameters), already applied: its pixels
+            # stay in the document rather than a second full-size copy in the .kra.
+            for (_ready, thumbnail, *_rest), seed in zip(prepared, result.seeds, strict=False):
+                width, height = job.scale_to
+                history.add(Entry(history.new_id(), job.prompt, seed, "upscale", "upscale", 0, 0, width, height,
+                                  first_pass=(job.rect.width, job.rect.height), settings={**job.settings, "token": ""},
+                                  infotext=result.infotext, thumbnail=thumbnail))
+            self._dirty.add(key)
+            if key == _active_key():
+                self._refresh_history()
             return
-        history = self._history(document)
-        key = kritadoc.document_key(document)
         batch = uuid.uuid4().hex[:8] if len(result.images) > 1 else ""
         infotexts = result.infotexts or [result.infotext] * len(result.images)
+        first = result.parameters.get("first_pass") if isinstance(result.parameters, dict) else None
+        first_pass = tuple(first) if first else job.first_pass
         added = []
         for index, ((ready, thumbnail, width, height, rgba), seed) in enumerate(zip(prepared, result.seeds, strict=False)):
             entry = Entry(history.new_id(), job.prompt, seed, job.mode, job.kind, job.rect.x, job.rect.y,
-                          job.rect.width, job.rect.height, first_pass=job.first_pass,
+                          job.rect.width, job.rect.height, first_pass=first_pass,
                           settings={**job.settings, "seed": seed, "random_seed": False, "token": ""},
                           infotext=infotexts[index] if index < len(infotexts) else "", batch=batch, thumbnail=thumbnail)
             for dropped in history.add(entry):
@@ -859,7 +879,6 @@ class PaintBridgeDocker(DockWidget):
         top = layers[-1] if layers else None
         for image, seed in zip(ready, result.seeds, strict=False):
             top = kritadoc.add_layer(document, f"Upscaled ×{job.settings['upscale_factor']:g} (seed {seed})", image, 0, 0, top)
-        document.refreshProjection()
         self.show_message(f"Upscaled to {width}x{height}")
 
     def _save_histories(self) -> None:
@@ -949,7 +968,6 @@ class PaintBridgeDocker(DockWidget):
             name = f"{label}: {entry.title()}"
             above = kritadoc.add_layer(document, name, self._pixels_of(entry, document), entry.x, entry.y, above)
             names.append(name)
-        document.refreshProjection()
         self.last_apply_ms = (time.perf_counter() - t0) * 1000
         self.show_message(f"Applied {len(names)} layer(s)" + (f": {names[0]}" if names else ""))
         return names
@@ -961,7 +979,6 @@ class PaintBridgeDocker(DockWidget):
         history.discard(entry.id)
         self._pixels.pop(entry.id, None)
         kritadoc.remove_preview(document)
-        document.refreshProjection()
         self._dirty.add(kritadoc.document_key(document))
         self._refresh_history()
         if self.history_list.count():

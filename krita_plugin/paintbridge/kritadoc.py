@@ -179,8 +179,10 @@ def add_layer(document, name: str, ready: Ready, x: int, y: int, below=None):
     """A normal paint layer above the painter's active layer; nothing else changes."""
     parent, above = _anchor(document, below)
     node = document.createNode(name, "paintlayer")
-    node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
+    # Empty into the stack first, pixels after: Krita then updates the projection once,
+    # asynchronously (no refreshProjection(), which would recomposite while we wait).
     parent.addChildNode(node, above)
+    node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
     return node
 
 
@@ -198,10 +200,9 @@ def show_preview(document, ready: Ready, x: int, y: int):
     remove_preview(document)
     parent, above = _anchor(document)
     node = document.createNode(PREVIEW_NAME, "paintlayer")
-    node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
     # Top level, so that finding and removing it never depends on where the painter was.
     document.rootNode().addChildNode(node, above if parent == document.rootNode() else None)
-    document.refreshProjection()
+    node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
     return node
 
 

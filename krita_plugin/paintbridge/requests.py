@@ -10,6 +10,8 @@ from protocol import HiresFix, JobRequest, RawImage, Upscale
 VISIBLE, LAYER = "visible", "layer"
 INPAINT_MODES = ("fill", "expand", "add", "remove")
 _REQUEST_FIELDS = {f.name for f in fields(JobRequest)}
+# The server hands back layer-ready RGBA (alpha = the blend mask) where the protocol has it.
+SERVER_MASKS = "result_alpha" in _REQUEST_FIELDS
 
 
 def _supported(name: str) -> bool:
@@ -133,8 +135,11 @@ def generate_request(settings: Settings, width: int, height: int, image: RawImag
                           inpaint_padding=settings.context, **common, **_soft_mask_fields(settings, mode))
     if settings.strength >= 1.0 or image is None:
         if _supported("resolution"):
+            # auto: the server plans the passes; the hires options only carry the painter's denoise
+            # (an exact request with `hires` would mean "and then upscale x2").
+            hires = HiresFix(denoise=settings.hires_denoise) if settings.resolution == "auto" else None
             return JobRequest(kind="txt2img", width=_round8(width), height=_round8(height),
-                              resolution=settings.resolution, hires=HiresFix(denoise=settings.hires_denoise), **common)
+                              resolution=settings.resolution, hires=hires, **common)
         sizes = plan_sizes(width, height, native, settings.resolution)
         if sizes.first[0] < width and sizes.first[1] < height:
             # Older servers: the rule here; the hires fix takes the first pass to the area.

@@ -63,7 +63,7 @@ def names(doc):
 
 
 def idle(d):
-    return not d.jobs and not d.background.busy
+    return not d.jobs and not d.background.busy and not d.queue.active()
 
 
 def screenshot(path):
@@ -162,8 +162,17 @@ def s_connected():
     submit = d.worker.submit
 
     def recording(tag, request):  # what the server receives, as sent
-        sent.append(request)
-        submit(tag, request)
+        if not callable(request):
+            sent.append(request)
+            submit(tag, request)
+            return
+
+        def build(make=request):  # the docker builds requests on the network thread
+            made = make()
+            sent.append(made)
+            return made
+
+        submit(tag, build)
 
     d.worker.submit = recording
     ctx["doc"], ctx["paint"] = new_document(2048, 1536, "Auto resolution")
@@ -431,7 +440,7 @@ def s_big_done():
     top = [n for n in doc.topLevelNodes()][-1]
     log("big", timings=timings, ui_total_ms=sum(timings.values()), wall_s=time.perf_counter() - ctx["t0"],
         max_timer_gap_ms=max(gaps, default=0), timer_gaps_over_100ms=sum(1 for g in gaps if g > 100),
-        ticks=len(gaps), top=top.name(), top_size=[top.bounds().width(), top.bounds().height()], message=d.message.text())
+        ticks=len(gaps), top=top.name(), rows=[r.text() for r in d.queue.rows], all_log=d.log[-10:], top_size=[top.bounds().width(), top.bounds().height()], message=d.message.text())
     report["log"] = d.log[-30:]
     parts = {}
     from PyQt5.QtGui import QImage
@@ -455,6 +464,10 @@ def s_big_done():
     timed("addChildNode", lambda: doc.rootNode().addChildNode(fresh, None))
     timed("refreshProjection", doc.refreshProjection)
     timed("waitForDone", doc.waitForDone)
+    empty = doc.createNode("bench 2", "paintlayer")
+    timed("addChildNode (empty)", lambda: doc.rootNode().addChildNode(empty, None))
+    timed("setPixelData (in the stack)", lambda: empty.setPixelData(data, 0, 0, 4096, 4096))
+    timed("waitForDone (after)", doc.waitForDone)
     log("big parts", parts=parts)
     d.mode_buttons["generate"].setChecked(True)
     d._mode_changed()
@@ -463,7 +476,7 @@ def s_big_done():
 
 STEPS = [
     (s_docker, 120), (s_connected, 120), (s_layout, 30),
-    (s_generate_auto, 10), (s_generated_auto, 300),
+    (s_generate_auto, 10), (s_generated_auto, 600),
     (s_refine_ellipse, 30), (s_refined, 120),
     (s_expand, 30), (s_expanded, 120),
     (s_history, 10), (s_history_done, 120), (s_reopen, 30), (s_reopened, 30),
