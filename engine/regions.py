@@ -200,7 +200,7 @@ def prepare(model, prompt: str, negative: str, regions: list[RegionParams], cfg_
     for text, neg in [(prompt, negative)] + [(r.prompt, negative if r.negative_prompt is None else r.negative_prompt)
                                              for r in regions]:
         text = extract_loras(text)[0]
-        c = encode_prompts(model, text, neg, clip_skip)
+        c = encode_prompts(model, text, neg if cfg_scale > 1 else None, clip_skip)  # CFG 1: no unconditional pass
         pairs.append((add("+" + text, c.cond, c.pooled), add("-" + neg, c.uncond, c.uncond_pooled)))
     masks = [np.ascontiguousarray(r.mask) for r in regions]
     control = RegionControl(prompts, pairs, masks, [r.weight for r in regions], cfg_scale)
