@@ -131,3 +131,22 @@ def test_cfg_1_does_not_encode_the_negative_prompt(engine):
     finally:
         hook.remove()
     assert len(calls) == 1 + 2  # CFG 1: the prompt only; CFG 7: prompt and negative
+
+
+@pytest.mark.slow
+def test_cli_few_step_settings(server, tmp_path):
+    from PIL import Image
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "fast.png"
+    done = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--width", "64", "--height", "64",
+                   "--few-step", "lightning", "--seed", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    text = Image.open(out).info["parameters"]
+    assert "Steps: 4, Sampler: Euler, CFG scale: 1," in text
+    steps = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--width", "64", "--height", "64",
+                    "--few-step", "hyper", "--steps", "2", "--out", str(out))  # a flag given wins
+    assert steps.returncode == 0 and "Steps: 2," in Image.open(out).info["parameters"]
+    auto = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--few-step", "--out", str(out))
+    assert auto.returncode == 1 and "recognises no" in auto.stderr and "[invalid_request]" in auto.stderr
