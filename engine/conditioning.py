@@ -98,15 +98,20 @@ def _encode_text(model, text: str, clip_skip: int, device) -> tuple[Any, Any, in
     return torch.cat(per_encoder, dim=2) if len(per_encoder) > 1 else per_encoder[0], pooled, count
 
 
-def encode_prompts(model, prompt: str, negative: str, clip_skip: int = 1) -> Conditioning:
-    """Conditioning for a prompt and its negative, padded to the same length."""
+def encode_prompts(model, prompt: str, negative: str | None, clip_skip: int = 1) -> Conditioning:
+    """Conditioning for a prompt and its negative, padded to the same length.
+    `negative` None: no unconditional pass will run (CFG 1, few-step models), so
+    the text encoders run once and the unconditional half is the prompt's own."""
     import torch
 
     pipe = model.base
     device = pipe._execution_device
     with torch.inference_mode():
         cond, pooled, n_cond = _encode_text(model, prompt, clip_skip, device)
-        uncond, uncond_pooled, n_uncond = _encode_text(model, negative, clip_skip, device)
+        if negative is None:
+            uncond, uncond_pooled, n_uncond = cond, pooled, n_cond
+        else:
+            uncond, uncond_pooled, n_uncond = _encode_text(model, negative, clip_skip, device)
         if n_cond != n_uncond:
             # Both must have as many chunks: pad the shorter with empty chunks.
             empty, _, _ = _encode_text(model, "", clip_skip, device)

@@ -342,7 +342,9 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
         schedule = prompt_schedule.build(model, text, params.negative_prompt, params.steps, params.clip_skip)
         conditioning = schedule.first()
     else:
-        conditioning = encode_prompts(model, text, params.negative_prompt, params.clip_skip)
+        # CFG 1 or below runs no unconditional pass (Guidance.guided), so the negative prompt is not encoded.
+        negative = params.negative_prompt if params.cfg_scale > 1 else None
+        conditioning = encode_prompts(model, text, negative, params.clip_skip)
     pipe_kwargs: dict[str, Any] = {
         **conditioning.pipeline_kwargs(len(seeds)),
         "num_inference_steps": params.steps,

@@ -77,23 +77,35 @@ class RegionControl:
                  region_weights: list[float], cfg_scale: float) -> None:
         self.prompts = prompts  # distinct conditionings
         self.pairs = pairs  # per blend entry (0 = the base prompt): (cond index, uncond index) into prompts
-        self.masks = masks  # per region: HxW uint8 in the work area's frame
+        self.masks = masks  # per region: uint8 in the work area's frame, at latent resolution (1/8) once fitted
         self.region_weights = region_weights
         self.cfg_scale = cfg_scale
         self.batch = len(prompts)  # conditionings per UNet call; halved on out-of-memory
 
     def fitted(self, fit: Fit) -> RegionControl:
-        """The same prompts with masks moved into another frame (a crop, a resize)."""
-        masks = [np.asarray(fit(Image.fromarray(m, "L")).convert("L")) for m in self.masks]
+        """The same prompts with masks moved into another frame (a crop, a
+        resize) and kept at the latent's resolution (area-averaged, so soft
+        edges and thin strokes keep their share): what is held per region is
+        1/64 of the work area, however small the mask that was stretched onto it."""
+        masks = []
+        for m in self.masks:  # one full-size mask at a time
+            work = fit(Image.fromarray(m, "L")).convert("L")
+            masks.append(np.asarray(work.resize((max(1, work.width // 8), max(1, work.height // 8)), Image.BOX)))
         return RegionControl(self.prompts, self.pairs, masks, self.region_weights, self.cfg_scale)
 
     def weights(self, lh: int, lw: int, device) -> Any:
         """(1 + regions) x 1 x 1 x lh x lw blend weights summing to 1 per pixel:
-        the base prompt first. Masks are area-averaged to the latent size, so
-        soft edges and thin strokes keep their share."""
+        the base prompt first. Same size as the fitted masks, except in hires
+        fix's second pass (bilinear up) or in a resize elsewhere (area down)."""
         import torch
 
-        small = [np.asarray(Image.fromarray(m, "L").resize((lw, lh), Image.BOX), np.float32) / 255.0 for m in self.masks]
+        def sized(m: np.ndarray) -> np.ndarray:
+            image = Image.fromarray(m, "L")
+            if image.size != (lw, lh):
+                image = image.resize((lw, lh), Image.BILINEAR if lw > image.width else Image.BOX)
+            return np.asarray(image, np.float32) / 255.0
+
+        small = [sized(m) for m in self.masks]
         masks = torch.from_numpy(np.stack(small)) if small else torch.zeros((0, lh, lw))
         strength = torch.tensor(self.region_weights, dtype=torch.float32)[:, None, None] * masks
         base = (1.0 - masks.sum(0)).clamp(0.0, 1.0)
@@ -200,7 +212,7 @@ def prepare(model, prompt: str, negative: str, regions: list[RegionParams], cfg_
     for text, neg in [(prompt, negative)] + [(r.prompt, negative if r.negative_prompt is None else r.negative_prompt)
                                              for r in regions]:
         text = extract_loras(text)[0]
-        c = encode_prompts(model, text, neg, clip_skip)
+        c = encode_prompts(model, text, neg if cfg_scale > 1 else None, clip_skip)  # CFG 1: no unconditional pass
         pairs.append((add("+" + text, c.cond, c.pooled), add("-" + neg, c.uncond, c.uncond_pooled)))
     masks = [np.ascontiguousarray(r.mask) for r in regions]
     control = RegionControl(prompts, pairs, masks, [r.weight for r in regions], cfg_scale)

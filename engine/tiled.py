@@ -228,7 +228,7 @@ def tiled_img2img(
     generator = torch.Generator("cpu").manual_seed(seed)
     latents = encode(vae, image, vae_tile, generator, device, dtype)
     text, _ = extract_loras(prompt)
-    conditioning = encode_prompts(model, text, negative, clip_skip)
+    conditioning = encode_prompts(model, text, negative if cfg_scale > 1 else None, clip_skip)  # CFG 1: no uncond
 
     _, _, lh, lw = latents.shape
     grid = views(lh, lw, tile, overlap)

@@ -116,3 +116,37 @@ def test_cfg_1_in_the_tiled_upscale_sends_only_the_tiles(engine):
     options = UpscaleParams(scale=1.0, upscaler="Lanczos", denoise=0.5, tile=4, overlap=0, tile_batch=4)
     params = JobParams(kind="upscale", image=IMAGE, steps=2, cfg_scale=1.0, seed=1, upscale=options, **K)
     assert _unet_batches(engine, params) == [4] * 1  # 4 tiles of the 8x8 latent, one step, no unconditional half
+
+
+def test_cfg_1_does_not_encode_the_negative_prompt(engine):
+    from engine.registry import CHECKPOINT
+
+    model = engine.models.get(engine.registry.list(CHECKPOINT)[0])
+    calls: list[int] = []
+    hook = model.base.text_encoder.register_forward_hook(lambda m, args, out: calls.append(1))
+    try:
+        for cfg in (1.0, 7.0):
+            engine.run(JobParams(width=64, height=64, steps=1, seed=1, prompt="a cat", negative_prompt="blurry",
+                                 cfg_scale=cfg, **K))
+    finally:
+        hook.remove()
+    assert len(calls) == 1 + 2  # CFG 1: the prompt only; CFG 7: prompt and negative
+
+
+@pytest.mark.slow
+def test_cli_few_step_settings(server, tmp_path):
+    from PIL import Image
+
+    from tests.conftest import run_cli
+
+    out = tmp_path / "fast.png"
+    done = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--width", "64", "--height", "64",
+                   "--few-step", "lightning", "--seed", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    text = Image.open(out).info["parameters"]
+    assert "Steps: 4, Sampler: Euler, CFG scale: 1," in text
+    steps = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--width", "64", "--height", "64",
+                    "--few-step", "hyper", "--steps", "2", "--out", str(out))  # a flag given wins
+    assert steps.returncode == 0 and "Steps: 2," in Image.open(out).info["parameters"]
+    auto = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--few-step", "--out", str(out))
+    assert auto.returncode == 1 and "recognises no" in auto.stderr and "[invalid_request]" in auto.stderr

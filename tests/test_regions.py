@@ -241,3 +241,40 @@ def test_cli_generate_with_regions_and_from_png(server, tmp_path):
     assert without.returncode == 0 and "cannot hold their masks" in without.stderr
     bad = run_cli("generate", *args, "--region", f"{mask}=x", "--sampler", "UniPC", "--out", str(tmp_path / "b.png"))
     assert bad.returncode == 1 and "[invalid_request]" in bad.stderr
+
+
+def test_the_prompt_batch_halves_on_out_of_memory_with_the_same_result():
+    """A fake UNet (output = input x the conditioning's mean) that runs out of
+    memory above two conditionings: the blend is the same, run in smaller batches."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from engine.denoiser import Guidance
+    from engine.regions import RegionControl, _Prompt
+
+    class UNet:
+        def __init__(self, limit: int) -> None:
+            self.limit, self.batches = limit, []
+
+        def __call__(self, x, t, encoder_hidden_states, added_cond_kwargs=None):
+            if x.shape[0] > self.limit:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            self.batches.append(x.shape[0])
+            return SimpleNamespace(sample=x * encoder_hidden_states.mean(dim=(1, 2))[:, None, None, None])
+
+    prompts = [_Prompt(torch.full((1, 77, 8), float(v))) for v in (1, 2, 3, 4)]
+    masks = [np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)]
+    masks[0][:, :8] = 255
+    masks[1][:8, :] = 128
+    control = RegionControl(prompts, [(0, 3), (1, 3), (2, 3)], masks, [1.0, 2.0], 7.0)
+    weights = control.weights(2, 2, "cpu")
+    x = torch.randn(1, 4, 2, 2)
+    guidance = Guidance(None, None, 7.0)
+    big, small = UNet(8), UNet(2)
+    expected = control.blend(big, x, 500, guidance, None, weights)
+    assert big.batches == [4]  # three prompts and the shared unconditional in one call
+    again = RegionControl(prompts, [(0, 3), (1, 3), (2, 3)], masks, [1.0, 2.0], 7.0)
+    assert torch.allclose(again.blend(small, x, 500, guidance, None, weights), expected)
+    assert again.batch == 2 and small.batches == [2, 2]
+    assert torch.allclose(weights.sum(0), torch.ones(1, 1, 1, 2, 2))  # the weights are a partition of unity
