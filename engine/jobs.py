@@ -665,6 +665,9 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel,
         fx0, fy0, fx1, fy1 = masks.expand_box((x0, y0, x1, y1), 3 * params.mask_blur + 2, w, h)
         near = masks.feather(np.ascontiguousarray(mask[fy0:fy1, fx0:fx1]), params.mask_blur)
         alpha = near[y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]
+    second = autosize.inpaint_second_pass(params, x1 - x0, y1 - y0, model.native_size)
+    if second is not None:  # a large selection, auto resolution: refine again at the crop's own size
+        generated = autosize.refine_inpaint(pipe, kwargs, generated, crop_rgb, alpha, mask[y0:y1, x0:x1], second)
     original = image if image.shape[2] == 4 else np.dstack([image, np.full((h, w), 255, np.uint8)])
     results = []
     for patch in generated:
@@ -683,6 +686,11 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel,
     output = _output(model, params, results, seeds, w, h)  # Size: the result's, so --from-png makes the same
     if params.resolution == "auto":  # both sizes for the painter: the crop's working size, the image's
         output.parameters.update(first_pass=[work_w, work_h], final_size=[w, h])
+        if second is not None:
+            output.parameters.update(hires_resize=True, hires_width=second.size[0], hires_height=second.size[1],
+                                     hires_upscale=round(second.size[0] / work_w, 3), hires_steps=second.steps,
+                                     hires_upscaler="Lanczos", hires_denoise=second.strength)
+            output.infotext = infotext(output.parameters)
     return output
 
 
