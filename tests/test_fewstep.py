@@ -95,11 +95,12 @@ D = {"sampler": "Euler"}  # a diffusers scheduler and pipeline
 @pytest.mark.parametrize(("case", "extra", "calls"), [
     ("txt2img diffusers", {**D}, 4),
     ("txt2img k", {**K}, 4),
-    ("img2img diffusers", {**D, "kind": "img2img", "image": IMAGE, "strength": 0.5}, 2),
-    ("img2img k", {**K, "kind": "img2img", "image": IMAGE, "strength": 0.5}, 2),
-    ("inpaint k", {**K, "kind": "inpaint", "image": IMAGE, "mask": MASK, "strength": 0.5, "steps": 2}, 1),
+    # A partial denoise runs the WebUI's int(strength * steps) + 1 steps; its hires pass runs its steps in full.
+    ("img2img diffusers", {**D, "kind": "img2img", "image": IMAGE, "strength": 0.5}, 3),
+    ("img2img k", {**K, "kind": "img2img", "image": IMAGE, "strength": 0.5}, 3),
+    ("inpaint k", {**K, "kind": "inpaint", "image": IMAGE, "mask": MASK, "strength": 0.5, "steps": 2}, 2),
     ("regions", {**K, "regions": [RegionParams(LEFT, "a dog")]}, 4),
-    ("hires", {**K, "hires": HiresParams(scale=1.5, denoise=0.5)}, 4 + 2),
+    ("hires", {**K, "hires": HiresParams(scale=1.5, denoise=0.5)}, 4 + 4),
 ])
 @pytest.mark.parametrize("cfg", [1.0, 0.0])
 def test_cfg_1_makes_one_model_call_per_step(engine, case, extra, calls, cfg):
@@ -115,7 +116,7 @@ def test_cfg_1_makes_one_model_call_per_step(engine, case, extra, calls, cfg):
 def test_cfg_1_in_the_tiled_upscale_sends_only_the_tiles(engine):
     options = UpscaleParams(scale=1.0, upscaler="Lanczos", denoise=0.5, tile=4, overlap=0, tile_batch=4)
     params = JobParams(kind="upscale", image=IMAGE, steps=2, cfg_scale=1.0, seed=1, upscale=options, **K)
-    assert _unet_batches(engine, params) == [4] * 1  # 4 tiles of the 8x8 latent, one step, no unconditional half
+    assert _unet_batches(engine, params) == [4] * 2  # 4 tiles of the 8x8 latent, int(0.5 * 2) + 1 steps, no uncond
 
 
 def test_cfg_1_does_not_encode_the_negative_prompt(engine):
