@@ -89,7 +89,7 @@ MASK[16:48, 16:48] = 255
 LEFT = np.zeros((64, 64), np.uint8)
 LEFT[:, :32] = 255
 K = {"sampler": "Euler a", "eta": 0.5}  # KPipeline (engine/ksampling.py)
-D = {"sampler": "Euler"}  # a diffusers scheduler and pipeline
+D = {"sampler": "Euler"}  # (was a diffusers scheduler; every k-diffusion name now runs on KPipeline)
 
 
 @pytest.mark.parametrize(("case", "extra", "calls"), [
