@@ -13,7 +13,9 @@ plugin; this module carries it out with the engine's own passes:
 - area smaller than native: the model draws at native size, aspect kept,
   and the result is scaled down (Lanczos) to the area;
 - inpaint: the context crop is worked at the rule's first-pass size
-  (`inpaint_work_size`, called from the inpaint job itself).
+  (`inpaint_work_size`, called from the inpaint job itself); a crop much
+  larger than native is then refined again at its own size
+  (`refine_inpaint`), as a large refine is.
 
 Each pass is an ordinary exact-size job through `run_job`, so every feature
 (samplers, LoRAs, seeds, cancel) behaves as it does there.
@@ -22,7 +24,7 @@ Each pass is an ordinary exact-size job through `run_job`, so every feature
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,15 @@ from PIL import Image
 from engine import masks
 from engine.params import CancelFlag, HiresParams, JobOutput, JobParams, ProgressFn
 from protocol.resolution import HIRES, SizePlan, plan
+
+
+@dataclass(frozen=True)
+class SecondPass:
+    """A large inpaint's refinement at the context crop's own size."""
+
+    size: tuple[int, int]
+    strength: float
+    steps: int
 
 DEFAULT_NATIVE = 512
 
@@ -51,6 +62,39 @@ def inpaint_work_size(params: JobParams, width: int, height: int, native: int) -
     if params.resolution == "auto":
         return plan(width, height, native).first
     return masks.working_size(width, height, native)  # protocol 2: always scaled to the native pixel count
+
+
+def inpaint_second_pass(params: JobParams, width: int, height: int, native: int) -> SecondPass | None:
+    """The hires-like second pass for an inpaint crop, when the rule asks for one."""
+    if params.resolution != "auto" or plan(width, height, native).mode != HIRES:
+        return None
+    hires = params.hires or HiresParams()
+    return SecondPass((masks.round8(width), masks.round8(height)), min(params.strength, hires.denoise),
+                      hires.steps or params.steps)
+
+
+def refine_inpaint(pipe: Any, kwargs: dict[str, Any], generated: list[np.ndarray], crop_rgb: np.ndarray,
+                   alpha: np.ndarray, mask: np.ndarray, second: SecondPass) -> list[np.ndarray]:
+    """Upscale each first-pass patch to the crop's size, blend it into the crop
+    with the final alpha, and inpaint again there at the second pass's strength:
+    the detail a first pass at native size cannot have."""
+    from engine.jobs import denoise_steps
+
+    size = second.size
+    known = np.asarray(Image.fromarray(crop_rgb).resize(size, Image.LANCZOS))
+    soft = np.asarray(Image.fromarray(masks.to_mask(alpha)).resize(size, Image.LANCZOS), np.float32) / 255.0
+    inits = [Image.fromarray(masks.composite(known, np.asarray(Image.fromarray(im[..., :3]).resize(size, Image.LANCZOS)),
+                                             soft)) for im in generated]
+    reporter = kwargs["callback_on_step_end"]
+    reporter.offset = max(1, int(kwargs["num_inference_steps"] * kwargs["strength"]))  # steps the first pass ran
+    reporter.stage = "hires"
+    steps = denoise_steps(second.steps, second.strength)
+    out = pipe(**{**kwargs, "image": inits if len(inits) > 1 else inits[0],
+                  "mask_image": Image.fromarray(mask, "L").resize(size, Image.LANCZOS), "strength": second.strength,
+                  "width": size[0], "height": size[1], "num_inference_steps": steps}).images
+    from engine.jobs import _to_rgba
+
+    return _to_rgba(out)
 
 
 def area_of(params: JobParams, native: int) -> tuple[int, int]:

@@ -9,16 +9,17 @@ krita-ai-diffusion's (ai_diffusion/backend/workflow.py, `detect_inpaint` and
 - fill: a strong blur of the content: its colours and layout stay, its
   detail goes, so the model replaces what is there.
 - expand: unknown pixels (a canvas grown by N px, or a transparent strip)
-  take the colour of the nearest known pixel, then a blur. krita-ai runs
-  OpenCV's Navier-Stokes inpainting and a blur; nearest-pixel extension by
-  scipy's exact distance transform (`return_indices`) gives the same
-  continuous border colours without OpenCV (a large binary dependency) and
-  runs in one pass for any strip width.
+  continue the known ones smoothly (push-pull interpolation, `_extend`),
+  then a blur. krita-ai runs OpenCV's Navier-Stokes inpainting and a blur;
+  push-pull gives the same membrane-smooth continuation of the border
+  colours without OpenCV (a large binary dependency), in a few numpy passes
+  for any strip width.
 - add: neutral grey with a soft border, so the model draws something new
   rather than continuing what is around it.
-- remove: the object erased from its surroundings (nearest-pixel extension
-  and a strong blur; krita-ai uses a LaMa model for this, which the models
-  folder may not have), and with an empty prompt "background scenery".
+- remove: the object erased from its surroundings (push-pull from the
+  unmasked pixels and a strong blur; krita-ai uses a LaMa model for this,
+  which the models folder may not have), and with an empty prompt
+  "background scenery".
 
 The pre-fill is for generating into the selection (strength 1): a partial
 refine keeps what is there. Unknown pixels (transparent in the input) are
@@ -30,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 MODES = ("original", "fill", "expand", "add", "remove")
 REMOVE_PROMPT = "background scenery"  # krita-ai-diffusion's prompt for an empty remove
@@ -40,20 +42,54 @@ FALLOFF = 9.0  # px of soft border between the fill and the kept pixels, as krit
 NEUTRAL = 127
 
 
-def _blur(rgb: np.ndarray, sigma: float) -> np.ndarray:
+def _blur(rgb: np.ndarray, sigma: float, where: np.ndarray) -> np.ndarray:
+    """A Gaussian blur, computed only around `where` (the pixels that use it)."""
     from scipy import ndimage
 
-    return ndimage.gaussian_filter(rgb.astype(np.float32), sigma=(sigma, sigma, 0), mode="nearest")
+    out = rgb.astype(np.float32)
+    ys, xs = np.nonzero(where)
+    if len(ys) == 0:
+        return out
+    margin = int(4 * sigma) + 1
+    y0, y1 = max(0, ys.min() - margin), min(where.shape[0], ys.max() + 1 + margin)
+    x0, x1 = max(0, xs.min() - margin), min(where.shape[1], xs.max() + 1 + margin)
+    out[y0:y1, x0:x1] = ndimage.gaussian_filter(out[y0:y1, x0:x1], sigma=(sigma, sigma, 0), mode="nearest")
+    return out
 
 
 def _extend(rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Every unknown pixel takes the colour of its nearest known pixel."""
-    from scipy import ndimage
-
+    """Unknown pixels interpolated smoothly from the known ones: push-pull
+    (Gortler et al. 1996, "The Lumigraph", section 3.4): average the known
+    pixels down a 2x pyramid until every cell has some, then come back up,
+    keeping each level's own average where it has known pixels and the
+    coarser level's (bilinear) elsewhere. Like OpenCV's Navier-Stokes fill it
+    gives a membrane-smooth continuation of the border colours, without the
+    star-shaped seams of nearest-pixel filling; every step is a numpy pass."""
     if known.all() or not known.any():
         return rgb.copy()
-    _, (iy, ix) = ndimage.distance_transform_edt(~known, return_indices=True)
-    return rgb[iy, ix]
+    color = rgb.astype(np.float32) * known[..., None]
+    weight = known.astype(np.float32)
+    levels = [(color, weight)]
+    while min(weight.shape) > 1 and not (weight > 0).all():
+        h, w = weight.shape
+        ph, pw = h % 2, w % 2  # pad odd sides with empty cells
+        color = np.pad(color, ((0, ph), (0, pw), (0, 0)))
+        weight = np.pad(weight, ((0, ph), (0, pw)))
+        color = color.reshape(color.shape[0] // 2, 2, color.shape[1] // 2, 2, 3).sum(axis=(1, 3))
+        weight = weight.reshape(weight.shape[0] // 2, 2, weight.shape[1] // 2, 2).sum(axis=(1, 3))
+        levels.append((color, weight))
+    color, weight = levels[-1]
+    filled = np.where(weight[..., None] > 0, color / np.maximum(weight, 1e-6)[..., None], color.sum((0, 1)) / weight.sum())
+    for color, weight in reversed(levels[:-1]):
+        h, w = weight.shape
+        up = np.dstack([np.asarray(Image.fromarray(np.ascontiguousarray(filled[..., c]), "F").resize((w, h), Image.BILINEAR))
+                        for c in range(3)])
+        alpha = np.minimum(weight, 1.0)[..., None]
+        own = color / np.maximum(weight, 1e-6)[..., None]
+        filled = alpha * own + (1.0 - alpha) * up
+    out = rgb.copy()
+    out[~known] = np.clip(np.rint(filled[~known]), 0, 255).astype(np.uint8)
+    return out
 
 
 def _inside(region: np.ndarray, falloff: float) -> np.ndarray:
@@ -80,19 +116,24 @@ def prefill(rgb: np.ndarray, mask: np.ndarray, mode: str, unknown: np.ndarray | 
     if not active and not unknown.any():
         return rgb
     out = rgb.astype(np.float32)
-    if unknown.any():  # no colour at all: extend the known pixels into them, then soften
-        extended = _blur(_extend(rgb, ~unknown), EXPAND_SIGMA)
+    continues = active and mode in ("expand", "remove")
+    if unknown.any() and not (continues and (~unknown | region).all()):
+        # No colour at all: continue the known pixels into them, then soften. (Skipped when the
+        # continuation below covers every unknown pixel anyway.)
+        known = ~unknown
+        extended = _blur(_extend(rgb, known), EXPAND_SIGMA, unknown)
         out[unknown] = extended[unknown]
     if not active:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
     if mode == "fill":
-        filled = _blur(out, FILL_SIGMA)
+        filled = _blur(out, FILL_SIGMA, region)
     elif mode == "add":
         filled = np.full_like(out, NEUTRAL)
     else:  # expand, remove: continue the surroundings into the whole masked area
         source = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-        filled = _blur(_extend(source, ~region & ~unknown if (~region & ~unknown).any() else ~region),
-                       REMOVE_SIGMA if mode == "remove" else EXPAND_SIGMA)
+        known = ~region & ~unknown
+        filled = _blur(_extend(source, known if known.any() else ~region),
+                       REMOVE_SIGMA if mode == "remove" else EXPAND_SIGMA, region)
     weight = _inside(region, FALLOFF if mode in ("fill", "add") else 0.0)[..., None]
     out = out * (1.0 - weight) + filled * weight
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

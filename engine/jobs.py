@@ -455,6 +455,10 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
                   num_inference_steps=denoise_steps(params.steps, params.strength))
     generated = _to_rgba(pipe(**kwargs).images)
     alpha = blend if blend is not None else masks.feather(mask, params.mask_blur)
+    second = autosize.inpaint_second_pass(params, x1 - x0, y1 - y0, model.native_size)
+    if second is not None:  # a large selection, auto resolution: refine again at the crop's own size
+        generated = autosize.refine_inpaint(pipe, kwargs, generated, crop_rgb, alpha[y0:y1, x0:x1],
+                                            mask[y0:y1, x0:x1], second)
     original = image if image.shape[2] == 4 else np.dstack([image, np.full((h, w), 255, np.uint8)])
     results = []
     for patch in generated:
@@ -473,6 +477,11 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel) -> JobOutp
     output = _output(model, params, results, seeds, work_w, work_h)
     if params.resolution == "auto":  # both sizes for the painter: the crop's working size, the image's
         output.parameters.update(first_pass=[work_w, work_h], final_size=[w, h])
+        if second is not None:
+            output.parameters.update(hires_resize=True, hires_width=second.size[0], hires_height=second.size[1],
+                                     hires_upscale=round(second.size[0] / work_w, 3), hires_steps=second.steps,
+                                     hires_upscaler="Lanczos", hires_denoise=second.strength)
+            output.infotext = infotext(output.parameters)
     return output
 
 

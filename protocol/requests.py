@@ -112,7 +112,7 @@ class JobRequest:
                 if value and (value < 64 or value % 8):
                     raise invalid(f"hires.{name}", f"hires.{name} must be 0 or a multiple of 8 from 64 to {MAX_GENERATE_SIDE}, got {value}")
         if kind is not JobKind.INPAINT:
-            for name, off in (("inpaint_mode", "original"), ("result_alpha", "opaque")):
+            for name, off in (("inpaint_mode", "original"), ("result_alpha", "opaque"), ("mask_grow", 0), ("mask_feather", 0)):
                 if getattr(self, name) != off:
                     raise invalid(name, f"{name} applies to inpaint jobs (a selection: send kind inpaint with the strength)")
         if self.upscale is not None and kind is not JobKind.UPSCALE:

@@ -14,6 +14,7 @@ FAST = {"steps": 2, "prompt": "a cat", "seed": 3, "preview": False}
 
 
 # -- automatic resolution -----------------------------------------------------------
+@pytest.mark.slow
 def test_auto_txt2img_large_area_is_first_pass_plus_hires_resize(engine):
     stages = []
     out = engine.run(JobParams(width=768, height=640, resolution="auto", **FAST),
@@ -49,6 +50,7 @@ def test_auto_refine_small_layer_works_at_native_and_returns_its_size(engine):
     assert out.parameters["first_pass"] == [592, 440] and out.parameters["final_size"] == [201, 150]
 
 
+@pytest.mark.slow
 def test_auto_refine_large_layer_refines_twice(engine):
     image = np.full((640, 768, 3), 120, np.uint8)
     stages = []
@@ -59,6 +61,23 @@ def test_auto_refine_large_layer_refines_twice(engine):
     assert p["first_pass"] == [560, 464] and p["hires_denoise"] == 0.3  # never more than the painter's strength
     assert "hires" in stages
     assert parse_infotext(out.infotext)["Hires resize"] == "768x640"
+
+
+@pytest.mark.slow
+def test_auto_inpaint_of_a_large_selection_refines_at_its_size(engine):
+    image = np.full((640, 768, 3), 100, np.uint8)
+    mask = np.zeros((640, 768), np.uint8)
+    mask[40:600, 40:728] = 255
+    stages = []
+    out = engine.run(JobParams(kind="inpaint", image=image, mask=mask, strength=1.0, resolution="auto",
+                               inpaint_padding=32, result_alpha="mask", mask_blur=0, **FAST),
+                     lambda step, total, stage, preview, *_: stages.append(stage))
+    assert out.images[0].shape == (640, 768, 4)
+    p = out.parameters
+    assert p["first_pass"] == [560, 464] and p["final_size"] == [768, 640]
+    assert (p["hires_width"], p["hires_height"], p["hires_denoise"]) == (752, 624, 0.45)  # the crop: mask + 32 px
+    assert "hires" in stages and parse_infotext(out.infotext)["Hires resize"] == "752x624"
+    assert np.array_equal(out.images[0][..., 3], mask)  # the layer's alpha is the selection
 
 
 # -- soft masks -------------------------------------------------------------------------

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
         ({"kind": "img2img", "result_alpha": "mask"}, "result_alpha"),
         ({"inpaint_mode": "erase"}, "inpaint_mode"),
         ({"mask_feather": -2}, "mask_feather"),
+        ({"kind": "img2img", "mask_grow": 8}, "mask_grow"),
         ({"kind": "img2img", "hires": {}}, "hires"),  # hires on refine: only as auto's second pass
         ({"hires": {"resize_width": 100}}, "hires.resize_width"),
     ],
