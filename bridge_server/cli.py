@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--compile", action="store_true", help="CUDA: torch.compile the UNet (slower first job)")
     serve.add_argument("--max-message-mib", type=int, default=300, help="largest accepted message (default 300 MiB)")
     serve.add_argument("-v", "--verbose", action="store_true")
+    queue = serve.add_argument_group("queue (jobs survive restarts; see README: a studio with many GPUs)")
+    queue.add_argument("--queue", default="embedded", metavar="URL",
+                       help="'embedded' (default: SQLite in --state-dir) or redis://HOST:PORT/N (a front end; "
+                       "run `paintbridge worker` processes for the jobs)")
+    queue.add_argument("--state-dir", type=Path, help="embedded queue's folder (default: <cache>/state/<port>)")
+    queue.add_argument("--max-queued-per-client", type=int, default=32, help="one client's queued jobs (default 32)")
+    queue.add_argument("--shutdown-grace", type=float, default=5.0,
+                       help="on SIGTERM a running job may finish for this many seconds, else stops and re-runs later")
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--server", default=os.environ.get("PAINTBRIDGE_SERVER", DEFAULT_SERVER))

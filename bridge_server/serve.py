@@ -31,6 +31,10 @@ def run_server(args: argparse.Namespace) -> int:
         # Reachable from other machines: never without a token.
         token = secrets.token_urlsafe(24)
         print(f"--host {args.host} is reachable from other machines; clients must send this token:\n  {token}", file=sys.stderr)
+    if args.queue.startswith(("redis://", "rediss://", "unix://")):
+        return run_front_end(args, token)
+    if args.queue != "embedded":
+        raise CliError("invalid_request", f"--queue: 'embedded' or redis://HOST:PORT/N, not {args.queue!r}")
     if args.demo and args.models:
         raise CliError("invalid_request", "use either --models DIR or --demo, not both")
     from engine.jobs import Engine
@@ -53,6 +57,10 @@ def run_server(args: argparse.Namespace) -> int:
         log.warning("no checkpoint found in %s; put a .safetensors into Stable-diffusion/ or checkpoints/", models_dir)
     config = ServerConfig(
         models_dir=Path(models_dir),
+        queue_url=args.queue,
+        state_dir=args.state_dir.expanduser() if args.state_dir else None,
+        max_queued_per_client=args.max_queued_per_client,
+        shutdown_grace_s=args.shutdown_grace,
         host=args.host,
         port=args.port,
         token=token,
@@ -73,10 +81,30 @@ def run_server(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(config, engine))
 
 
-async def _serve(config: ServerConfig, engine) -> int:
+def run_front_end(args: argparse.Namespace, token: str) -> int:
+    """`serve --queue redis://...`: websockets, auth and limits; the jobs run in workers."""
+    from bridge_server.queue.redis_queue import RedisQueue
+
+    config = ServerConfig(
+        models_dir=Path("."), host=args.host, port=args.port, token=token, allow_origins=list(args.allow_origin),
+        preload=False, max_message_bytes=args.max_message_mib * 1024 * 1024, queue_url=args.queue,
+        max_queued_per_client=args.max_queued_per_client, shutdown_grace_s=args.shutdown_grace,
+    )
+    queue = RedisQueue.from_url(args.queue, max_queue=config.max_queue, per_client=config.max_queued_per_client,
+                                retention=config.result_retention, max_age_s=config.result_max_age_s)
+    return asyncio.run(_serve(config, None, queue))
+
+
+async def _serve(config: ServerConfig, engine, queue=None) -> int:
+    from bridge_server.queue.sqlite_store import StateDirBusy
     from bridge_server.server import PaintBridgeServer
 
-    server = PaintBridgeServer(config, engine)
+    try:
+        server = PaintBridgeServer(config, engine, queue)
+    except StateDirBusy as exc:
+        from bridge_server.cli import CliError
+
+        raise CliError("busy", str(exc)) from None
     try:
         await server.start()
     except OSError as exc:
@@ -84,9 +112,13 @@ async def _serve(config: ServerConfig, engine) -> int:
 
         raise CliError("unreachable", f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     host = f"[{config.host}]" if ":" in config.host else config.host
-    names = ", ".join(e.name for e in engine.registry.list("checkpoint")) or "none"
-    log.info("PaintBridge listening on ws://%s:%d (models: %s; checkpoints: %s; device: %s)",
-             host, server.port, config.models_dir, names, engine.models.device)
+    if engine is not None:
+        names = ", ".join(e.name for e in engine.registry.list("checkpoint")) or "none"
+        log.info("PaintBridge listening on ws://%s:%d (models: %s; checkpoints: %s; device: %s)",
+                 host, server.port, config.models_dir, names, engine.models.device)
+    else:
+        log.info("PaintBridge listening on ws://%s:%d (front end of %s; the jobs run in workers)",
+                 host, server.port, config.queue_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -95,6 +127,9 @@ async def _serve(config: ServerConfig, engine) -> int:
         except (NotImplementedError, RuntimeError):  # Windows
             pass
     await stop.wait()
-    log.info("shutting down")
+    # Jobs are kept (queued, and a running one stopped at a step runs again after
+    # the restart); every connected client hears which of its jobs carry on.
+    log.info("shutting down: telling clients the server is restarting")
+    await server.restart_notice(config.shutdown_grace_s)
     await server.close()
     return 0

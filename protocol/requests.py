@@ -76,6 +76,9 @@ class JobRequest:
     hires: HiresFix | None = None  # txt2img only
     upscale: Upscale | None = None  # upscale only (defaults when absent)
     plot: Plot | None = None  # X/Y/Z plot, prompt matrix or prompt list: many images, each labelled
+    # Live painting: supersedes this client's previous live job, jumps ahead of ordinary
+    # jobs, sends no previews and is not kept in the result store.
+    live: bool = False
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""
