@@ -59,6 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--shutdown-grace", type=float, default=5.0,
                        help="on SIGTERM a running job may finish for this many seconds, else stops and re-runs later")
 
+    worker = sub.add_parser("worker", help="run jobs from a Redis queue (one per GPU; see README: a studio)")
+    worker.add_argument("--queue", required=True, metavar="URL", help="redis://HOST:PORT/N, as given to serve --queue")
+    worker.add_argument("--models", type=Path, help="models folder (WebUI, ComfyUI or flat layout)")
+    worker.add_argument("--demo", action="store_true", help="DEMO: tiny random-init models (pictures are noise)")
+    worker.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda if available, else cpu)")
+    worker.add_argument("--offload", action="store_true", help="CUDA: model CPU offload + tiled VAE, for small GPUs")
+    worker.add_argument("--compile", action="store_true", help="CUDA: torch.compile the UNet (slower first job)")
+    worker.add_argument("--name", default="", help="this worker's name (default: host-pid)")
+    worker.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    worker.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    worker.add_argument("--claim-after", type=float, default=10.0,
+                        help="a job whose worker sent no heartbeat for this many seconds runs again elsewhere")
+    worker.add_argument("-v", "--verbose", action="store_true")
+
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--server", default=os.environ.get("PAINTBRIDGE_SERVER", DEFAULT_SERVER))
         p.add_argument("--token", default=os.environ.get("PAINTBRIDGE_TOKEN", ""))
@@ -151,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             from bridge_server.serve import run_server
 
             return run_server(args)
+        if args.command == "worker":
+            from bridge_server.queue.redis_worker import run_worker
+
+            return run_worker(args)
         if args.command in ("build-plugin", "install-plugin"):
             return plugin_command(args)
         return run_client_command(args)

@@ -35,6 +35,29 @@ def run_server(args: argparse.Namespace) -> int:
         return run_front_end(args, token)
     if args.queue != "embedded":
         raise CliError("invalid_request", f"--queue: 'embedded' or redis://HOST:PORT/N, not {args.queue!r}")
+    engine = build_engine(args)
+    models_dir = engine.registry.root
+    config = ServerConfig(
+        models_dir=Path(models_dir),
+        queue_url=args.queue,
+        state_dir=args.state_dir.expanduser() if args.state_dir else None,
+        max_queued_per_client=args.max_queued_per_client,
+        shutdown_grace_s=args.shutdown_grace,
+        host=args.host,
+        port=args.port,
+        token=token,
+        allow_origins=list(args.allow_origin),
+        preload=not args.no_preload,
+        max_message_bytes=args.max_message_mib * 1024 * 1024,
+        demo=args.demo,
+    )
+    return asyncio.run(_serve(config, engine))
+
+
+def build_engine(args: argparse.Namespace):
+    """The engine of `serve` and `worker`: --models DIR or --demo, device, VAE."""
+    from bridge_server.cli import CliError
+
     if args.demo and args.models:
         raise CliError("invalid_request", "use either --models DIR or --demo, not both")
     from engine.jobs import Engine
@@ -55,21 +78,7 @@ def run_server(args: argparse.Namespace) -> int:
     registry = Registry(Path(models_dir)).scan()
     if registry.default_checkpoint() is None:
         log.warning("no checkpoint found in %s; put a .safetensors into Stable-diffusion/ or checkpoints/", models_dir)
-    config = ServerConfig(
-        models_dir=Path(models_dir),
-        queue_url=args.queue,
-        state_dir=args.state_dir.expanduser() if args.state_dir else None,
-        max_queued_per_client=args.max_queued_per_client,
-        shutdown_grace_s=args.shutdown_grace,
-        host=args.host,
-        port=args.port,
-        token=token,
-        allow_origins=list(args.allow_origin),
-        preload=not args.no_preload,
-        max_message_bytes=args.max_message_mib * 1024 * 1024,
-        demo=args.demo,
-    )
-    if args.vae:
+    if getattr(args, "vae", ""):
         from engine.errors import EngineError
 
         try:
@@ -77,8 +86,8 @@ def run_server(args: argparse.Namespace) -> int:
         except EngineError as exc:
             raise CliError(exc.code, f"--vae: {exc.message}") from None
     engine = Engine(registry, ModelManager(device=args.device, offload=args.offload, compile=args.compile),
-                    default_vae=args.vae)
-    return asyncio.run(_serve(config, engine))
+                    default_vae=getattr(args, "vae", ""))
+    return engine
 
 
 def run_front_end(args: argparse.Namespace, token: str) -> int:

@@ -335,7 +335,8 @@ class PaintBridgeServer:
             # Someone else's job is reported exactly like a missing one.
             lost = "-" in job_id and not issued_by(self.queue.queue_id, job_id)
             code = ErrorCode.JOB_LOST if lost else ErrorCode.NOT_FOUND
-            text = ("the server's queue was reset (or it is another server) since this job was submitted; it is lost"
+            text = ("the server restarted without its queue (another state folder) since this job was submitted; "
+                    "it is lost"
                     if lost else f"no job {job_id!r} (unknown, or its result was dropped from the bounded store)")
             session.send(Error(code.value, text, job_id=job_id))
         return view
@@ -386,6 +387,7 @@ class PaintBridgeServer:
         await self.queue.stop(grace_s)
         for session in list(self.sessions):
             jobs = await self.queue.active(session.client_id)
+            jobs += [j for j, s in self.followers.items() if session in s and j not in jobs]
             for job_id in jobs:
                 session.send(JobStatus(job_id, "restarting"))
             session.send(Restarting("the server is restarting; reconnect and fetch your jobs by id", jobs))

@@ -238,7 +238,7 @@ def test_kill9_during_the_second_of_six_jobs_loses_nothing(demo_models, tmp_path
     port, state = free_port(), tmp_path / "state"
     args = ("--demo", "--no-preload", "--port", str(port), "--state-dir", str(state))
     requests = [JobRequest(width=64, height=64, steps=3, seed=10 + i) for i in range(6)]
-    requests[1] = JobRequest(width=128, height=128, steps=60, seed=11)  # the second job: long, killed mid-way
+    requests[1] = JobRequest(width=64, height=64, steps=20, seed=11)  # the second job: longer, killed mid-way
     first = ServerProcess(*args)
     a, b = Client(first.url), Client(first.url)
     try:
@@ -315,3 +315,42 @@ def test_sigterm_tells_every_client_then_the_jobs_carry_on(demo_models, tmp_path
         assert np.frombuffer(results[long_a].images[0].data, np.uint8).size == 256 * 256 * 4
     finally:
         second.stop()
+
+
+@pytest.mark.slow
+def test_plugin_worker_receives_its_result_after_kill9_and_sigterm_restarts(demo_models, tmp_path):
+    """The plugin reconnects by itself and gets the job it sent before the server died."""
+    from krita_plugin.paintbridge import requests as plugin_requests
+    from krita_plugin.paintbridge.worker import Worker
+    from tests.test_krita_plugin import _until
+
+    port, state = free_port(), tmp_path / "state"
+    args = ("--demo", "--no-preload", "--port", str(port), "--state-dir", str(state), "--shutdown-grace", "0")
+    first = ServerProcess(*args)
+    worker = Worker(first.url)
+    worker.connection.backoff.initial = 0.2
+    worker.connection.backoff.cap = 1.0
+    worker.start()
+    servers = [first]
+    try:
+        _until(worker, "welcome")
+        request = plugin_requests.generate_request(plugin_requests.Settings(steps=40, seed=9), 128, 128, None)
+        worker.submit("long", request)
+        _until(worker, "progress", timeout=180)
+        first.proc.send_signal(signal.SIGTERM)  # a polite restart: the plugin hears "restarting"
+        first.proc.wait(60)
+        first.stop()
+        second = ServerProcess(*args)
+        servers.append(second)
+        _until(worker, "progress", timeout=180)  # followed again after the reconnect
+        second.proc.send_signal(signal.SIGKILL)  # then a crash
+        second.proc.wait(10)
+        second.stop()
+        servers.append(ServerProcess(*args))
+        events = _until(worker, "result", timeout=300)
+        assert events[-1].tag == "long" and events[-1].data.seeds == [9]
+        assert not [e for e in events if e.kind == "failed"]
+    finally:
+        worker.stop()
+        for server in servers:
+            server.stop()
