@@ -116,9 +116,13 @@ async def _serve(config: ServerConfig, engine, queue=None) -> int:
         raise CliError("busy", str(exc)) from None
     try:
         await server.start()
-    except OSError as exc:
+    except Exception as exc:
         from bridge_server.cli import CliError
 
+        if type(exc).__module__.startswith("redis"):
+            raise CliError("unreachable", f"cannot reach Redis at {config.queue_url}: {exc}") from None
+        if not isinstance(exc, OSError):
+            raise
         raise CliError("unreachable", f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     host = f"[{config.host}]" if ":" in config.host else config.host
     if engine is not None:

@@ -283,7 +283,7 @@ def test_sigterm_tells_every_client_then_the_jobs_carry_on(demo_models, tmp_path
     a, b, idle = Client(first.url), Client(first.url), Client(first.url)
     for c in (a, b, idle):
         c.connect()
-    long_a = a.submit(JobRequest(width=256, height=256, steps=100, seed=1)).job_id
+    long_a = a.submit(JobRequest(width=128, height=128, steps=40, seed=1)).job_id
     queued_a = a.submit(JobRequest(width=64, height=64, steps=2, seed=2)).job_id
     queued_b = b.submit(JobRequest(width=64, height=64, steps=2, seed=3)).job_id
     first.wait_for_log(rf"job {long_a} running")
@@ -312,7 +312,7 @@ def test_sigterm_tells_every_client_then_the_jobs_carry_on(demo_models, tmp_path
     try:
         results = {**_fetch_all(second.url, a.client_id, [long_a, queued_a]), **_fetch_all(second.url, b.client_id, [queued_b])}
         assert [results[j].seeds for j in (long_a, queued_a, queued_b)] == [[1], [2], [3]]
-        assert np.frombuffer(results[long_a].images[0].data, np.uint8).size == 256 * 256 * 4
+        assert np.frombuffer(results[long_a].images[0].data, np.uint8).size == 128 * 128 * 4
     finally:
         second.stop()
 

@@ -85,15 +85,24 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
+        import redis
+
         self.setup()
         threading.Thread(target=self._heartbeat, name="paintbridge-heartbeat", daemon=True).start()
         log.info("worker %s ready (models: %s)", self.name, ", ".join(m.name for m in self.catalog.model_infos()))
         while not self.stopping.is_set():
-            job = self._claim() or self._next()
-            if job is None:
-                self.redis.blpop([self.key("wake")], timeout=1)
-                continue
-            self._run(*job)
+            try:
+                job = self._claim() or self._next()
+                if job is None:
+                    self.redis.blpop([self.key("wake")], timeout=1)
+                    continue
+                self._run(*job)
+            except redis.ConnectionError as exc:
+                # Redis restarting or the network gone: the job (if any) stays
+                # pending in the stream and is claimed again; try again shortly.
+                log.warning("lost Redis (%s); retrying", exc)
+                self.current = None
+                self.stopping.wait(1.0)
 
     def _claim(self) -> tuple[str, str] | None:
         """The job of a worker that stopped heartbeating, if any."""
@@ -171,8 +180,14 @@ def run_worker(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    import redis
+
     engine = build_engine(args)
     worker = Worker(args.queue, engine, name=args.name, heartbeat_s=args.heartbeat, claim_after_s=args.claim_after)
+    try:
+        worker.redis.ping()
+    except redis.RedisError as exc:
+        raise CliError("unreachable", f"cannot reach Redis at {args.queue}: {exc}") from None
 
     def stop(*_):
         worker.stopping.set()

@@ -8,7 +8,7 @@
    embedded `serve` (same demo model, same request, one torch thread each).
 
 Starts its own redis-server, front end, workers and embedded server.
-Usage: python bench/queue.py [--rounds 3] [--jobs 8]
+Usage: python bench/queue_bench.py [--rounds 3] [--jobs 8]
 Writes bench/queue-results.json.
 """
 
