@@ -34,6 +34,11 @@ from tests.test_redis_queue import Redis, WorkerProcess  # noqa: E402
 JOB = dict(width=64, height=64, steps=4)
 
 
+class Server(ServerProcess):
+    def _wait_for_port(self, timeout: float = 900.0) -> int:  # a loaded machine imports slowly
+        return super()._wait_for_port(timeout)
+
+
 def batch_wall(url: str, jobs: int) -> float:
     """Two painters submit jobs/2 each at once; wall time until the last result."""
     a, b = Client(url), Client(url)
@@ -63,13 +68,15 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # the embedded server: one thread, like each worker
     redis = Redis()
-    workers = [WorkerProcess(redis.url, f"bench{i}") for i in range(2)]
-    front = ServerProcess("--queue", redis.url)
-    embedded = ServerProcess("--demo", env={"OMP_NUM_THREADS": "1"})
+    workers: list[WorkerProcess] = []
+    front = embedded = None
     try:
+        workers = [WorkerProcess(redis.url, f"bench{i}") for i in range(2)]
+        front = Server("--queue", redis.url)
+        embedded = Server("--demo", env={"OMP_NUM_THREADS": "1"})
         for w in workers:
-            w.wait_for_log(r"worker \S+ ready")
-        embedded.wait_for_log("loaded paintbridge-demo")
+            w.wait_for_log(r"worker \S+ ready", timeout=900)
+        embedded.wait_for_log("loaded paintbridge-demo", timeout=900)
         time.sleep(1.5)
         batch_wall(front.url, 2)  # warm both workers (model load)
         latency(embedded.url)
@@ -87,10 +94,9 @@ def main() -> int:
             via_embedded.append(latency(embedded.url))
         workers[1].proc.send_signal(signal.SIGCONT)
     finally:
-        for w in workers:
-            w.stop()
-        front.stop()
-        embedded.stop()
+        for process in [*workers, front, embedded]:
+            if process is not None:
+                process.stop()
         redis.stop()
     ratios = [o / t for o, t in zip(one, two, strict=True)]
     added = [r - e for r, e in zip(via_redis, via_embedded, strict=True)]

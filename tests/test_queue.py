@@ -334,7 +334,7 @@ def test_plugin_worker_receives_its_result_after_kill9_and_sigterm_restarts(demo
     servers = [first]
     try:
         _until(worker, "welcome")
-        request = plugin_requests.generate_request(plugin_requests.Settings(steps=40, seed=9), 128, 128, None)
+        request = plugin_requests.generate_request(plugin_requests.Settings(steps=40, seed=9, random_seed=False), 128, 128, None)
         worker.submit("long", request)
         _until(worker, "progress", timeout=180)
         first.proc.send_signal(signal.SIGTERM)  # a polite restart: the plugin hears "restarting"
