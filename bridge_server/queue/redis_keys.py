@@ -82,7 +82,12 @@ if not id then
   local first = redis.call('ZRANGE', p..'owners', 0, 0, 'WITHSCORES')
   if #first == 0 then return nil end
   local best = first[2]
-  local equals = redis.call('ZRANGEBYSCORE', p..'owners', best, best)
+  local equals
+  if tonumber(best) < 0 then  -- owners that never ran are equally entitled (arrival order)
+    equals = redis.call('ZRANGEBYSCORE', p..'owners', '-inf', '(0')
+  else
+    equals = redis.call('ZRANGEBYSCORE', p..'owners', best, best)
+  end
   local chosen = equals[1]
   if prefer ~= '' then
     for _, owner in ipairs(equals) do
