@@ -156,8 +156,8 @@ def test_cli_reconnects_when_the_server_restarts_mid_job_and_gets_the_result(dem
     state = ("--state-dir", str(tmp_path / "state"))  # a durable queue: the job survives the kill
     first = ServerProcess("--demo", "--no-preload", *state)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "bridge_server", "generate", "--server", first.url, "--steps", "40", "--seed", "5",
-         "--width", "128", "--height", "128", "--out", str(tmp_path / "x.png")], cwd=ROOT, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "bridge_server", "generate", "--server", first.url, "--steps", "60", "--seed", "5",
+         "--width", "64", "--height", "64", "--out", str(tmp_path / "x.png")], cwd=ROOT, stderr=subprocess.PIPE,
         text=True,
     )
     first.wait_for_log(r"job \S+ running")
@@ -166,7 +166,7 @@ def test_cli_reconnects_when_the_server_restarts_mid_job_and_gets_the_result(dem
     first.stop()
     second = ServerProcess("--demo", "--no-preload", "--port", str(first.port), *state)
     try:
-        _, stderr = cli.communicate(timeout=180)
+        _, stderr = cli.communicate(timeout=400)
         assert cli.returncode == 0, stderr
         assert "runs again" in second.log()
         assert Image.open(tmp_path / "x.png").info["parameters"].count("Seed: 5") == 1
