@@ -31,7 +31,7 @@ from protocol import JobRequest, Result, Submit  # noqa: E402
 from tests.conftest import ServerProcess  # noqa: E402
 from tests.test_redis_queue import Redis, WorkerProcess  # noqa: E402
 
-JOB = dict(width=64, height=64, steps=4)
+JOB = dict(width=128, height=128, steps=6)  # compute, not messaging, should dominate
 
 
 class Server(ServerProcess):
