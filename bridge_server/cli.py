@@ -89,6 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
                        "several servers or workers")
     serve.add_argument("--max-message-mib", type=int, default=300, help="largest accepted message, MiB")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every message")
+    queue = serve.add_argument_group("queue (jobs survive restarts; see README: a studio with many GPUs)")
+    queue.add_argument("--queue", default="embedded", metavar="URL",
+                       help="'embedded' (default: SQLite in --state-dir) or redis://HOST:PORT/N (a front end; "
+                       "run `paintbridge worker` processes for the jobs)")
+    queue.add_argument("--state-dir", type=Path, help="embedded queue's folder (default: <cache>/state/<port>)")
+    queue.add_argument("--max-queued-per-client", type=int, default=32, help="one client's queued jobs at most")
+    queue.add_argument("--shutdown-grace", type=float, default=5.0,
+                       help="on SIGTERM a running job may finish for this many seconds, else stops and re-runs later")
+
+    worker = command("worker", "run jobs from a Redis queue (one per GPU; see README: a studio)")
+    worker.add_argument("--queue", required=True, metavar="URL", help="redis://HOST:PORT/N, as given to serve --queue")
+    worker.add_argument("--models", type=Path, help="models folder (WebUI, ComfyUI or flat layout)")
+    worker.add_argument("--demo", action="store_true", help="DEMO: tiny random-init models (pictures are noise)")
+    worker.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda if available, else cpu)")
+    worker.add_argument("--offload", action="store_true", help="CUDA: model CPU offload + tiled VAE, for small GPUs")
+    worker.add_argument("--compile", action="store_true", help="CUDA: torch.compile the UNet (slower first job)")
+    worker.add_argument("--name", default="", help="this worker's name (default: host-pid)")
+    worker.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (0 = the CPUs this process may use); give each worker its share")
+    worker.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    worker.add_argument("--claim-after", type=float, default=10.0,
+                        help="a job whose worker sent no heartbeat for this many seconds runs again elsewhere")
+    worker.add_argument("-v", "--verbose", action="store_true", help="log every job")
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--server", default=os.environ.get("PAINTBRIDGE_SERVER", DEFAULT_SERVER),
@@ -265,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
             from bridge_server.serve import run_server
 
             return run_server(args)
+        if args.command == "worker":
+            from bridge_server.queue.redis_worker import run_worker
+
+            return run_worker(args)
         if args.command in ("build-plugin", "install-plugin"):
             return plugin_command(args)
         return run_client_command(args)

@@ -18,7 +18,7 @@ class ServerConfig:
     token: str = ""  # required from every client when set
     allow_origins: list[str] = field(default_factory=list)  # browser origins allowed besides loopback
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
-    max_queue: int = 32  # queued + running jobs, all clients
+    max_queue: int = 256  # queued + running jobs, all clients
     result_retention: int = 32  # finished jobs kept for fetch_result, oldest dropped
     result_retention_bytes: int = 2 * 1024**3  # ...and at most this many bytes of images
     max_connections: int = 64  # clients past hello
@@ -34,3 +34,9 @@ class ServerConfig:
     ping_timeout_s: float = 20.0
     preload: bool = True  # load the default model at start, so the first job is quick
     demo: bool = False
+    # -- the queue (bridge_server/queue) --
+    queue_url: str = "embedded"  # or redis://HOST:PORT/N (this process is then a front end)
+    state_dir: Path | None = None  # embedded: jobs + results; None = <cache>/state/<port>
+    max_queued_per_client: int = 32  # one client's queued jobs; beyond: client_queue_full
+    result_max_age_s: float = 24 * 3600.0  # finished results older than this are dropped
+    shutdown_grace_s: float = 5.0  # SIGTERM: a running job may finish for this long, else stops at a step

@@ -1,9 +1,10 @@
-"""The asyncio websocket server: sessions, a FIFO job queue, streaming.
+"""The asyncio websocket server: sessions, handshake, streaming.
 
 I/O lives here; the message rules live in `protocol`, the compute in
-`engine`. Jobs run one at a time on a single worker thread, so the event
-loop keeps answering pings, cancels and new clients during a long job.
-Progress is handed back to the loop with `call_soon_threadsafe`.
+`engine`, the jobs in a queue (`bridge_server.queue`): embedded (durable,
+runs the jobs in this process) or Redis (this process is a front end; the
+jobs run in `paintbridge worker` processes). The queue hands every progress
+and final frame back through `_deliver`, to the sessions following the job.
 """
 
 from __future__ import annotations
@@ -11,33 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
-import itertools
 import logging
-import random
 import secrets
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
-import numpy as np
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from bridge_server import __version__, security
 from bridge_server.config import ServerConfig
-from bridge_server.convert import few_step_defaults, plot_result, to_params, to_raw, to_result
-from bridge_server.jobs import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, ResultStore
-from engine.errors import EngineError, JobCancelled
-from engine.jobs import Engine
+from bridge_server.queue import JobQueue
+from bridge_server.queue.fair import ClientQueueFull
+from bridge_server.queue.records import DONE as DONE_STATES
+from bridge_server.queue.records import JobView, fix_seeds, issued_by
+from engine.errors import EngineError
 from engine.samplers import SAMPLER_NAMES
 from protocol import (
     PROTOCOL_VERSION,
     Accepted,
     Cancel,
-    Cancelled,
     Capabilities,
     Error,
     ErrorCode,
@@ -48,15 +44,12 @@ from protocol import (
     Message,
     ModelInfo,
     Models,
-    Progress,
     ProtocolError,
-    Result,
+    Restarting,
     Submit,
     Welcome,
     decode,
     encode,
-    limits,
-    plots,
 )
 from protocol.errors import MAX_ERROR_FIELD, MAX_ERROR_MESSAGE, clip
 from protocol.requests import MAX_GENERATE_SIDE
@@ -150,6 +143,11 @@ async def _close_or_abort(ws: ServerConnection, code: int, reason: str, timeout:
     except (asyncio.TimeoutError, ConnectionClosed, OSError):
         ws.transport.abort()
 
+    async def drain(self) -> None:
+        """Wait until the outbox is written (or the connection is gone)."""
+        while self._outbox and not self.closed:
+            await asyncio.sleep(0.01)
+
 
 def _error(exc: ProtocolError | EngineError, job_id: str = "") -> Error:
     code = exc.code.value if isinstance(exc.code, ErrorCode) else str(exc.code)
@@ -159,28 +157,28 @@ def _error(exc: ProtocolError | EngineError, job_id: str = "") -> Error:
 
 
 class PaintBridgeServer:
-    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+    def __init__(self, config: ServerConfig, engine=None, queue: JobQueue | None = None) -> None:
+        """`engine`: run the jobs here (embedded queue, the default); `queue`:
+        any queue, e.g. Redis (then this process is a front end, no engine)."""
         self.config = config
         self.engine = engine
-        self.boot = secrets.token_hex(3)  # in every job id: tells "lost in a restart" from "never existed"
-        self._ids = itertools.count(1)
-        self.jobs: dict[str, Job] = {}  # queued and running
-        self.pending: deque[Job] = deque()
-        self.results = ResultStore(config.result_retention, config.result_retention_bytes)
+        if queue is None:
+            from bridge_server.queue import embedded_queue
+
+            queue = embedded_queue(engine, config)
+        self.queue = queue
+        self.followers: dict[str, set[Session]] = {}  # job id -> sessions streaming it
         self.sessions: set[Session] = set()  # past hello
         self.waiting: dict[Session, None] = {}  # connected, no hello yet (oldest first)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paintbridge-engine")
-        self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ws_server: WsServer | None = None
-        self._worker: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._last_scan = 0.0  # monotonic time of the last list_models rescan
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        await self.queue.start(self._deliver)
         self._ws_server = await serve(
             self._handle,
             self.config.host,
@@ -195,9 +193,8 @@ class PaintBridgeServer:
             max_queue=4,
             server_header=f"PaintBridge/{__version__}",
         )
-        self._worker = asyncio.create_task(self._run_jobs())
-        if self.config.preload and self.engine.registry.default_checkpoint() is not None:
-            self._loop.run_in_executor(self.executor, self._preload)
+        if self.config.preload and self.engine is not None and self.engine.registry.default_checkpoint() is not None:
+            self._loop.run_in_executor(self.queue.executor, self._preload)  # type: ignore[attr-defined]
 
     @property
     def port(self) -> int:
@@ -212,11 +209,7 @@ class PaintBridgeServer:
         if self._ws_server is not None:
             self._ws_server.close()
             await self._ws_server.wait_closed()
-        if self._worker is not None:
-            self._worker.cancel()
-        for job in self.jobs.values():
-            job.cancel.set()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        await self.queue.close()
 
     def _preload(self) -> None:
         """The default checkpoint: the first that loads (broken ones are logged and skipped)."""
@@ -270,7 +263,7 @@ class PaintBridgeServer:
                 async for frame in ws:
                     if session.closed:
                         break
-                    self._on_frame(session, frame)
+                    await self._on_frame(session, frame)
         except ConnectionClosed:
             pass
         finally:
@@ -278,8 +271,10 @@ class PaintBridgeServer:
             session._wake.set()
             self.waiting.pop(session, None)
             self.sessions.discard(session)
-            for job in self.jobs.values():
-                job.subscribers.discard(session)
+            for job_id in [j for j, s in self.followers.items() if session in s]:
+                self.followers[job_id].discard(session)
+                if not self.followers[job_id]:
+                    del self.followers[job_id]
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await pump
 
@@ -334,42 +329,38 @@ class PaintBridgeServer:
             await session.ws.close(1008, error.code)
 
     def capabilities(self) -> Capabilities:
-        registry = self.engine.registry
-        default = registry.default_checkpoint()
+        catalog = self.queue.catalog
         return Capabilities(
             models=self._model_infos(),
-            default_model=default.name if default else "",
+            default_model=catalog.default_model(),
             samplers=list(SAMPLER_NAMES),
-            upscalers=self.engine.upscalers.names() if self.engine.upscalers else [],
+            upscalers=catalog.upscalers(),
             max_message_bytes=self.config.max_message_bytes,
             max_image_side=MAX_GENERATE_SIDE,
             max_batch=16,
             max_queue=self.config.max_queue,
             result_retention=self.config.result_retention,
+            max_queued_per_client=self.queue.per_client,
+            durable=self.queue.durable,
         )
 
     def _model_infos(self) -> list[ModelInfo]:
-        return [
-            ModelInfo(e.name, e.kind, e.family.name if e.family else "", e.native_size,
-                      few_step_defaults(e.few_step))
-            for e in self.engine.registry.list()
-        ]
+        return self.queue.catalog.model_infos()
 
     # -- messages ----------------------------------------------------------------
-    def _on_frame(self, session: Session, frame: Any) -> None:
+    async def _on_frame(self, session: Session, frame: Any) -> None:
         message: Message | None = None
         try:
             message = decode(frame)
             if isinstance(message, Submit):
-                self._submit(session, message)
+                await self._submit(session, message)
             elif isinstance(message, Cancel):
-                self._cancel(session, message.job_id)
+                await self._cancel(session, message.job_id)
             elif isinstance(message, FetchResult):
-                self._fetch(session, message.job_id)
+                await self._fetch(session, message.job_id)
             elif isinstance(message, ListModels):
-                self._rescan()
-                default = self.engine.registry.default_checkpoint()
-                session.send(Models(self._model_infos(), default.name if default else ""))
+                self.queue.catalog.rescan()
+                session.send(Models(self._model_infos(), self.queue.catalog.default_model()))
             elif isinstance(message, Hello):
                 session.send(Error(ErrorCode.BAD_MESSAGE.value, "hello was already received"))
             else:
@@ -383,162 +374,90 @@ class PaintBridgeServer:
             log.exception("error handling a message")
             session.send(Error(ErrorCode.INTERNAL.value, "internal error while handling the message"))
 
-    def _rescan(self) -> None:
-        """Rescan the models folder for `list_models`, at most twice a second:
-        the scan's work follows the folder, so a client sending list_models in
-        a loop must not make the event loop walk the disk for each one."""
-        now = time.monotonic()
-        if now - self._last_scan >= 0.5:
-            self._last_scan = now
-            self.engine.registry.scan()
-
-    def _submit(self, session: Session, message: Submit) -> None:
-        request = message.request
-        # Names, combinations and sizes: bad input fails before queueing (every cell of a plot).
-        cells = plots.cells(request) if request.plot is not None else [plots.Cell(request, [])]
-        sized = []
-        for cell in cells:
-            entry = self.engine.check(to_params(cell.request))
-            native = entry.native_size if entry is not None and entry.native_size else limits.MAX_NATIVE
-            limits.check_sides(cell.request, native)
-            sized.append((cell.request, native, cell.labels))
-        # The whole result travels as one message: it must fit the limit the client was told.
-        limits.check_result_bytes(sized, self.config.max_message_bytes)
-        if len(self.jobs) >= self.config.max_queue:
-            raise EngineError("queue_full", f"the queue is full ({self.config.max_queue} jobs); try again later")
-        held = sum(limits.request_bytes(j.request) for j in self.jobs.values()) + limits.request_bytes(request)
-        if held > self.config.max_queue_bytes:
-            raise EngineError("queue_full", f"the queued jobs' images would hold {held / 2**20:.0f} MiB, more than "
-                                            f"{self.config.max_queue_bytes / 2**20:.0f} MiB; try again when one is done")
-        job = Job(id=f"{self.boot}-{next(self._ids):06d}", owner=session.client_id, request=request)
-        job.subscribers.add(session)
-        self.jobs[job.id] = job
-        self.pending.append(job)
-        session.send(Accepted(job_id=job.id, position=self._position(job), ref=message.ref))
-        log.info("job %s queued (%s, position %d)", job.id, request.kind, self._position(job))
-        assert self._wake is not None
-        self._wake.set()
-
-    def _position(self, job: Job) -> int:
-        """Jobs ahead of this one (0 = runs next, or is running)."""
-        if job.state == RUNNING:
-            return 0
-        running = any(j.state == RUNNING for j in self.jobs.values())
-        return self.pending.index(job) + int(running) if job in self.pending else 0
-
-    def _owned(self, session: Session, job_id: str) -> Job | None:
-        job = self.jobs.get(job_id) or self.results.get(job_id)
-        if job is None or job.owner != session.client_id:
-            # Someone else's job is reported exactly like a missing one.
-            lost = job is None and job_id.split("-", 1)[0] != self.boot and "-" in job_id
-            code = ErrorCode.JOB_LOST if lost else ErrorCode.NOT_FOUND
-            text = "the server restarted since this job was submitted; it is lost" if lost else f"no job {job_id!r}"
-            if not lost and job is None:
-                text += " (unknown, or its result was dropped from the bounded store)"
-            session.send(Error(code.value, text, job_id=job_id))
-            return None
-        return job
-
-    def _cancel(self, session: Session, job_id: str) -> None:
-        job = self._owned(session, job_id)
-        if job is None:
-            return
-        if job.state == QUEUED:
-            self.pending.remove(job)
-            job.subscribers.add(session)
-            self._finish(job, CANCELLED, Cancelled(job.id))
-        elif job.state == RUNNING:
-            if job.cancel.is_set():
-                session.send(JobStatus(job.id, "cancelling"))
-            job.cancel.set()  # the worker stops within one sampling step
-            job.subscribers.add(session)
-        else:
-            session.send(JobStatus(job.id, job.state))  # already over: nothing to cancel
-
-    def _fetch(self, session: Session, job_id: str) -> None:
-        job = self._owned(session, job_id)
-        if job is None:
-            return
-        if job.done:
-            session.send(job.frame, shared=True)
-        else:
-            job.subscribers.add(session)
-            session.send(JobStatus(job.id, job.state, self._position(job)))
-
-    # -- the worker --------------------------------------------------------------
-    async def _run_jobs(self) -> None:
-        assert self._wake is not None and self._loop is not None
-        while True:
-            if not self.pending:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            job = self.pending.popleft()
-            job.state = RUNNING
-            started = time.monotonic()
-            log.info("job %s running", job.id)
-            state, outcome, frame = await self._loop.run_in_executor(self.executor, self._execute, job)
-            job.frame = frame
-            self._finish(job, state, outcome)
-            log.info("job %s %s in %.2fs", job.id, state, time.monotonic() - started)
-
-    def _execute(self, job: Job) -> tuple[str, Message, bytes]:
-        """On the worker thread: run the job and encode its outcome once."""
+    async def _submit(self, session: Session, message: Submit) -> None:
+        request = fix_seeds(message.request)  # drawn now: a re-run makes the same pixels
+        # Names, combinations and every size the job will make, before queueing (protocol/limits.py):
+        # the whole result travels as one message and must fit the limit the client was told.
+        self.queue.catalog.check(request, self.config.max_message_bytes)
+        job_id = await self.queue.new_id()
+        self.followers.setdefault(job_id, set()).add(session)  # before any worker can pick it up
         try:
-            if job.request.plot is not None:
-                outcome: Message = self._run_plot(job)
-            else:
-                outcome = to_result(job.id, self.engine.run(to_params(job.request), self._progress_fn(job), job.cancel))
-            state = FINISHED
-        except JobCancelled:
-            outcome, state = Cancelled(job.id), CANCELLED
-        except EngineError as exc:
-            outcome, state = _error(exc, job.id), FAILED
+            submitted = await self.queue.submit(session.client_id, request, job_id)
         except Exception as exc:
-            log.exception("job %s failed", job.id)
-            outcome, state = Error(ErrorCode.INTERNAL.value, f"internal error: {exc}", job.id), FAILED
-        return state, outcome, encode(outcome)
+            self._unfollow(session, job_id)
+            if isinstance(exc, ClientQueueFull):
+                raise ProtocolError(ErrorCode.CLIENT_QUEUE_FULL, str(exc)) from None
+            raise
+        session.send(Accepted(job_id=submitted.job_id, position=submitted.position, ref=message.ref))
+        log.info("job %s queued (%s%s, position %d)", submitted.job_id, request.kind, ", live" if request.live else "",
+                 submitted.position)
 
-    def _run_plot(self, job: Job) -> Result:
-        """A plot's cells one after another, as one job; every image keeps its labels."""
-        request = job.request
-        # One seed for every cell (unless an axis varies it), as the WebUI: resolve -1 once.
-        if request.seed < 0:
-            request = replace(request, seed=random.randrange(2**32))
-        if request.subseed < 0 and request.subseed_strength > 0:
-            request = replace(request, subseed=random.randrange(2**32))
-        cells = plots.cells(request)
-        outputs = []
-        for i, cell in enumerate(cells):
-            output = self.engine.run(to_params(cell.request), self._progress_fn(job, i + 1, len(cells)), job.cancel)
-            outputs.append((output, cell.labels))
-        return plot_result(job.id, outputs)
+    async def _owned(self, session: Session, job_id: str) -> JobView | None:
+        view = await self.queue.view(session.client_id, job_id)
+        if view is None:
+            # Someone else's job is reported exactly like a missing one.
+            lost = "-" in job_id and not issued_by(self.queue.queue_id, job_id)
+            code = ErrorCode.JOB_LOST if lost else ErrorCode.NOT_FOUND
+            text = ("the server restarted without its queue (another state folder) since this job was submitted; "
+                    "it is lost"
+                    if lost else f"no job {job_id!r} (unknown, or its result was dropped from the bounded store)")
+            session.send(Error(code.value, text, job_id=job_id))
+        return view
 
-    def _progress_fn(self, job: Job, cell: int = 0, cells: int = 0):
-        loop = self._loop
-        assert loop is not None
+    async def _cancel(self, session: Session, job_id: str) -> None:
+        view = await self._owned(session, job_id)
+        if view is None:
+            return
+        if view.frame:
+            session.send(JobStatus(job_id, view.state))  # already over: nothing to cancel
+            return
+        self.followers.setdefault(job_id, set()).add(session)
+        outcome = await self.queue.cancel(session.client_id, job_id)
+        if outcome == "already cancelling":
+            session.send(JobStatus(job_id, "cancelling"))
+        elif outcome in DONE_STATES and outcome != "cancelled":
+            session.send(JobStatus(job_id, outcome))
 
-        def report(
-            step: int, total: int, stage: str, preview: np.ndarray | None, tile: int = 0, tiles: int = 0
-        ) -> None:
-            small = to_raw(preview) if preview is not None else None
-            message = Progress(job.id, step, total, stage, small, tile, tiles, cell, cells)
-            loop.call_soon_threadsafe(self._broadcast, job, encode(message))
+    async def _fetch(self, session: Session, job_id: str) -> None:
+        # Follow first, then look: a job that ends in between is not missed (a
+        # queue on another machine may end it while we wait for the answer).
+        self.followers.setdefault(job_id, set()).add(session)
+        view = await self._owned(session, job_id)
+        if view is None or view.frame:
+            if session in self.followers.get(job_id, ()):  # not already delivered meanwhile
+                self._unfollow(session, job_id)
+                if view is not None:
+                    session.send(view.frame, shared=True)  # the stored frame: not the client's own bytes
+        else:
+            session.send(JobStatus(job_id, view.state, view.position))
 
-        return report
+    def _unfollow(self, session: Session, job_id: str) -> None:
+        sessions = self.followers.get(job_id)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self.followers[job_id]
 
-    def _broadcast(self, job: Job, frame: bytes) -> None:
-        for session in list(job.subscribers):
-            session.send(frame, droppable=True)
+    # -- what the queue hands back -------------------------------------------------------
+    def _deliver(self, job_id: str, frame: bytes, final: bool) -> None:
+        sessions = self.followers.pop(job_id, set()) if final else self.followers.get(job_id, ())
+        for session in list(sessions):
+            # One frame for every follower: a final one counts against the outbox's frame bound, not its bytes.
+            session.send(frame, droppable=not final, shared=final)
 
-    def _finish(self, job: Job, state: str, outcome: Message) -> None:
-        job.state = state
-        job.outcome = outcome
-        if not job.frame:
-            job.frame = encode(outcome)
-        job.release_pixels()
-        self.jobs.pop(job.id, None)
-        self.results.add(job)  # kept by id, even if every subscriber has left
-        for session in job.subscribers:
-            session.send(job.frame, shared=True)
-        job.subscribers.clear()
+    async def restart_notice(self, grace_s: float = 5.0) -> None:
+        """SIGTERM: stop the queue (keeping every job), tell each client which of
+        its jobs will carry on after the restart, then close with 1012."""
+        await self.queue.stop(grace_s)
+        for session in list(self.sessions):
+            jobs = await self.queue.active(session.client_id)
+            jobs += [j for j, s in self.followers.items() if session in s and j not in jobs]
+            for job_id in jobs:
+                session.send(JobStatus(job_id, "restarting"))
+            session.send(Restarting("the server is restarting; reconnect and fetch your jobs by id", jobs))
+        sessions = list(self.sessions)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(s.drain() for s in sessions), return_exceptions=True), 2.0)
+        for session in sessions:
+            with contextlib.suppress(ConnectionClosed):
+                await session.ws.close(1012, "server restarting")

@@ -26,6 +26,8 @@ class ErrorCode(str, Enum):
     CANCELLED = "cancelled"
     OUT_OF_MEMORY = "out_of_memory"
     JOB_LOST = "job_lost"  # the server restarted: the job is gone
+    CLIENT_QUEUE_FULL = "client_queue_full"  # this client has too many jobs queued
+    SUPERSEDED = "superseded"  # a newer live job of the same client replaced this one
     INTERNAL = "internal_error"
 
 

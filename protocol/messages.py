@@ -51,6 +51,8 @@ class Capabilities:
     max_batch: int
     max_queue: int
     result_retention: int  # finished results kept per server, oldest dropped
+    max_queued_per_client: int = 0  # queued jobs one client may have (0 = no own limit)
+    durable: bool = False  # jobs and results survive a restart of the server
 
 
 @dataclass
@@ -173,6 +175,18 @@ class Models(Message):
     default_model: str = ""
 
 
+@dataclass
+class Restarting(Message):
+    """S: the server is stopping and will be back (SIGTERM, an upgrade). The
+    listed jobs of this client are kept: reconnect with the same client_id and
+    `fetch_result` them. The connection then closes with code 1012."""
+
+    type: ClassVar[str] = "restarting"
+    message: str
+    job_ids: list[str] = field(default_factory=list)
+    retry_after_s: float = bounded(1.0, 0.0, 3600.0)
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type: cls
     for cls in (
@@ -189,5 +203,6 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         JobStatus,
         ListModels,
         Models,
+        Restarting,
     )
 }

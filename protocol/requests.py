@@ -147,6 +147,9 @@ class JobRequest:
     controls: list[ControlUnit] = field(default_factory=list)  # ControlNet units (and a preprocess job's one)
     regions: list[Region] = field(default_factory=list)  # a prompt per masked area (protocol/regions.py)
     restore: Restore | None = None  # img2img and upscale: restoration-guided sampling
+    # Live painting: supersedes this client's previous live job, jumps ahead of ordinary
+    # jobs, sends no previews and is not kept in the result store.
+    live: bool = False
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from websockets.sync.client import connect
 
 from engine.errors import EngineError
@@ -146,25 +147,29 @@ def test_killed_server_job_is_reported_lost(demo_models, tmp_path):
         second.stop()
 
 
-def test_cli_reconnects_when_the_server_restarts_mid_job(demo_models, tmp_path):
+def test_cli_reconnects_when_the_server_restarts_mid_job_and_gets_the_result(demo_models, tmp_path):
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
-    first = ServerProcess("--demo", "--no-preload")
+    state = ("--state-dir", str(tmp_path / "state"))  # a durable queue: the job survives the kill
+    first = ServerProcess("--demo", "--no-preload", *state)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "bridge_server", "generate", "--server", first.url, "--steps", "150", "--out",
-         str(tmp_path / "x.png")], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "bridge_server", "generate", "--server", first.url, "--steps", "60", "--seed", "5",
+         "--width", "64", "--height", "64", "--out", str(tmp_path / "x.png")], cwd=ROOT, stderr=subprocess.PIPE,
+        text=True,
     )
     first.wait_for_log(r"job \S+ running")
     time.sleep(1)
     first.proc.send_signal(signal.SIGKILL)
     first.stop()
-    second = ServerProcess("--demo", "--no-preload", "--port", str(first.port))
+    second = ServerProcess("--demo", "--no-preload", "--port", str(first.port), *state)
     try:
-        _, stderr = cli.communicate(timeout=60)
-        assert cli.returncode == 1 and "[job_lost]" in stderr, stderr
+        _, stderr = cli.communicate(timeout=400)
+        assert cli.returncode == 0, stderr
+        assert "runs again" in second.log()
+        assert Image.open(tmp_path / "x.png").info["parameters"].count("Seed: 5") == 1
     finally:
         second.stop()
 
@@ -329,8 +334,9 @@ def test_every_produced_size_is_checked_before_queueing(server):
 
 
 def test_a_kept_result_holds_its_pixels_once():
-    from bridge_server.convert import to_raw
     from bridge_server.jobs import FINISHED, Job, ResultStore
+
+    from bridge_server.convert import to_raw
     from protocol import Result, encode
 
     image = RawImage(256, 256, 4, bytes(256 * 256 * 4))

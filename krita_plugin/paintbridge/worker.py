@@ -3,7 +3,9 @@
 Krita's UI thread never touches the socket. It puts commands in, and polls
 `events` (a queue) from a Qt timer to update the docker and apply results.
 The thread reconnects by itself with backoff, and after a reconnect follows
-the jobs that were in flight (or reports them lost if the server restarted).
+the jobs that were in flight: a durable server keeps them across a restart
+(it says `restarting` before it goes); one whose queue was wiped reports
+them lost.
 """
 
 from __future__ import annotations
@@ -16,7 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol import Accepted, Cancel, Cancelled, Error, FetchResult, JobRequest, Progress, Result, Submit, Welcome
+from protocol import (
+    Accepted,
+    Cancel,
+    Cancelled,
+    Error,
+    FetchResult,
+    JobRequest,
+    Progress,
+    Restarting,
+    Result,
+    Submit,
+    Welcome,
+)
 from protocol.shell.client import Client, ClientError
 
 from .connection import CONNECTED, ConnectionState, explain
@@ -176,5 +190,8 @@ class Worker(threading.Thread):
                 self._emit("failed", tag, (message.code, explain(message.code, message.message, self.url)))
             else:
                 self._emit("state", data=(self.connection.state, message.message))
+        elif isinstance(message, Restarting):
+            # The jobs in flight carry on after the restart: reconnect, then fetch them.
+            self._drop("server_restarting", f"The server is restarting; reconnecting. ({message.message})")
         elif isinstance(message, Welcome):
             pass

@@ -25,6 +25,7 @@ from protocol import (
     Models,
     Progress,
     ProtocolError,
+    Restarting,
     Result,
     Submit,
     Welcome,
@@ -35,6 +36,8 @@ from protocol.requests import JobRequest
 from protocol.shell import framing
 
 UNREACHABLE = "unreachable"  # client-side code: no server answered
+RESTARTING = "server_restarting"  # client-side code: the server said it is restarting
+RECONNECTABLE = ("connection_lost", UNREACHABLE, RESTARTING)
 
 
 class ClientError(Exception):
@@ -142,6 +145,8 @@ class Client:
                 raise ClientError("cancelled", f"job {job_id} was cancelled", job_id)
             elif isinstance(message, Error) and message.job_id in (job_id, ""):
                 raise ClientError(message.code, message.message, job_id, message.field)
+            elif isinstance(message, Restarting):
+                raise ClientError(RESTARTING, f"the server at {self.url} is restarting: {message.message}", job_id)
 
     def run(self, request: JobRequest, on_progress: ProgressCallback | None = None,
             on_accepted: Callable[[Accepted], None] | None = None, reconnect_s: float = 0.0) -> Result:
@@ -153,17 +158,20 @@ class Client:
     def wait(self, job_id: str, on_progress: ProgressCallback | None = None, reconnect_s: float = 0.0,
              fetch: bool = False) -> Result:
         """Follow a job to its end; if the connection drops, reconnect for up to
-        `reconnect_s` seconds and pick the job up again by id (a server that
-        restarted meanwhile answers `job_lost`)."""
+        `reconnect_s` seconds and pick the job up again by id (a durable server
+        keeps it across a restart; one whose queue was wiped answers `job_lost`)."""
         deadline = None
         while True:
             try:
                 return self.fetch(job_id, on_progress) if fetch else self.follow(job_id, on_progress)
             except ClientError as exc:
-                if exc.code not in ("connection_lost", UNREACHABLE) or reconnect_s <= 0:
+                if exc.code not in RECONNECTABLE or reconnect_s <= 0:
                     raise
                 deadline = deadline or time.monotonic() + reconnect_s
-                self._ws = None
+                try:
+                    self.close()
+                except Exception:  # already dead: nothing to close
+                    self._ws = None
                 while True:
                     if time.monotonic() > deadline:
                         raise ClientError(exc.code, f"{exc.message}; gave up reconnecting after {reconnect_s:g}s", job_id) from None
@@ -172,7 +180,7 @@ class Client:
                         self.connect()
                         break
                     except ClientError as again:
-                        if again.code not in ("connection_lost", UNREACHABLE):
+                        if again.code not in RECONNECTABLE:
                             raise
                 fetch = True
 

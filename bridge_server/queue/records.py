@@ -1,0 +1,81 @@
+"""What the queue holds: job records, their states, and the request's stored form.
+
+A record is the whole truth about a job that must survive a restart: who
+owns it, the request (with its seeds already drawn, so a re-run makes the
+same pixels), its state and its progress point. The encoded final message
+(`result`, `error` or `cancelled`) is stored beside it once the job ends.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+import msgpack
+
+from protocol.fields import from_wire, to_wire
+from protocol.requests import MAX_SEED, JobRequest
+
+QUEUED, RUNNING, FINISHED, FAILED, CANCELLED = "queued", "running", "finished", "failed", "cancelled"
+DONE = (FINISHED, FAILED, CANCELLED)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    owner: str  # client_id of the submitter; only it may follow, fetch or cancel
+    request: JobRequest
+    seq: int = 0  # submit order, the tie-breaker of the fair scheduler
+    state: str = QUEUED
+    step: int = 0  # the progress point: step of total (a re-run starts from 0 again)
+    total: int = 0
+    attempts: int = 0  # runs started; 2+ = re-run after a crash or a dead worker
+
+    @property
+    def live(self) -> bool:
+        return self.request.live
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+
+@dataclass
+class JobView:
+    """A job as a client may see it: its state and, once over, its final frame."""
+
+    id: str
+    state: str
+    position: int = 0
+    frame: bytes = b""  # the encoded result / error / cancelled message, when done
+
+
+def job_id(queue_id: str, seq: int) -> str:
+    """`<queue id>-<sequence>`: ordered, and the prefix names the queue that
+    issued it, so an id from a queue that was wiped reads as lost, not unknown."""
+    return f"{queue_id}-{seq:06d}"
+
+
+def issued_by(queue_id: str, job_id_: str) -> bool:
+    return job_id_.split("-", 1)[0] == queue_id
+
+
+def fix_seeds(request: JobRequest) -> JobRequest:
+    """Draw the random seeds at submit time, so that a job that runs again after
+    a crash (or on another worker) makes exactly the same pixels. Same rule as
+    the engine's (-1 = random); a plot shares the one seed across cells."""
+    if request.seed < 0:
+        request = replace(request, seed=random.randint(0, MAX_SEED - 100))
+    if request.subseed < 0 and request.subseed_strength > 0:
+        request = replace(request, subseed=random.randint(0, MAX_SEED - 100))
+    if request.live and request.preview:
+        request = replace(request, preview=False)  # live jobs send no previews
+    return request
+
+
+def pack_request(request: JobRequest) -> bytes:
+    return msgpack.packb(to_wire(request), use_bin_type=True)
+
+
+def unpack_request(data: bytes) -> JobRequest:
+    return from_wire(JobRequest, msgpack.unpackb(data, raw=False))
