@@ -67,6 +67,7 @@ def test_k_path_equals_diffusers_euler(engine, prediction):
     assert torch.allclose(ours.float(), reference.float(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # ~20 s on a quiet 2-core machine: the quick tier keeps the exact-denoiser tests instead
 def test_eta_for_ancestral_samplers(engine):
     default = engine.run(JobParams(sampler="Euler a", **BASE))
     one = engine.run(JobParams(sampler="Euler a", eta=1.0, **BASE))
@@ -84,6 +85,7 @@ def test_eta_for_ancestral_samplers(engine):
     assert "Eta DDIM: 1" in ddim.infotext
 
 
+@pytest.mark.slow  # every job kind per sampler: 10-50 s each
 @pytest.mark.parametrize("name", ["DPM++ 2S a", "DPM fast", "DPM adaptive"])
 def test_k_samplers_in_every_job_kind(engine, name):
     rng = np.random.default_rng(2)
