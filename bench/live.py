@@ -96,7 +96,6 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
 
-    from bridge_server.client import Client
     from bridge_server.convert import to_params
     from engine.demo.builder import demo_models_dir
     from engine.jobs import Engine
@@ -104,6 +103,7 @@ def main() -> None:
     from engine.registry import Registry
     from protocol import RawImage
     from protocol.requests import JobRequest
+    from protocol.shell.client import Client
 
     engine = Engine(Registry(demo_models_dir()).scan(), ModelManager(device=args.device))
     served_engine: list[tuple[float, float]] = []  # (start, end) of each served job's Engine.run

@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge_server.client import Client  # noqa: E402
 from protocol import JobRequest, Result, Submit  # noqa: E402
+from protocol.shell.client import Client  # noqa: E402
 from tests.conftest import ServerProcess  # noqa: E402
 from tests.test_redis_queue import Redis, WorkerProcess  # noqa: E402
 

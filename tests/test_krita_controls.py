@@ -56,7 +56,7 @@ def test_every_request_kind_carries_the_units_and_validates():
 
 @pytest.mark.slow
 def test_control_layer_from_the_canvas_then_generate_with_it(server):
-    from bridge_server.client import Client
+    from protocol.shell.client import Client
 
     with Client(server.url) as client:
         listing = client.list_models()

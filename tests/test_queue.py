@@ -16,10 +16,10 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from bridge_server.client import Client, ClientError
 from bridge_server.queue.fair import ClientQueueFull, Entry, FairScheduler
 from bridge_server.queue.sqlite_store import Retention, SqliteStore, StateDirBusy
 from protocol import Accepted, Cancelled, JobRequest, JobStatus, Progress, Restarting, Result, Submit
+from protocol.shell.client import Client, ClientError
 from tests.conftest import ServerProcess
 
 

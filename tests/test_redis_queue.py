@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge_server.client import Client
 from protocol import Accepted, Cancelled, JobRequest, Progress, Result, Submit
+from protocol.shell.client import Client
 from tests.conftest import ROOT, ServerProcess
 from tests.test_queue import free_port
 
