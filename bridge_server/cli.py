@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "few_step", None):
             # The few-step model's settings become defaults; flags given explicitly still win.
             parser.commands[args.command].set_defaults(**few_step_settings(args))
+            args = parser.parse_args(argv)
         if args.command == "upscale" and args.supir:
             # The authors' defaults (engine/supir_upscale.py) where the flags were not given.
             parser.commands["upscale"].set_defaults(**SUPIR_DEFAULTS)
@@ -493,8 +494,8 @@ def few_step_settings(args: argparse.Namespace) -> dict:
         sampler = "Euler a"
     schedule = profile.schedule if args.few_step == "auto" else p.schedule
     settings = {"steps": steps, "cfg": cfg, "sampler": sampler}
-    if schedule and "schedule" in vars(args):  # the WebUI's "Schedule type", where the CLI has it
-        settings["schedule"] = schedule
+    if schedule:  # the WebUI's "Schedule type" the model was distilled for
+        settings["schedule_type"] = schedule
     print(f"paintbridge: {kind}: {steps} steps, CFG {cfg:g}, {sampler}", file=sys.stderr)
     return settings
 

@@ -97,7 +97,7 @@ def test_bad_control_image_is_refused_over_the_socket(server):
         ws.send(msgpack.packb({"type": "submit", "request": request}))
         reply = decode(ws.recv())
         assert isinstance(reply, Error) and reply.code == "invalid_request"
-        assert reply.field.startswith("request.controls[0].image") and "8x8x3 needs 192" in reply.message
+        assert reply.field.startswith("controls[0].image") and "8x8x3 needs 192" in reply.message  # relative to the request
         ok = {"width": 8, "height": 8, "channels": 3, "data": b"\0" * 192}
         request["controls"] = [{"model": CONTROLNET, "image": ok}] * 5
         ws.send(msgpack.packb({"type": "submit", "request": request}))

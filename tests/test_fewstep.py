@@ -145,7 +145,7 @@ def test_cli_few_step_settings(server, tmp_path):
                    "--few-step", "lightning", "--seed", "3", "--out", str(out))
     assert done.returncode == 0, done.stderr
     text = Image.open(out).info["parameters"]
-    assert "Steps: 4, Sampler: Euler, CFG scale: 1," in text
+    assert "Steps: 4, Sampler: Euler, Schedule type: SGM Uniform, CFG scale: 1," in text
     steps = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--width", "64", "--height", "64",
                     "--few-step", "hyper", "--steps", "2", "--out", str(out))  # a flag given wins
     assert steps.returncode == 0 and "Steps: 2," in Image.open(out).info["parameters"]
