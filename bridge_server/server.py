@@ -27,7 +27,7 @@ from bridge_server.config import ServerConfig
 from bridge_server.queue import JobQueue
 from bridge_server.queue.fair import ClientQueueFull
 from bridge_server.queue.records import DONE as DONE_STATES
-from bridge_server.queue.records import JobView, fix_seeds, issued_by
+from bridge_server.queue.records import JobView, fix_seeds, issued_by, well_formed
 from engine.errors import EngineError
 from engine.samplers import SAMPLER_NAMES
 from protocol import (
@@ -396,7 +396,7 @@ class PaintBridgeServer:
         view = await self.queue.view(session.client_id, job_id)
         if view is None:
             # Someone else's job is reported exactly like a missing one.
-            lost = "-" in job_id and not issued_by(self.queue.queue_id, job_id)
+            lost = well_formed(job_id) and not issued_by(self.queue.queue_id, job_id)
             code = ErrorCode.JOB_LOST if lost else ErrorCode.NOT_FOUND
             text = ("the server restarted without its queue (another state folder) since this job was submitted; "
                     "it is lost"

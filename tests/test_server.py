@@ -367,5 +367,8 @@ def test_ctrl_c_cancels_the_job_on_the_server_and_ends_the_line(server, tmp_path
 
 
 def test_cancel_and_a_mistyped_job_id_say_what_happened(server, tmp_path):
-    done = run_cli("cancel", "--server", server.url, "--job", "banana")
-    assert done.returncode == 1 and "no job 'banana'" in done.stderr and "restarted" not in done.stderr
+    for typo in ("banana", "3fa2c1-00004x", "3fa2c1-12"):  # only a well-formed id of another queue reads as lost
+        done = run_cli("cancel", "--server", server.url, "--job", typo)
+        assert done.returncode == 1 and f"no job '{typo}'" in done.stderr and "restarted" not in done.stderr
+    done = run_cli("cancel", "--server", server.url, "--job", "3fa2c1-000004")
+    assert done.returncode == 1 and "[job_lost]" in done.stderr

@@ -60,6 +60,14 @@ def issued_by(queue_id: str, job_id_: str) -> bool:
     return job_id_.split("-", 1)[0] == queue_id
 
 
+def well_formed(job_id_: str) -> bool:
+    """Shaped like an id some queue issued (`<hex>-<digits>`): only such an id
+    can be "lost"; anything else is a typo, answered as unknown."""
+    prefix, dash, seq = job_id_.partition("-")
+    return bool(dash and prefix and seq.isdigit() and len(seq) >= 6
+                and all(c in "0123456789abcdef" for c in prefix))
+
+
 def fix_seeds(request: JobRequest) -> JobRequest:
     """Draw the random seeds at submit time, so that a job that runs again after
     a crash (or on another worker) makes exactly the same pixels. Same rule as
