@@ -18,7 +18,7 @@ import pytest
 
 from protocol import Accepted, Cancelled, JobRequest, Progress, Result, Submit
 from protocol.shell.client import Client
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT, ServerProcess, stop_process
 from tests.test_queue import free_port
 
 pytestmark = [
@@ -76,12 +76,7 @@ class WorkerProcess:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self._log.close()
 
 
