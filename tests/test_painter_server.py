@@ -80,8 +80,8 @@ def test_cli_expand_right_and_soft_inpaint(server, tmp_path):
     done = run_cli("inpaint", "--server", server.url, "--image", str(source), "--expand-right", "32", "--steps", "2",
                    "--strength", "1", "--mask-blur", "0", "--exact-size", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    wide = np.asarray(Image.open(out))
-    assert wide.shape == (64, 96, 4)
+    wide = np.asarray(Image.open(out).convert("RGBA"))  # written as RGB: the result is opaque everywhere
+    assert wide.shape == (64, 96, 4) and Image.open(out).mode == "RGB"
     assert (wide[:, :64] == (30, 140, 60, 255)).all()  # the painter's pixels, unchanged
     assert (wide[:, 64:, 3] == 255).all() and "Inpaint mode" not in Image.open(out).info["parameters"]
     mask = np.zeros((64, 64), np.uint8)

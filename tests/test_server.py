@@ -44,7 +44,7 @@ def test_cli_generate_img2img_inpaint_models_result(server, tmp_path):
     painted = run_cli("inpaint", "--server", server.url, "--image", str(out), "--mask", str(tmp_path / "mask.png"),
                       "--steps", "3", "--strength", "1", "--exact-size", "--out", str(tmp_path / "inpaint.png"))
     assert painted.returncode == 0, painted.stderr
-    before, after = np.asarray(image.convert("RGBA")), np.asarray(Image.open(tmp_path / "inpaint.png"))
+    before, after = np.asarray(image.convert("RGBA")), np.asarray(Image.open(tmp_path / "inpaint.png").convert("RGBA"))
     assert np.array_equal(after[mask == 0], before[mask == 0])
     assert not np.array_equal(after[mask == 255], before[mask == 255])
 
