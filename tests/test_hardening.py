@@ -333,22 +333,23 @@ def test_every_produced_size_is_checked_before_queueing(server):
         assert len(msgpack.packb(reply)) <= estimate
 
 
-def test_a_kept_result_holds_its_pixels_once():
-    from bridge_server.jobs import FINISHED, Job, ResultStore
-
+def test_a_kept_result_is_its_frame_on_disk_not_pixels_in_memory(tmp_path):
+    """A finished job's input layer is dropped and its result lives as the one
+    frame fetch_result sends, in the state folder: nothing image-sized stays in
+    the server's memory for a kept result (the durable queue, issue 17)."""
     from bridge_server.convert import to_raw
+    from bridge_server.queue.records import JobRecord
+    from bridge_server.queue.sqlite_store import Retention, SqliteStore
     from protocol import Result, encode
 
+    store = SqliteStore(tmp_path, Retention())
     image = RawImage(256, 256, 4, bytes(256 * 256 * 4))
-    job = Job("x-000001", "owner", JobRequest(kind="img2img", image=image, steps=1))
-    job.outcome = Result(job.id, [to_raw(np.zeros((256, 256, 4), np.uint8))], [1])
-    job.frame, job.state = encode(job.outcome), FINISHED
-    job.release_pixels()
-    store = ResultStore(4, 10**9)
-    store.add(job)
-    kept = store.get(job.id)
-    assert kept.request.image is None and kept.outcome.images == [] and kept.outcome.seeds == [1]
-    assert len(kept.frame) > 256 * 256 * 4  # the frame, what fetch_result sends, is whole
+    store.insert(JobRecord("x-000001", "owner", JobRequest(kind="img2img", image=image, steps=1), seq=1))
+    frame = encode(Result("x-000001", [to_raw(np.zeros((256, 256, 4), np.uint8))], [1]))
+    store.finish("x-000001", "finished", frame)
+    assert store.request("x-000001") is None  # the input layer is gone once the job is over
+    assert store.frame("x-000001") == frame and len(frame) > 256 * 256 * 4  # the whole frame, from disk
+    store.close()
 
 
 def test_long_thin_inpaint_works_at_a_bounded_size():
@@ -392,9 +393,8 @@ def test_only_small_frames_before_hello(server):
         assert reply["code"] == "invalid_request" and reply["field"] == "prompt" and reply["ref"] == "big"
 
 
-def test_list_models_in_a_loop_does_not_rescan_each_time(tmp_path):
-    from bridge_server.config import ServerConfig
-    from bridge_server.server import PaintBridgeServer
+def test_list_models_in_a_loop_does_not_rescan_each_time():
+    from bridge_server.queue.base import EngineCatalog
 
     class Registry:
         scans = 0
@@ -405,14 +405,13 @@ def test_list_models_in_a_loop_does_not_rescan_each_time(tmp_path):
     class FakeEngine:
         registry = Registry()
 
-    server = PaintBridgeServer(ServerConfig(models_dir=tmp_path), FakeEngine())  # type: ignore[arg-type]
+    catalog = EngineCatalog(FakeEngine())
     for _ in range(1000):
-        server._rescan()
+        catalog.rescan()
     assert Registry.scans == 1
-    server._last_scan -= 0.6  # half a second later: the next one scans again
-    server._rescan()
+    catalog._last_scan -= 0.6  # half a second later: the next one scans again
+    catalog.rescan()
     assert Registry.scans == 2
-    server.executor.shutdown()
 
 
 def test_booleans_and_integral_floats_are_not_integers(server):
