@@ -126,6 +126,11 @@ class Session:
             if self.overflowed:
                 await _close_or_abort(self.ws, 1008, "too far behind: read your messages")
 
+    async def drain(self) -> None:
+        """Wait until the outbox is written (or the connection is gone)."""
+        while self._outbox and not self.closed:
+            await asyncio.sleep(0.01)
+
 
 def _allow_frames(ws: ServerConnection, limit: int) -> None:
     """Raise the connection's incoming frame limit (websockets reads it as each frame starts)."""
@@ -142,11 +147,6 @@ async def _close_or_abort(ws: ServerConnection, code: int, reason: str, timeout:
         await asyncio.wait_for(ws.close(code, reason), timeout)
     except (asyncio.TimeoutError, ConnectionClosed, OSError):
         ws.transport.abort()
-
-    async def drain(self) -> None:
-        """Wait until the outbox is written (or the connection is gone)."""
-        while self._outbox and not self.closed:
-            await asyncio.sleep(0.01)
 
 
 def _error(exc: ProtocolError | EngineError, job_id: str = "") -> Error:
