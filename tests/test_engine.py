@@ -221,3 +221,29 @@ def test_v_prediction_probe(bias, v):
         unet.conv_out.weight.zero_()
         unet.conv_out.bias.fill_(bias)
     assert predicts_v(unet) is v
+
+
+@pytest.mark.slow  # six jobs
+def test_infotext_size_matches_the_image_for_every_job_kind(engine):
+    """`--from-png` reads Size back: it must be the written picture's size (for the hires
+    fix, as the WebUI writes it, the first pass's, with the upscale factor beside it)."""
+    from engine.params import HiresParams, UpscaleParams
+    from protocol.infotext import parse_infotext
+
+    image = np.random.default_rng(3).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    mask = np.zeros((80, 96), np.uint8)
+    mask[10:30, 20:50] = 255
+    jobs = [
+        JobParams(width=96, height=64, **FAST),
+        JobParams(kind="img2img", image=image, strength=0.5, **FAST),
+        JobParams(kind="img2img", image=image, width=128, strength=0.5, **FAST),
+        JobParams(kind="inpaint", image=image, mask=mask, inpaint_padding=4, **FAST),
+        JobParams(kind="upscale", image=image, upscale=UpscaleParams(scale=2, upscaler="Lanczos", denoise=0), **FAST),
+    ]
+    for params in jobs:
+        out = engine.run(params)
+        h, w = out.images[0].shape[:2]
+        assert parse_infotext(out.infotext).get("Size", f"{w}x{h}") == f"{w}x{h}", (params.kind, out.infotext)
+    hires = engine.run(JobParams(width=64, height=64, hires=HiresParams(scale=2, upscaler="Lanczos"), **FAST))
+    fields = parse_infotext(hires.infotext)
+    assert fields["Size"] == "64x64" and float(fields["Hires upscale"]) == 2 and hires.images[0].shape[:2] == (128, 128)
