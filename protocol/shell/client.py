@@ -82,8 +82,11 @@ class Client:
 
         try:
             # Big frames skip the pure-Python XOR (protocol/shell/framing.py): zero key to a local server.
-            self._ws = connect(self.url, open_timeout=self.open_timeout, max_size=None, compression=None,
-                               create_connection=framing.connection_class())
+            ws = connect(self.url, open_timeout=self.open_timeout, max_size=None, compression=None,
+                         create_connection=framing.connection_class())
+            # A long-lived connection, closed by close(): entered as a context manager,
+            # which websockets 17.1+ asks of connect() (older versions accept it too).
+            self._ws = ws.__enter__()
         except InvalidStatus as exc:
             body = (exc.response.body or b"").decode("utf-8", "replace").strip()
             raise ClientError("refused", f"the server at {self.url} refused the connection: {body}") from None
