@@ -117,7 +117,7 @@ def never_reads(url: str, frames: int = 4000, type_len: int = 60_000) -> Outcome
     """Writes frames that each get an error (echoing an unknown type), never reads."""
     frame = msgpack.packb({"type": "x" * type_len})
     answer = "open"
-    ws = connect(url, max_size=None, max_queue=1)  # the client stops reading after one frame
+    ws = connect(url, max_size=None, max_queue=1).__enter__()  # the client stops reading after one frame
     try:
         hello(ws)
         for _ in range(frames):

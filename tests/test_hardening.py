@@ -36,7 +36,7 @@ def test_non_loopback_host_requires_a_token(demo_models):
 
 
 def test_idle_sockets_do_not_lock_out_a_real_client(server):
-    idle = [connect(server.url) for _ in range(200)]  # handshake done, never say hello
+    idle = [connect(server.url).__enter__() for _ in range(200)]  # handshake done, never say hello
     try:
         with Client(server.url) as client:
             assert client.run(JobRequest(width=64, height=64, steps=1)).images
@@ -277,7 +277,7 @@ SLACK = 16 * MiB  # allocator noise of a busy Python process: arenas, msgpack bu
 
 
 def _raw(url: str):
-    ws = connect(url, max_size=None)
+    ws = connect(url, max_size=None).__enter__()
     hostile.hello(ws)
     return ws
 
