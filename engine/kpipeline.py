@@ -64,6 +64,8 @@ class KPipeline:
         self.uncond: Callable[[Any, float], Any] | None = None  # DDIM CFG++: the last call's unconditional x0
         self.num_timesteps = 0  # read by the step callback, as on a diffusers pipeline
         self.regions = regions  # engine/regions.py RegionControl, masks in this call's frame; None = no regions
+        self.control: Any = None  # a call's ControlNet units (engine/control.py): told the steps of its pass in run()
+        self.guidance: Guidance | None = None  # a call's guidance: restore guidance's CFG schedule changes its scale
 
     @property
     def function(self) -> str:
@@ -128,8 +130,7 @@ class KPipeline:
         if prompt_schedule is not None:
             prompt_schedule.calls = 0
         denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check, lcm=self.spec.lcm)
-        self.control = control  # ControlNet units (engine/control.py): told the steps of this pass in run()
-        self.guidance = guidance  # restore guidance's CFG schedule changes its scale per step (engine/restore.py)
+        self.control, self.guidance = control, guidance
         if self.spec.cfgpp:
             self.uncond = lambda x, sigma: denoiser.to_x0(x, sigma, guidance.last_uncond.float())
         x0 = None
@@ -170,7 +171,7 @@ class KPipeline:
             # Timestep samplers start from unit noise in x_t = sqrt(a) x0 + sqrt(1 - a) eps.
             x = noise * (math.sqrt(1 + sigmas[0] ** 2) if self.spec.timesteps else start_sigma)
         self.num_timesteps = max(1, len(sigmas) - 1)
-        if getattr(self, "control", None) is not None:  # the units' guidance start/end are fractions of these steps
+        if self.control is not None:  # the units' guidance start/end are fractions of these steps
             self.control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
         function, r = self.spec.function, self.restoring
         if r is not None and x0 is not None:  # pull each step's x0 toward the input's latent (SUPIR)
