@@ -199,7 +199,8 @@ class ModelManager:
         if group == "sd":
             extra.update(safety_checker=None, requires_safety_checker=False)
         if entry.format == "diffusers":
-            pipe = cls.from_pretrained(str(entry.path), local_files_only=True, torch_dtype=self.dtype, **extra)
+            # `dtype`: diffusers 0.42's pipelines deprecate `torch_dtype` (from_single_file still takes it).
+            pipe = cls.from_pretrained(str(entry.path), local_files_only=True, dtype=self.dtype, **extra)
         else:
             config = self._config_dir(dataclasses.replace(entry, depth=depth), family)
             extra.update(self._tokenizers(config, family))
