@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from engine import schedules
+
 Predict = Callable[[Any, float], Any]  # (scaled x, timestep) -> guided model output
 
 
@@ -83,7 +85,8 @@ class Denoiser:
         # The training schedule (betas -> cumulative alphas) as diffusers computes it.
         schedule = EulerDiscreteScheduler.from_config(scheduler_config)
         alphas = schedule.alphas_cumprod.double().numpy()
-        self.log_sigmas = np.log(np.sqrt((1 - alphas) / alphas))
+        self.discrete = schedules.Discrete(np.log(np.sqrt((1 - alphas) / alphas)))  # sigma <-> timestep
+        self.log_sigmas = self.discrete.log_sigmas
         self.prediction = scheduler_config.get("prediction_type", "epsilon")
         self.predict = predict
         self.dtype = dtype  # the UNet's
@@ -98,17 +101,17 @@ class Denoiser:
 
     @property
     def sigma_min(self) -> float:
-        return float(math.exp(self.log_sigmas[0]))
+        return self.discrete.sigma_min
 
     @property
     def sigma_max(self) -> float:
-        return float(math.exp(self.log_sigmas[-1]))
+        return self.discrete.sigma_max
 
     def timestep(self, sigma: float) -> float:
         """sigma -> the fractional training timestep, interpolating log sigma."""
         if self.lcm:
             return float(self._lcm_timestep(sigma))
-        return float(np.interp(math.log(sigma), self.log_sigmas, np.arange(len(self.log_sigmas))))
+        return self.discrete.sigma_to_t(sigma)
 
     # -- LCM (Luo et al. 2023), as the WebUI's LCM sampler wraps the model -----------------
     LCM_ORIGINAL_STEPS = 50  # the 50 timesteps 19, 39, ... 999 LCM was distilled on
@@ -138,14 +141,9 @@ class Denoiser:
         return c_out * x0 + c_skip * x
 
     def sigmas(self, steps: int, karras: bool = False) -> list[float]:
-        """k-diffusion's schedules: timesteps evenly spaced from the last to 0
-        (the WebUI's default), or Karras et al.'s; both end with 0."""
-        if karras:
-            from engine.ksampling import karras_sigmas
-
-            return karras_sigmas(steps, self.sigma_min, self.sigma_max)
-        ts = np.linspace(len(self.log_sigmas) - 1, 0, steps)
-        return [float(s) for s in np.exp(np.interp(ts, np.arange(len(self.log_sigmas)), self.log_sigmas))] + [0.0]
+        """k-diffusion's schedules (engine/schedules.py): timesteps evenly spaced
+        from the last to 0 (the WebUI's default), or Karras et al.'s; both end with 0."""
+        return (schedules.karras if karras else schedules.uniform)(steps, self.discrete)
 
     def __call__(self, x, sigma: float):
         if self.check is not None:

@@ -227,7 +227,7 @@ def plan_sigmas(spec: SamplerSpec, schedule: str, denoiser: Denoiser, steps: int
     img2img (a strength) runs the last t_enc + 1 steps of the full schedule,
     t_enc = int(strength * steps); with `fixed_steps` (the WebUI's hires pass)
     exactly `steps` steps, of a schedule of int(steps / strength)."""
-    discrete = schedules.Discrete(denoiser.log_sigmas)
+    discrete = denoiser.discrete
     t_enc = None
     if strength is not None:
         if fixed_steps:
