@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,35 @@ def run_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bridge_server", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+@contextmanager
+def running_server(engine, tmp_path, **settings):
+    """The real server in this process, its event loop on a thread (state in tmp_path)."""
+    import asyncio
+    import threading
+
+    from bridge_server.config import ServerConfig
+    from bridge_server.server import PaintBridgeServer
+
+    config = ServerConfig(models_dir=engine.registry.root, port=0, preload=False, state_dir=tmp_path / "state",
+                          **settings)
+    server = PaintBridgeServer(config, engine)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        yield server, f"ws://127.0.0.1:{server.port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -235,37 +235,16 @@ def test_fuzzed_frames_against_the_live_server(server):
         assert client.run(JobRequest(width=64, height=64, steps=1)).images
 
 
-def test_a_job_longer_than_the_ping_timeout_keeps_the_connection(engine):
+def test_a_job_longer_than_the_ping_timeout_keeps_the_connection(engine, tmp_path):
     """Server pings every 0.2 s with a 0.5 s timeout; a ~3 s job must not drop the client."""
-    import asyncio
-    import threading
+    from tests.conftest import running_server
 
-    from bridge_server.config import ServerConfig
-    from bridge_server.server import PaintBridgeServer
-
-    config = ServerConfig(models_dir=engine.registry.root, port=0, preload=False, ping_interval_s=0.2,
-                          ping_timeout_s=0.5)
-    server = PaintBridgeServer(config, engine)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    threading.Thread(target=run, daemon=True).start()
-    assert ready.wait(30)
-    try:
-        with Client(f"ws://127.0.0.1:{server.port}") as client:
+    with running_server(engine, tmp_path, ping_interval_s=0.2, ping_timeout_s=0.5) as (_server, url):
+        with Client(url) as client:
             started = time.monotonic()
             result = client.run(JobRequest(width=512, height=512, steps=12, seed=1))
             assert time.monotonic() - started > 1.0 and result.seeds == [1]
             assert client.run(JobRequest(width=64, height=64, steps=1)).images  # still connected
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
 
 
 # -- second pass (issue 14): bounded memory against hostile requests -----------------------------

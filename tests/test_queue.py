@@ -6,12 +6,9 @@ The scheduler is tested as pure logic; the rest against the real server
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
-import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -20,10 +17,9 @@ from bridge_server.queue.fair import ClientQueueFull, Entry, FairScheduler
 from bridge_server.queue.sqlite_store import Retention, SqliteStore, StateDirBusy
 from protocol import Accepted, Cancelled, JobRequest, JobStatus, Progress, Restarting, Result, Submit
 from protocol.shell.client import Client, ClientError
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, running_server
 
 
-# -- fair scheduling (pure) ------------------------------------------------------------------
 def test_a_flood_delays_another_painters_job_by_at_most_the_running_one():
     fair = FairScheduler(per_client=32)
     for i in range(30):
@@ -103,34 +99,6 @@ def test_result_store_is_bounded_by_count_bytes_and_age(tmp_path):
 
 
 # -- in-process server over the demo engine ---------------------------------------------------------
-@contextmanager
-def running_server(engine, tmp_path, **settings):
-    from bridge_server.config import ServerConfig
-    from bridge_server.server import PaintBridgeServer
-
-    config = ServerConfig(models_dir=engine.registry.root, port=0, preload=False, state_dir=tmp_path / "state",
-                          **settings)
-    server = PaintBridgeServer(config, engine)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        yield server, f"ws://127.0.0.1:{server.port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-
-
 @pytest.mark.slow
 def test_fairness_five_painters_behind_a_flood_of_30(engine, tmp_path):
     with running_server(engine, tmp_path) as (server, url):
