@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.krita]
 missing = [tool for tool in ("krita", "xvfb-run") if shutil.which(tool) is None]
 
 
-def run_krita(server_url: str, tmp_path: Path, only: str = "") -> dict:
+def run_krita(server_url: str, tmp_path: Path, only: str = "", scenario: str = "scenario.py") -> dict:
+    """Run one scenario module of tests/krita_scenario/ in a fresh Krita profile; its report."""
     profile = {
         "HOME": tmp_path / "home",
         "XDG_DATA_HOME": tmp_path / "data",
@@ -44,9 +45,9 @@ def run_krita(server_url: str, tmp_path: Path, only: str = "") -> dict:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))},
         **{k: str(v) for k, v in profile.items()},
-        "PAINTBRIDGE_SCENARIO": str(ROOT / "tests" / "krita_scenario" / "scenario.py"),
+        "PAINTBRIDGE_SCENARIO": str(ROOT / "tests" / "krita_scenario" / scenario),
         "PAINTBRIDGE_REPORT": str(report_path),
-        "PAINTBRIDGE_SCREENSHOT": str(artifacts / "krita-paintbridge.png"),
+        "PAINTBRIDGE_SCREENSHOT": str(artifacts / f"krita-{Path(scenario).stem}.png"),
         "PAINTBRIDGE_SERVER": server_url,
         "PAINTBRIDGE_WORKDIR": str(tmp_path),
         "PAINTBRIDGE_ONLY": only,
@@ -64,7 +65,7 @@ def run_krita(server_url: str, tmp_path: Path, only: str = "") -> dict:
                 break
     assert report_path.is_file(), log.read_text()[-3000:]
     report = json.loads(report_path.read_text())
-    shutil.copy(report_path, artifacts / "krita-report.json")
+    shutil.copy(report_path, artifacts / f"krita-report-{Path(scenario).stem}.json")
     assert report.get("done") and not report["errors"], report
     return report
 
