@@ -250,18 +250,24 @@ class Control:
         i = max(0, sum(1 for s in self.timesteps if s >= t - 1e-3) - 1)
         return i / len(self.timesteps)
 
-    def residuals(self, x, t, hidden, added, guided: bool, crops: Sequence[tuple[int, int, int, int]] | None = None):
+    def residuals(self, x, t, hidden, added, guided: bool, crops: Sequence[tuple[int, int, int, int]] | None = None,
+                  conditional: Sequence[bool] | None = None):
         """Keyword arguments for the UNet call: the units' summed residuals, or {}.
 
         x: the latent input (N, or 2N with CFG: unconditional half first);
         crops: for tiled diffusion, each tile's (y, x, h, w) in latent pixels,
-        so a tile sees its own part of the control image."""
+        so a tile sees its own part of the control image; conditional: for a
+        batch of several conditionings of the same N latents (regions, engine/
+        regions.py), whether each block of N is a prompt's conditional entry
+        (True) or an unconditional one, in place of `guided`'s two halves."""
         import torch
 
         fraction = self.fraction(float(t))
         down: list | None = None
         mid = None
-        n = x.shape[0] // 2 if guided else x.shape[0]
+        if conditional is None:
+            conditional = (False, True) if guided else (True,)
+        n = x.shape[0] // len(conditional)
         for unit in self.units:
             if fraction < unit.start or fraction > unit.end:
                 continue
@@ -270,8 +276,7 @@ class Control:
                 hints = hint.expand(n, -1, -1, -1)
             else:
                 hints = torch.cat([hint[:, :, y * 8 : (y + h) * 8, xx * 8 : (xx + w) * 8] for y, xx, h, w in crops])
-            if guided:
-                hints = torch.cat([hints, hints])
+            hints = hints.repeat(len(conditional), 1, 1, 1)
             soft = unit.mode != "balanced" or (unit.soft_hires and unit.preprocess == "canny")
             # A uniform weight is applied by the ControlNet itself (conditioning_scale), as diffusers does.
             d, m = unit.net(x, t, encoder_hidden_states=hidden, controlnet_cond=hints, added_cond_kwargs=added,
@@ -280,8 +285,8 @@ class Control:
                 scales = unit.scales(len(d) + 1)
                 d = [r * s for r, s in zip(d, scales[:-1], strict=True)]
                 m = m * scales[-1]
-            if guided and unit.mode == "control":  # cfg_injection: the conditional half only
-                mark = torch.cat([torch.zeros(n), torch.ones(n)]).to(x.device, x.dtype).view(-1, 1, 1, 1)
+            if unit.mode == "control" and not all(conditional):  # cfg_injection: the conditional entries only
+                mark = torch.tensor(conditional, dtype=x.dtype).repeat_interleave(n).to(x.device).view(-1, 1, 1, 1)
                 d, m = [r * mark for r in d], m * mark
             down = d if down is None else [a + b for a, b in zip(down, d, strict=True)]
             mid = m if mid is None else mid + m

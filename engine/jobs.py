@@ -128,9 +128,6 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         engine.registry.get(name, LORA, field="prompt")
     if params.regions:
         regions.check_regions(params.regions)
-        if params.controls:  # the regions' batched prompts do not carry ControlNet residuals yet
-            raise EngineError("invalid_request", "regions and ControlNet units in one job are not supported yet; "
-                              "use one or the other", field="regions")
         if not lookup(params.sampler).function:
             raise EngineError("invalid_request", f"regions need a sampler written in engine/ksampling.py; "
                               f"{lookup(params.sampler).name} has none yet (use Euler a, DPM2 a, DPM++ 2S a, DPM fast "

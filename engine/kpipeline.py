@@ -126,7 +126,8 @@ class KPipeline:
             return guided_unet(unet, x, t, guidance, extra, control)
 
         if self.regions is not None:  # a prompt per region, blended by the masks at every step
-            predict = self.regions.predictor(unet, guidance, extra, self.regions.weights(height // 8, width // 8, device))
+            predict = self.regions.predictor(unet, guidance, extra, self.regions.weights(height // 8, width // 8, device),
+                                             control)
         if prompt_schedule is not None:
             prompt_schedule.calls = 0
         denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check, lcm=self.spec.lcm)

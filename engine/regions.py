@@ -115,27 +115,34 @@ class RegionControl:
         w = w / w.sum(0, keepdim=True)
         return w[:, None, None].to(device)
 
-    def predictor(self, unet, guidance: Guidance, extra: Any, weights: Any) -> Callable[[Any, Any], Any]:
+    def predictor(self, unet, guidance: Guidance, extra: Any, weights: Any, control: Any = None
+                  ) -> Callable[[Any, Any], Any]:
         """predict(x, t) for engine/denoiser.py: the masks' blend of every
         prompt's guided prediction. `guidance` supplies the batch size, the
-        SDXL size conditioning and whether CFG runs; its texts are replaced."""
+        SDXL size conditioning and whether CFG runs; its texts are replaced.
+        `control` (engine.control.Control): ControlNet units, whose residuals
+        each prompt's batch entries get under that prompt's conditioning."""
 
         def predict(x, t):
-            return self.blend(unet, x, t, guidance, extra, weights)
+            return self.blend(unet, x, t, guidance, extra, weights, control)
 
         return predict
 
-    def blend(self, unet, x, t, guidance: Guidance, extra: Any, weights: Any):
+    def blend(self, unet, x, t, guidance: Guidance, extra: Any, weights: Any, control: Any = None, crops: Any = None):
         """Eq. 5: sum_i W_i * guided_i, W normalised per pixel. `weights` is
-        (1 + regions) x B' x 1 x h x w with B' 1 or the batch (tiles)."""
+        (1 + regions) x B' x 1 x h x w with B' 1 or the batch (tiles);
+        `control` and `crops` as in engine.denoiser.guided_unet."""
 
         flat = weights.flatten(1)
         active = [i for i in range(len(self.pairs)) if bool(flat[i].max() > 0)]
         if active == [0]:  # only the base prompt here: exactly the plain call
-            return guided_unet(unet, x, t, guidance, extra)
+            return guided_unet(unet, x, t, guidance, extra, control, crops)
         guided = guidance.guided
         wanted = sorted({k for i in active for k in (self.pairs[i] if guided else self.pairs[i][:1])})
-        outputs = self._run(unet, x, t, guidance, extra, wanted)
+        # A ControlNet's residuals depend on the text it is given, so each entry gets its own; the
+        # "control matters more" mode gives them to conditional entries only (engine/control.py).
+        conditional = {cond for cond, _ in self.pairs}
+        outputs = self._run(unet, x, t, guidance, extra, wanted, control, crops, conditional)
         result = None
         for i in active:
             cond, uncond = self.pairs[i]
@@ -148,7 +155,8 @@ class RegionControl:
         assert result is not None
         return result.to(x.dtype)
 
-    def _run(self, unet, x, t, guidance: Guidance, extra: Any, wanted: list[int]) -> dict[int, Any]:
+    def _run(self, unet, x, t, guidance: Guidance, extra: Any, wanted: list[int], control: Any = None,
+             crops: Any = None, conditional: set[int] | None = None) -> dict[int, Any]:
         """The model output for x under each wanted conditioning: conditionings
         of one token length batched together, `self.batch` at a time."""
         import torch
@@ -166,7 +174,7 @@ class RegionControl:
             while start < len(keys):
                 chunk = keys[start : start + self.batch]
                 try:
-                    out = self._call(unet, x_in, t, guidance, chunk)
+                    out = self._call(unet, x, x_in, t, guidance, chunk, control, crops, conditional or set())
                 except Exception as exc:
                     if not is_out_of_memory(exc) or self.batch == 1:
                         raise
@@ -178,7 +186,8 @@ class RegionControl:
                 start += len(chunk)
         return outputs
 
-    def _call(self, unet, x_in, t, guidance: Guidance, keys: list[int]):
+    def _call(self, unet, x, x_in, t, guidance: Guidance, keys: list[int], control: Any, crops: Any,
+              conditional: set[int]):
         import torch
 
         n = x_in.shape[0]
@@ -188,7 +197,11 @@ class RegionControl:
             pooled = torch.cat([self.prompts[k].pooled.expand(n, -1) for k in keys])
             added = {"text_embeds": pooled, "time_ids": guidance.time_ids.repeat(len(keys), 1)}
         batch = x_in.repeat(len(keys), 1, 1, 1)
-        return unet(batch, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+        residuals = {}
+        if control:  # ControlNets see the latent alone, without an inpainting model's extra channels
+            residuals = control.residuals(x.repeat(len(keys), 1, 1, 1), t, hidden, added, guidance.guided, crops,
+                                          [k in conditional for k in keys])
+        return unet(batch, t, encoder_hidden_states=hidden, added_cond_kwargs=added, **residuals).sample
 
 
 def prepare(model, prompt: str, negative: str, regions: list[RegionParams], cfg_scale: float, clip_skip: int,

@@ -250,11 +250,11 @@ def tiled_img2img(
                 raise JobCancelled()
             tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
             guidance = _tile_guidance(conditioning, batch, cfg.cfg_scale, (lh, lw), model.family)
+            crops = [(v.y, v.x, v.size_h, v.size_w) for v in batch]
             if region_weights is not None:  # each tile's crop of the region weights (engine/regions.py)
                 weights = torch.cat([region_weights[:, :, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch], 1)
-                out = regions.blend(unet, tiles, t, guidance, None, weights)
+                out = regions.blend(unet, tiles, t, guidance, None, weights, control, crops)
             else:
-                crops = [(v.y, v.x, v.size_h, v.size_w) for v in batch]
                 out = guided_unet(unet, tiles, t, guidance, control=control, crops=crops)
             for j, v in enumerate(batch):
                 prediction[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] += out[j : j + 1].float() * weight

@@ -398,3 +398,68 @@ def test_controlnet_family_from_tensor_names():
     assert [controlnet_family(s).name for s in (sd15, sd21, xl)] == ["sd15", "sd2", "sdxl"]
     assert not looks_like_controlnet({"model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3]})
     assert controlnet_family({"lora_unet_x.lora_down.weight": [4, 4]}) is None
+
+
+# -- regions and units together ------------------------------------------------------------
+LEFT = np.zeros((64, 64), np.uint8)
+LEFT[:, :32] = 255
+OTHER = "a red dog on the beach, oil painting"
+
+
+@pytest.mark.parametrize("mode", ["balanced", "control"])
+def test_a_whole_image_region_with_the_base_prompt_and_a_unit_is_the_unit_alone(engine, mode):
+    from engine.params import RegionParams
+
+    alone = run(engine, [unit(mode=mode)]).astype(np.int16)
+    same = run(engine, [unit(mode=mode)], regions=[RegionParams(np.full((64, 64), 255, np.uint8), "a cat")])
+    # The same UNet and ControlNet inputs, batched in another order: equal up to float rounding.
+    assert np.abs(alone - same.astype(np.int16)).max() <= 2
+
+
+def test_regions_and_a_unit_together(engine):
+    from engine.params import RegionParams
+
+    regions = [RegionParams(LEFT, OTHER)]
+    both = run(engine, [unit()], regions=regions).astype(np.int16)
+    only_regions = run(engine, regions=regions).astype(np.int16)
+    only_unit = run(engine, [unit()]).astype(np.int16)
+    assert np.abs(both - only_regions).mean() > 1.0 and np.abs(both - only_unit).mean() > 1.0
+    # The region's prompt still shows mostly inside its mask with the unit on.
+    change = np.abs(both - only_unit)[..., :3].mean(axis=2)
+    assert change[:, :24].mean() > 2 * change[:, 40:].mean()
+
+
+def test_each_region_prompt_gets_residuals_under_its_own_text(engine, monkeypatch):
+    """One ControlNet call per UNet call, with the batch's own text per entry
+    (base, region and their shared negative) and the control image for each."""
+    import torch
+
+    from engine import control
+    from engine.params import RegionParams
+
+    calls = []
+    original = control.Control.residuals
+
+    def spy(self, x, t, hidden, added, guided, crops=None, conditional=None):
+        calls.append((x.shape[0], hidden.clone(), conditional))
+        return original(self, x, t, hidden, added, guided, crops, conditional)
+
+    monkeypatch.setattr(control.Control, "residuals", spy)
+    run(engine, [unit()], regions=[RegionParams(LEFT, OTHER)], steps=1)
+    (batch, hidden, conditional), = calls  # Euler a, one step: one model call
+    assert batch == 3 and list(conditional) == [True, False, True]  # "a cat", the empty negative, the region
+    assert not torch.equal(hidden[0], hidden[2]) and not torch.equal(hidden[0], hidden[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["img2img", "inpaint", "hires", "upscale"])
+def test_regions_and_units_in_every_job_kind(engine, kind):
+    from engine.params import RegionParams
+
+    case = _job_kinds().get(kind) or {"kind": "upscale", "image": _gradient(64, 64),
+                                      "upscale": UpscaleParams(scale=1.0, upscaler="Lanczos", denoise=0.8, tile=4,
+                                                               overlap=1, tile_batch=3)}
+    regions = [RegionParams(LEFT, OTHER)]  # the input's size (txt2img: stretched to the picture)
+    both = run(engine, [unit()], regions=regions, **case).astype(np.int16)
+    assert np.abs(both - run(engine, regions=regions, **case)).mean() > 0.5
+    assert np.abs(both - run(engine, [unit()], **case)).mean() > 0.5
