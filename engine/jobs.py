@@ -21,6 +21,7 @@ from PIL import Image
 
 from engine import (
     autosize,
+    colorfix,
     control,
     embeddings,
     inpainting,
@@ -571,6 +572,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
     seeds = resolve_seeds(params.seed, 1)
     supir = params.restore.supir if params.restore is not None else ""
     extra: dict[str, Any] = {}
+    color_fix = "none"
     if supir:
         assert model is not None
         upscaled, extra = supir_restore(engine, model, params, upscaled, seeds[0], progress, cancel)
@@ -591,6 +593,9 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
             _regions(model, params, lambda mask: mask.resize(work, Image.BILINEAR)),
             params.restore,
         )
+        color_fix = colorfix.resolve(options.color_fix, supir=False)
+        # The upscaler's colours under the new detail (engine/colorfix.py).
+        upscaled = colorfix.apply(color_fix, upscaled, source, model.base._execution_device)
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
     alpha = None
@@ -606,6 +611,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         "tile": options.tile, "overlap": options.overlap, "tile_batch": options.tile_batch,
         **regions.infotext_fields(params.regions),
         **(extra if supir else restore.parameters(params.restore)),
+        **({"color_fix": color_fix} if color_fix != "none" else {}),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
 
@@ -790,6 +796,8 @@ def infotext(p: dict[str, Any]) -> str:
         fields += [f"Upscale by: {p['upscale_by']:g}", f"Upscaler: {p['upscaler']}"]
         if p["denoising_strength"] and "supir" not in p:
             fields.append(f"Tiled Diffusion: MultiDiffusion, tile {p['tile']}, overlap {p['overlap']}")
+        if p.get("color_fix", "none") != "none":
+            fields.append(f"Color fix: {colorfix.LABELS[p['color_fix']]}")
     for key, value in p.get("controlnet", {}).items():  # as the WebUI's ControlNet extension writes them
         fields.append(f"{key}: {_quote(value)}")
     i = 1

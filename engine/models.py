@@ -79,6 +79,9 @@ class LoadedModel:
     own_vae: Any = None  # the checkpoint's VAE, while another is swapped in
     native_size: int = 0  # 0 = the family's (an SD2 epsilon model is a 512 "base" model)
     depth: bool = False  # SD 2's depth-to-image model: its UNet takes the depth map as a fifth channel
+    # Models built for this checkpoint (a SUPIR adaptor, engine/supir_upscale.py): released with it, and
+    # when it steps aside for another checkpoint (they are not worth keeping in the spare's RAM).
+    attached: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.native_size = self.native_size or self.entry.native_size
@@ -155,6 +158,8 @@ class ModelManager:
                 self.loaded, self.spare = self.spare, None
                 if not self.offload:
                     self.loaded.base.to(self.device)
+            if previous is not None:
+                previous.attached.clear()
             if previous is not None and self.keep_spare:
                 if not self.device.startswith("cpu") and not self.offload:
                     previous.base.to("cpu")
@@ -176,6 +181,9 @@ class ModelManager:
 
     def unload(self) -> None:
         """Drop every model (after out-of-memory): the next job reloads."""
+        for model in (self.loaded, self.spare):
+            if model is not None:
+                model.attached.clear()
         self.loaded = self.spare = None
         free_memory()
 

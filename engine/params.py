@@ -33,6 +33,7 @@ class UpscaleParams:
     tile_batch: int = 4
     vae_tile: int = 512  # image pixels
     keep_size: bool = True
+    color_fix: str = "auto"  # auto | wavelet | adain | none (engine/colorfix.py)
 
 
 @dataclass

@@ -13,7 +13,11 @@ sampler) runs it, in bounded memory:
    linear CFG) over overlapping latent tiles (128 latent pixels, stride 64)
    blended with the authors' Gaussian weights; each tile runs the adaptor and
    the modulated UNet for the unconditional and conditional halves at once.
-5. Tiled VAE decode (engine/tiled.py), then the exact target size.
+5. Tiled VAE decode (engine/tiled.py), then the authors' colour fix
+   (engine/colorfix.py; wavelet by default): the restored detail over the
+   colours of the pre-denoised input (their x_stage1), or of the upscaled
+   input itself without pre-denoise.
+6. The exact target size.
 
 Memory is set by the tile sizes: the whole-image tensors are latents (1/64
 of the pixels, 4 channels) and the uint8 images.
@@ -29,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import restore, tiled
+from engine import colorfix, restore, tiled
 from engine.conditioning import encode_prompts
 from engine.denoiser import Denoiser, Guidance
 from engine.errors import JobCancelled
@@ -54,9 +58,6 @@ PREVIEW_INTERVAL_S = 0.25
 
 Report = Callable[[int, int, str, Any, int, int], None]  # step, steps, stage, preview, tile, tiles
 
-_LOADED: dict[tuple, Any] = {}  # one SUPIR model at a time, for the resident SDXL model
-
-
 @dataclass
 class SupirJob:
     prompt: str
@@ -74,23 +75,31 @@ class SupirJob:
     tile_batch: int = 1
     vae_tile: int = 512
     control_scale: float = 1.0  # the authors' s_stage2
+    color_fix: str = "wavelet"  # engine/colorfix.py: wavelet | adain | none
 
 
 def load(root, name: str, model: Any):
-    """The named SUPIR file built for `model` (a LoadedModel), kept while both stay."""
+    """The named SUPIR file built for `model` (a LoadedModel), kept with it.
+
+    The SUPIR model (~2.6 GB in fp16: the adaptor and connectors) lives in the
+    checkpoint's `attached` models, so the model manager drops it when that
+    checkpoint is unloaded or another takes its place (engine/models.py), and
+    one SUPIR file at a time is held: asking for another replaces it."""
     from engine.supir import build_supir, find_supir, read_supir_file
 
     path = find_supir(root, name)
     stat = path.stat()
     pipe = model.base
-    key = (str(path), stat.st_size, stat.st_mtime_ns, id(pipe.unet))
-    if key not in _LOADED:
-        _LOADED.clear()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    held = model.attached.get("supir")
+    if held is None or held[0] != key:
+        model.attached.pop("supir", None)
+        del held
         state = read_supir_file(path)
         built, _ = build_supir(path.stem, state, dict(pipe.unet.config), dict(pipe.vae.config))
         del state
-        _LOADED[key] = built.to(pipe._execution_device, pipe.unet.dtype)
-    return _LOADED[key]
+        model.attached["supir"] = (key, built.to(pipe._execution_device, pipe.unet.dtype))
+    return model.attached["supir"][1]
 
 
 def gaussian_weights(h: int, w: int, device):
@@ -153,10 +162,12 @@ def run(model: Any, supir: Any, image: np.ndarray, job: SupirJob, report: Report
     with torch.inference_mode():
         lq = _encode_lq(vae, supir.denoise_encoder, pixels, job.vae_tile).to(dtype)
         del pixels
+        reference = image  # whose colours the colour fix keeps
         if job.pre_denoise:
             stage("pre-denoise")
             clean = tiled.decode(vae, lq, job.vae_tile)
             center = tiled.encode(vae, clean, job.vae_tile, generator, device, dtype)
+            reference = clean  # the authors' x_stage1
             del clean
         else:
             center = lq
@@ -224,13 +235,16 @@ def run(model: Any, supir: Any, image: np.ndarray, job: SupirJob, report: Report
         x = noise() * math.sqrt(1.0 + sigmas[0] ** 2)
         x = restore.sample_edm(denoiser, x, sigmas, noise, step_done, job.s_churn, job.s_noise)
         stage("decoding", job.steps)
-        return tiled.decode(vae, x.to(dtype), job.vae_tile)
+        out = tiled.decode(vae, x.to(dtype), job.vae_tile)
+    if job.color_fix != "none":
+        stage("colour fix", job.steps)
+    return colorfix.apply(job.color_fix, out, reference, device)
 
 
 def parameters(name: str, job: SupirJob) -> dict[str, Any]:
     return {"supir": name, "restore_guidance": job.guidance, "s_churn": job.s_churn, "s_noise": job.s_noise,
             "cfg_start": job.cfg_start, "pre_denoise": job.pre_denoise, "supir_tile": job.tile,
-            "supir_stride": job.stride}
+            "supir_stride": job.stride, "color_fix": job.color_fix}
 
 
 # -- the job's glue (engine/jobs.py calls these) ------------------------------------------
@@ -277,7 +291,8 @@ def supir_restore(engine: Any, model: Any, params: Any, upscaled: np.ndarray, se
         prompt = f"{prompt}, {QUALITY_PROMPT}" if prompt.strip() else QUALITY_PROMPT
     job = SupirJob(prompt, params.negative_prompt or NEGATIVE_PROMPT, params.steps, params.cfg_scale, r.cfg_start,
                    r.guidance, r.s_churn, r.s_noise, seed, r.pre_denoise, options.tile,
-                   options.tile - options.overlap, options.tile_batch, options.vae_tile)
+                   options.tile - options.overlap, options.tile_batch, options.vae_tile,
+                   color_fix=colorfix.resolve(options.color_fix, supir=True))
     supir = load(engine.registry.root, r.supir, model)
     out = run(model, supir, np.ascontiguousarray(source), job, progress, cancel)
     if work != (w, h):

@@ -15,6 +15,7 @@ from protocol.resolution import RESOLUTIONS
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
 INPAINT_MODES = ("original", "fill", "expand", "add", "remove")
+COLOR_FIXES = ("auto", "wavelet", "adain", "none")
 MAX_TILE_BATCH_AREA = 64 * 64 * 64  # latent pixels through the UNet at once in tiled upscaling
 __all__ = ["INPAINT_MODES", "MAX_GENERATE_SIDE", "MAX_SEED", "MAX_TILE_BATCH_AREA", "SCHEDULE_TYPES", "HiresFix",
            "JobKind", "JobRequest", "Upscale"]
@@ -57,6 +58,9 @@ class Upscale:
     tile_batch: int = bounded(4, 1, 64)  # tiles through the UNet at once
     vae_tile: int = bounded(512, 128, 4096)  # VAE encoder/decoder tile, pixels; halved on out-of-memory
     keep_size: bool = True  # scale the input image's size (else width/height x scale)
+    # After the diffusion: the result's colours put back onto the upscaled input's (engine/colorfix.py).
+    # auto = wavelet for SUPIR (the authors' default), none for the plain tiled upscale.
+    color_fix: str = choice("auto", COLOR_FIXES)
 
 
 MAX_CONTROLS = 4  # ControlNet units per job (each may load a model of up to ~2.5 GB)

@@ -281,3 +281,62 @@ def test_supir_peak_memory_does_not_grow_with_the_image(xl_engine, xl):
         assert result["shape"] == [side * 4, side * 4, 4]
         deltas[side] = result["delta"]
     assert deltas[128] < 1.3 * deltas[64], deltas
+
+
+# -- the colour fix and the SUPIR model's lifetime ----------------------------------------
+def test_supir_applies_the_authors_wavelet_colour_fix_by_default(xl_engine):
+    import numpy as np
+    from PIL import Image
+
+    image = _image(32, 32)
+    job = _supir_job(image, 2, steps=1, pre_denoise=False)  # without pre-denoise the colours come from the input
+    fixed = xl_engine.run(job)
+    job.upscale.color_fix = "none"
+    raw = xl_engine.run(job)
+    assert "Color fix: Wavelet" in fixed.infotext and fixed.parameters["color_fix"] == "wavelet"
+    assert "Color fix" not in raw.infotext
+    upscaled = np.asarray(Image.fromarray(image).resize((64, 64), Image.LANCZOS)).astype(float)
+
+    def gap(out):  # colour distance in 16-pixel blocks: the scale the wavelet's low band holds
+        blocks = np.asarray(Image.fromarray(np.ascontiguousarray(out.images[0][..., :3])).resize((4, 4), Image.BOX))
+        return float(np.abs(blocks - np.asarray(Image.fromarray(upscaled.astype(np.uint8)).resize((4, 4), Image.BOX),
+                                                 float)).mean())
+
+    assert gap(raw) > 20 and gap(fixed) < 0.3 * gap(raw)
+
+
+def test_the_supir_model_goes_with_its_checkpoint(xl, tmp_path):
+    """Unloading the SDXL checkpoint, or loading another, drops the SUPIR model
+    built for it (seen by a weak reference after a collection, not by RSS)."""
+    import gc
+    import shutil
+    import weakref
+
+    from engine.demo.supir import build_supir_file
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import CHECKPOINT, Registry
+
+    root, unet, vae = xl
+    for name in ("a-xl", "b-xl"):
+        shutil.copytree(root / "checkpoints" / "tiny-xl", tmp_path / "checkpoints" / name)
+    build_supir_file(tmp_path / "SUPIR" / "SUPIR-v0Q.safetensors", unet, vae, seed=1)
+    engine = Engine(Registry(tmp_path).scan(), ModelManager(device="cpu"))
+
+    def supir_run() -> weakref.ref:
+        job = _supir_job(_image(16, 16), 2, steps=1, pre_denoise=False)
+        job.model = "a-xl"
+        engine.run(job)
+        ((_, built),) = engine.models.loaded.attached.values()
+        return weakref.ref(built)
+
+    held = supir_run()
+    again = supir_run()
+    assert held() is again() is not None  # kept between jobs on the same checkpoint
+    engine.models.unload()
+    gc.collect()
+    assert held() is None
+    held = supir_run()
+    engine.models.get(engine.registry.get("b-xl", CHECKPOINT))  # another checkpoint; a-xl becomes the spare
+    gc.collect()
+    assert held() is None and engine.models.spare is not None and not engine.models.spare.attached
