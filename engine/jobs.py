@@ -27,6 +27,7 @@ from engine import (
     inpainting,
     loras,
     masks,
+    midas,
     preprocess,
     prompt_schedule,
     regions,
@@ -151,14 +152,15 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         raise EngineError("invalid_request", NOTHING_TO_REPAINT, field="mask")
     if entry.inpainting and params.kind != "inpaint":
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
-    if entry.depth:  # SD 2's depth model: img2img (depth-to-image), its depth from the annotators/ estimator
+    if entry.depth:  # SD 2's depth model: img2img (depth-to-image), its depth from its own MiDaS (engine/midas.py)
         if params.kind != "img2img" or params.hires is not None:
             raise EngineError("invalid_request", f"{entry.name} is a depth-to-image model; use it for img2img jobs",
                               field="model")
         if not lookup(params.sampler).function:
             raise EngineError("invalid_request", f"{entry.name} (depth-to-image) runs with the samplers of "
                               "engine/ksampling.py, e.g. Euler a", field="sampler")
-        preprocess.check("depth", engine.registry.root, "model")
+        if not midas.carries_midas(entry):  # a pruned file: the depth comes from annotators/
+            preprocess.check("depth", engine.registry.root, "model")
     control.check(engine.registry, params, entry)
     return entry
 
@@ -432,7 +434,7 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
                       num_inference_steps=denoise_steps(params.steps, params.strength, params.sampler))
         if model.depth:  # depth-to-image: the depth of the picture at the working size
             source = np.asarray(_rgb(params.image).resize((width, height), Image.LANCZOS))
-            kwargs["depth_map"] = preprocess.depth(source, engine.registry.root, engine.models.device)[..., 0]
+            kwargs["depth_map"] = midas.depth_map(model, source, engine.registry.root, engine.models.device)
     else:
         pipe = _prepare(model, "txt2img", params, seeds[0], cancel, region_control)
         kwargs.update(width=width, height=height, latents=_noise(model, params, seeds, width, height))

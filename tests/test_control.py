@@ -316,6 +316,8 @@ def test_infotext_reads_back(engine):
 # -- SD 2's depth model (512-depth-ema) ----------------------------------------------
 @pytest.fixture(scope="module")
 def depth_engine(models, tmp_path_factory):
+    """Two tiny depth models: one carrying its MiDaS as the original does, one
+    pruned of it (its depth comes from annotators/)."""
     from engine.demo.builder import build_depth_checkpoint
     from engine.jobs import Engine
     from engine.models import ModelManager
@@ -323,46 +325,130 @@ def depth_engine(models, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("depth-models")
     build_depth_checkpoint(root / "Stable-diffusion" / "512-depth-ema.safetensors")
+    build_depth_checkpoint(root / "Stable-diffusion" / "512-depth-pruned.safetensors", midas=False)
     shutil.copytree(models / "annotators", root / "annotators")
     return Engine(Registry(root).scan(), ModelManager(device="cpu"))
 
 
-def test_sd2_depth_model_is_recognised_and_runs_depth_to_image(depth_engine, monkeypatch):
-    from engine import preprocess
+def _depth_job(model: str, **kw) -> JobParams:
+    return JobParams(**{"kind": "img2img", "image": _gradient(80, 64), "steps": 2, "seed": 1, "strength": 0.8,
+                        "prompt": "a room", "model": model, **kw})
+
+
+def test_sd2_depth_model_is_recognised_and_takes_the_depth_from_its_own_midas(depth_engine, monkeypatch):
+    from engine import midas, preprocess
+    from engine.kpipeline import depth_latent
     from engine.registry import CHECKPOINT
 
-    (entry,) = depth_engine.registry.list(CHECKPOINT)
-    assert entry.family.name == "sd2" and entry.depth and not entry.inpainting
-    image = _gradient(80, 64)
-    job = JobParams(kind="img2img", image=image, steps=2, seed=1, strength=0.8, prompt="a room")
-    out = depth_engine.run(job)
+    entries = {e.name: e for e in depth_engine.registry.list(CHECKPOINT)}
+    assert set(entries) == {"512-depth-ema", "512-depth-pruned"}
+    assert all(e.family.name == "sd2" and e.depth and not e.inpainting for e in entries.values())
+
+    def no_annotators(*args, **kw):
+        raise AssertionError("the checkpoint's own MiDaS should give the depth")
+
+    monkeypatch.setattr(preprocess, "depth", no_annotators)
+    out = depth_engine.run(_depth_job("512-depth-ema"))
     assert out.images[0].shape == (64, 80, 4)
     model = depth_engine.models.loaded
     assert model.depth and model.base.unet.config.in_channels == 5
+    net = model.attached["midas"]
+    assert net.config.is_hybrid and type(net).__name__ == "DPTForDepthEstimation"
+    # The map: MiDaS's input size (the picture kept in aspect near 64 px, multiples of 32), a real relief.
+    image = _gradient(80, 64)
+    depth = midas.depth_map(model, image, depth_engine.registry.root, "cpu")
+    expected = midas.processor(net.config)(images=[image], return_tensors="pt")["pixel_values"].shape[2:]
+    assert depth.shape == tuple(expected) and all(side % 32 == 0 for side in depth.shape)
+    assert np.isfinite(depth).all() and depth.min() >= 0 and depth.max() > depth.min()  # MiDaS ends in a ReLU
+    latent = depth_latent(depth, 8, 10, "cpu")
+    assert latent.shape == (1, 1, 8, 10) and float(latent.min()) == -1.0 and float(latent.max()) == 1.0
+    # The fifth channel steers the result: another depth, another picture.
+    monkeypatch.setattr(midas, "depth_map", lambda *a, **k: np.zeros((64, 64), np.float32))
+    assert not np.array_equal(out.images[0], depth_engine.run(_depth_job("512-depth-ema")).images[0])
+
+
+def test_every_tensor_of_the_checkpoints_midas_is_used(depth_engine):
+    import re
+
+    import torch
+    from safetensors import safe_open
+
+    from engine import midas
+    from engine.registry import CHECKPOINT
+
+    entry = depth_engine.registry.get("512-depth-ema", CHECKPOINT)
+    with safe_open(str(entry.path), framework="pt") as f:
+        original = {k[len(midas.PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith("depth_model.")}
+    converted, used = midas.to_transformers(original)
+    assert set(original) - used == {"pretrained.model.head.weight", "pretrained.model.head.bias"}  # timm's classifier
+    net = midas.build(entry, "cpu", torch.float32)
+    state = net.state_dict()
+    assert set(state) == set(converted) and all(torch.equal(state[k], converted[k]) for k in state)  # none missing
+    # The original layout (MiDaS's DPT with timm's vit_base_resnet50_384), spelled out, and where a few land.
+    patterns = {re.sub(r"\d+", "#", k) for k in original}
+    assert patterns >= {
+        "pretrained.model.patch_embed.backbone.stem.conv.weight",
+        "pretrained.model.patch_embed.backbone.stages.#.blocks.#.downsample.conv.weight",
+        "pretrained.model.patch_embed.backbone.stages.#.blocks.#.norm#.weight", "pretrained.model.patch_embed.proj.weight",
+        "pretrained.model.pos_embed", "pretrained.model.cls_token", "pretrained.model.blocks.#.attn.qkv.weight",
+        "pretrained.model.blocks.#.mlp.fc#.weight", "pretrained.act_postprocess#.#.project.#.weight",
+        "scratch.layer#_rn.weight", "scratch.refinenet#.resConfUnit#.conv#.weight", "scratch.output_conv.#.weight",
+    }
+    qkv = original["pretrained.model.blocks.1.attn.qkv.weight"]
+    hidden = qkv.shape[1]
+    assert torch.equal(state["dpt.encoder.layer.1.attention.attention.key.weight"], qkv[hidden : 2 * hidden])
+    assert torch.equal(state["neck.fusion_stage.layers.0.residual_layer2.convolution1.weight"],
+                       original["scratch.refinenet4.resConfUnit2.conv1.weight"])  # refinenet4 fuses first
+    assert torch.equal(state["neck.reassemble_stage.layers.3.resize.weight"], original["pretrained.act_postprocess4.4.weight"])
+    assert torch.equal(state["dpt.embeddings.backbone.bit.encoder.stages.1.layers.1.conv2.weight"],
+                       original["pretrained.model.patch_embed.backbone.stages.1.blocks.1.conv2.weight"])
+    assert torch.equal(state["head.head.4.weight"], original["scratch.output_conv.4.weight"])
+
+
+def test_the_bundled_config_is_dpt_hybrid_at_its_real_size():
+    import json
+
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    from engine import midas
+
+    with torch.device("meta"):
+        net = DPTForDepthEstimation(DPTConfig.from_dict(json.loads(midas.CONFIG.read_text())))
+    state = net.state_dict()
+    assert 122e6 < sum(v.numel() for v in state.values()) < 123e6  # DPT-Hybrid's 123 M parameters
+    assert state["dpt.embeddings.position_embeddings"].shape == (1, 577, 768)  # 24 x 24 patches + the class token
+    assert state["dpt.embeddings.projection.weight"].shape == (768, 1024, 1, 1)  # BiT stage 3 -> ViT-B
+
+
+def test_a_depth_model_pruned_of_its_midas_takes_the_annotators_estimator(depth_engine, monkeypatch):
+    from engine import preprocess
+
     seen = []
     real = preprocess.depth
 
-    def flat(image, root, device="cpu"):
+    def spy(image, root, device="cpu"):
         seen.append(image.shape)
-        return np.zeros_like(real(image, root, device))
+        return real(image, root, device)
 
-    monkeypatch.setattr(preprocess, "depth", flat)
-    other = depth_engine.run(job)
+    monkeypatch.setattr(preprocess, "depth", spy)
+    assert depth_engine.run(_depth_job("512-depth-pruned")).images[0].shape == (64, 80, 4)
     assert seen == [(64, 80, 3)]  # the init image at the working size
-    assert not np.array_equal(out.images[0], other.images[0])  # the fifth channel steers the result
+    assert depth_engine.models.loaded.attached["midas"] is None
 
 
 def test_sd2_depth_model_refusals(depth_engine, tmp_path):
     for params, field in (
-        (JobParams(kind="txt2img", steps=1), "model"),
-        (JobParams(kind="img2img", image=_gradient(64, 64), steps=1, sampler="UniPC"), "sampler"),
+        (JobParams(kind="txt2img", steps=1, model="512-depth-ema"), "model"),
+        (_depth_job("512-depth-ema", sampler="UniPC", steps=1), "sampler"),
     ):
         with pytest.raises(EngineError) as err:
             depth_engine.check(params)
         assert err.value.code == "invalid_request" and err.value.field == field
     shutil.rmtree(depth_engine.registry.root / "annotators")
+    depth_engine.check(_depth_job("512-depth-ema"))  # its own MiDaS: no annotators needed
     with pytest.raises(EngineError) as err:
-        depth_engine.check(JobParams(kind="img2img", image=_gradient(64, 64), steps=1))
+        depth_engine.check(_depth_job("512-depth-pruned"))
     assert err.value.code == "unknown_model" and "annotators" in err.value.message
 
 

@@ -329,12 +329,15 @@ def build_depth_estimator(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_depth_checkpoint(path: Path, seed: int = 0) -> Path:
+def build_depth_checkpoint(path: Path, seed: int = 0, midas: bool = True) -> Path:
     """A tiny random-init checkpoint shaped like SD 2's depth model
     (`512-depth-ema`): OpenCLIP-layout text encoder, a UNet taking 5 channels
-    (latent + depth), and its MiDaS under `depth_model.*` (a token tensor here:
-    the server computes depth with the annotators/ estimator). LDM layout, with
-    a `<stem>.config/` sidecar since its shapes are not SD 2's."""
+    (latent + depth), and its MiDaS under `depth_model.model.*` in the original
+    layout (a tiny DPT-Hybrid, engine/demo/midas.py; with `midas=False` a
+    single token tensor, as a pruned conversion leaves it, so the server falls
+    back to the annotators/ estimator). LDM layout, with a `<stem>.config/`
+    sidecar since its shapes are not SD 2's (depth_estimator/config.json: the
+    tiny DPT's)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
@@ -356,8 +359,15 @@ def build_depth_checkpoint(path: Path, seed: int = 0) -> Path:
         **unet_to_ldm(unet.state_dict(), unet.config),
         **vae_to_ldm(vae.state_dict(), vae.config),
         **open_clip_to_ldm(text.state_dict(), "cond_stage_model.model."),
-        "depth_model.model.pretrained.model.cls_token": torch.zeros(1, 1, 8),
     }
+    if midas:
+        from engine.demo.midas import TINY_CONFIG, tiny_midas_state
+
+        state.update({f"depth_model.model.{k}": v for k, v in tiny_midas_state(seed).items()})
+        (sidecar / "depth_estimator").mkdir(exist_ok=True)
+        (sidecar / "depth_estimator" / "config.json").write_text(json.dumps(TINY_CONFIG, indent=2) + "\n")
+    else:
+        state["depth_model.model.pretrained.model.cls_token"] = torch.zeros(1, 1, 8)
     state = {k: v.detach().contiguous() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
