@@ -368,7 +368,7 @@ def resize_from_label(label: str) -> str:
 
 
 # -- the job's side: checks before queueing, units before sampling ----------------------
-PREPROCESSORS = ("none", "depth", "canny", "lineart", "scribble", "tile")
+PREPROCESSORS = ("none", "depth", "canny", "lineart", "scribble", "tile", "normal", "softedge")
 
 
 def check(registry, params, checkpoint) -> None:

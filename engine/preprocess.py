@@ -8,6 +8,12 @@
   ground: inverted (the ControlNets want white lines on black); scribble
   is thresholded to pure black and white as well.
 - tile: the image itself (the "tile"/"blur" ControlNets take the picture).
+- normal: a normal map from the depth estimate, as the WebUI extension's
+  `normal_midas`: the depth's Sobel gradients as x and y, a constant 2*pi as
+  z, normalised; where the depth is below 10% of its range (background) the
+  normal faces the viewer.
+- softedge: HED soft edges (engine/softedge.py), ControlNet 1.1's weights
+  from `annotators/ControlNetHED.pth`.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import numpy as np
 
 from engine.errors import EngineError
 
-KINDS = ("none", "depth", "canny", "lineart", "scribble", "tile")
+KINDS = ("none", "depth", "canny", "lineart", "scribble", "tile", "normal", "softedge")
+NORMAL_Z = 2.0 * np.pi  # the extension's `a`: how flat a given depth slope looks
+NORMAL_BACKGROUND = 0.1  # the extension's `bg_th`, on the depth normalised to 0..1
 ANNOTATORS = "annotators"
 DEPTH_TYPES = ("depth_anything", "dpt")  # transformers model_type of a depth estimator
 CANNY_LOW, CANNY_HIGH = 100, 200  # the extension's canny defaults
@@ -56,10 +64,16 @@ def check(kind: str, root: Path, field: str = "preprocess") -> None:
     """Refuse an unknown preprocessor or one whose weights are absent, before any work."""
     if kind not in KINDS:
         raise EngineError("invalid_request", f"{field} must be one of {', '.join(KINDS)}, got {kind!r}", field=field)
-    if kind == "depth" and depth_folder(root) is None:
-        folder = Path(root) / ANNOTATORS
-        raise EngineError("unknown_model", "depth preprocessing has no weights: " + DEPTH_HINT.format(folder=folder),
+    folder = Path(root) / ANNOTATORS
+    if kind in ("depth", "normal") and depth_folder(root) is None:
+        raise EngineError("unknown_model", f"{kind} preprocessing has no weights: " + DEPTH_HINT.format(folder=folder),
                           field=field)
+    if kind == "softedge":
+        from engine import softedge
+
+        if softedge.weights_file(folder) is None:
+            raise EngineError("unknown_model", "softedge preprocessing has no weights: " + softedge.HINT.format(folder=folder),
+                              field=field)
 
 
 def run(kind: str, image: np.ndarray, root: Path, device: str = "cpu") -> np.ndarray:
@@ -79,6 +93,12 @@ def run(kind: str, image: np.ndarray, root: Path, device: str = "cpu") -> np.nda
             inverted = np.where(inverted >= SCRIBBLE_THRESHOLD, 255.0, 0.0)
         out = np.clip(inverted, 0, 255).round().astype(np.uint8)
         return np.repeat(out[..., None], 3, axis=2)
+    if kind == "normal":
+        return normal(image, root, device)
+    if kind == "softedge":
+        from engine import softedge
+
+        return softedge.softedge(image, Path(root) / ANNOTATORS, device)
     return depth(image, root, device)
 
 
@@ -99,6 +119,34 @@ def _estimator(folder: Path, device: str):
 def depth(image: np.ndarray, root: Path, device: str = "cpu") -> np.ndarray:
     """Relative depth (near = bright), min-max normalised to 0..255, at the image's size."""
     import torch
+
+    scaled = torch.from_numpy(relative_depth(image, root, device) * 255.0)
+    out = scaled.clamp(0, 255).round().to(torch.uint8).numpy()
+    return np.repeat(out[..., None], 3, axis=2)
+
+
+def normal(image: np.ndarray, root: Path, device: str = "cpu") -> np.ndarray:
+    """A normal map (x right, y down, z toward the viewer as RGB, 128 = 0) from the
+    depth estimate, as the extension's normal_midas: Sobel gradients of the
+    depth (here in 0..255 units, so the slope reads the same whatever estimator
+    made it) against a constant z, flat where the depth is background."""
+    import cv2
+
+    d = relative_depth(image, root, device)
+    x = cv2.Sobel(d * 255.0, cv2.CV_32F, 1, 0, ksize=3)
+    y = cv2.Sobel(d * 255.0, cv2.CV_32F, 0, 1, ksize=3)
+    background = d < NORMAL_BACKGROUND
+    x[background] = 0.0
+    y[background] = 0.0
+    n = np.stack([x, y, np.full_like(x, NORMAL_Z)], axis=2)
+    n /= np.sqrt((n**2).sum(axis=2, keepdims=True))
+    return np.clip(n * 127.5 + 127.5, 0, 255).round().astype(np.uint8)
+
+
+def relative_depth(image: np.ndarray, root: Path, device: str = "cpu") -> np.ndarray:
+    """The estimator's depth (near = large) at the image's size, min-max
+    normalised to 0..1 (float32; all 0 when the picture gives no depth cue)."""
+    import torch
     from PIL import Image
 
     check("depth", root, "model")
@@ -115,9 +163,8 @@ def depth(image: np.ndarray, root: Path, device: str = "cpu") -> np.ndarray:
         predicted = torch.nn.functional.interpolate(predicted[:, None].float(), size=image.shape[:2], mode="bicubic",
                                                     align_corners=False)[0, 0]
     lo, hi = float(predicted.min()), float(predicted.max())
-    scaled = (predicted - lo) / (hi - lo) * 255.0 if hi > lo else torch.zeros_like(predicted)  # flat: no depth cue
-    out = scaled.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
-    return np.repeat(out[..., None], 3, axis=2)
+    scaled = (predicted - lo) / (hi - lo) if hi > lo else torch.zeros_like(predicted)  # flat: no depth cue
+    return scaled.clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
 def preprocess_job(engine, params):

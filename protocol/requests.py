@@ -65,7 +65,7 @@ class Upscale:
 
 MAX_CONTROLS = 4  # ControlNet units per job (each may load a model of up to ~2.5 GB)
 CONTROL_MODES = ("balanced", "prompt", "control")
-PREPROCESSORS = ("none", "depth", "canny", "lineart", "scribble", "tile")
+PREPROCESSORS = ("none", "depth", "canny", "lineart", "scribble", "tile", "normal", "softedge")
 CONTROL_RESIZE = ("crop and resize", "just resize", "resize and fill")
 
 

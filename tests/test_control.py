@@ -27,7 +27,7 @@ def _gradient(w: int, h: int) -> np.ndarray:
 def models(demo_models, tmp_path_factory) -> Path:
     from diffusers import UNet2DConditionModel  # noqa: F401  (imported once for the builders)
 
-    from engine.demo.builder import build_controlnet, build_depth_estimator
+    from engine.demo.builder import build_controlnet, build_depth_estimator, build_hed
 
     root = tmp_path_factory.mktemp("control-models")
     shutil.copytree(demo_models / "Stable-diffusion", root / "Stable-diffusion")
@@ -44,6 +44,7 @@ def models(demo_models, tmp_path_factory) -> Path:
     }
     build_controlnet(root / "ControlNet" / "tiny_xl.safetensors", layout="diffusers", unet=xl_unet)
     build_depth_estimator(root / "annotators" / "depth-anything-tiny")
+    build_hed(root / "annotators" / "ControlNetHED.pth")
     return root
 
 
@@ -238,6 +239,60 @@ def test_painted_layer_preprocessors(models):
     edges = preprocess.run("canny", _gradient(64, 64) // 128 * 255, models)
     assert edges.shape == (64, 64, 3) and edges.max() == 255
     assert np.array_equal(preprocess.run("tile", layer, models), layer)
+
+
+def test_normal_map_follows_the_extensions_normal_midas(models, monkeypatch):
+    from engine import preprocess
+
+    image = _gradient(64, 48)
+    out = preprocess.run("normal", image, models)  # through the tiny estimator
+    assert out.shape == (48, 64, 3) and out.dtype == np.uint8 and len(np.unique(out.reshape(-1, 3), axis=0)) > 10
+    # On a known depth: a left-to-right ramp (near on the right) and a background strip at the left.
+    ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (48, 1))
+    monkeypatch.setattr(preprocess, "relative_depth", lambda *a, **k: ramp)
+    normal = preprocess.run("normal", image, models).astype(float)
+    slope = 8 * 255 / 63  # Sobel's 3x3 kernel reads 8x the per-pixel slope of the depth in 0..255
+    nx = slope / np.hypot(slope, preprocess.NORMAL_Z)
+    assert np.abs(normal[10:-10, 20:-2] - [nx * 127.5 + 127.5, 127.5, 127.5 + 127.5 * (1 - nx**2) ** 0.5]).max() <= 1
+    assert (normal[:, :6] == [128, 128, 255]).all()  # depth below 10%: background, facing the viewer
+
+
+def test_softedge_hed_from_the_annotators_file(models, tmp_path):
+    import torch
+
+    from engine import preprocess, softedge
+
+    image = _gradient(70, 50)
+    edges = preprocess.run("softedge", image, models)
+    assert edges.shape == (50, 70, 3) and edges.dtype == np.uint8
+    assert np.array_equal(edges[..., 0], edges[..., 2]) and edges.max() > edges.min()
+    state = torch.load(models / "annotators" / "ControlNetHED.pth", weights_only=True)
+    net = softedge._network(dict(state))
+    assert set(net.state_dict()) == set(state)  # every tensor of the file is used, none missing
+    # The fusion: the sigmoid of the mean of the five side outputs. With the convolutions zeroed
+    # every side output is its projection's bias.
+    biases = [-2.0, -1.0, 0.0, 1.0, 4.0]
+    zeroed = {k: torch.zeros_like(v) for k, v in state.items()}
+    for i, b in enumerate(biases, 1):
+        zeroed[f"block{i}.projection.bias"] = torch.tensor([b])
+    (tmp_path / "annotators").mkdir()
+    torch.save(zeroed, tmp_path / "annotators" / "ControlNetHED.pth")
+    flat = softedge.softedge(image, tmp_path / "annotators")
+    assert (flat == round(255 / (1 + np.exp(-np.mean(biases))))).all()
+    # A file carrying code is refused, unrun; an absent one is named.
+    class Evil:
+        def __reduce__(self):
+            return (print, ("never",))
+
+    torch.save({"norm": Evil()}, tmp_path / "annotators" / "ControlNetHED.pth")
+    with pytest.raises(EngineError) as err:
+        softedge.softedge(image, tmp_path / "annotators")
+    assert err.value.code == "unsafe_file"
+    (tmp_path / "annotators" / "ControlNetHED.pth").unlink()
+    with pytest.raises(EngineError) as err:
+        preprocess.check("softedge", tmp_path, "controls[0].preprocess")
+    assert err.value.code == "unknown_model" and "ControlNetHED.pth" in err.value.message
+    assert err.value.field == "controls[0].preprocess"
 
 
 def test_depth_to_image_with_a_depth_controlnet_from_the_init_image(engine):

@@ -176,6 +176,9 @@ def demo_models_dir() -> Path:
     depth = root / "annotators" / DEMO_DEPTH
     if not (depth / "model.safetensors").is_file():
         build_depth_estimator(depth)
+    hed = root / "annotators" / "ControlNetHED.pth"
+    if not hed.is_file():
+        build_hed(hed)
     return root
 
 
@@ -373,4 +376,27 @@ def build_depth_checkpoint(path: Path, seed: int = 0, midas: bool = True) -> Pat
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "paintbridge": "test, random weights"})
     tmp.replace(path)
+    return path
+
+
+def build_hed(path: Path, seed: int = 0, widths: tuple[int, ...] = (4, 8, 8, 16, 16),
+              depths: tuple[int, ...] = (2, 2, 3, 3, 3)) -> Path:
+    """A tiny random-init HED with ControlNet 1.1's layout (`norm`,
+    `block<i>.convs.<j>`, `block<i>.projection`; engine/softedge.py), saved as
+    lllyasviel's ControlNetHED.pth is: a torch.save'd plain state dict."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {"norm": torch.rand(1, 3, 1, 1, generator=generator) * 128}
+    channels = 3
+    for i, (width, depth) in enumerate(zip(widths, depths, strict=True), 1):
+        for j in range(depth):
+            fan_in = (channels if j == 0 else width) * 9
+            state[f"block{i}.convs.{j}.weight"] = torch.randn(width, fan_in // 9, 3, 3, generator=generator) / fan_in**0.5 / 16
+            state[f"block{i}.convs.{j}.bias"] = torch.zeros(width)
+        state[f"block{i}.projection.weight"] = torch.randn(1, width, 1, 1, generator=generator) / width**0.5
+        state[f"block{i}.projection.bias"] = torch.zeros(1)
+        channels = width
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
     return path

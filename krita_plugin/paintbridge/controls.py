@@ -25,6 +25,8 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "canny": ("canny", ("canny",)),
     "depth": ("depth", ("depth",)),
     "tile": ("tile", ("tile", "blur")),
+    "normal": ("normal", ("normal",)),
+    "softedge": ("softedge", ("softedge", "hed", "pidi")),
 }
 
 
