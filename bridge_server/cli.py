@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from bridge_server import __version__, control_args
+from bridge_server import __version__, control_args, sampler_args
 from protocol.shell.client import Client, ClientError
 
 DEFAULT_SERVER = "ws://127.0.0.1:8765"
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rng", default="gpu", choices=("gpu", "cpu", "nv"),
                        help="noise source as the WebUI's: gpu, cpu, nv (NVIDIA's generator on any machine)")
         p.add_argument("--ensd", type=int, default=0, help="WebUI 'Eta noise seed delta' (e.g. 31337)")
+        sampler_args.add_args(p)
         control_args.add_control_args(p)
 
     def job_args(p: argparse.ArgumentParser) -> None:
@@ -576,6 +577,8 @@ def build_request(args: argparse.Namespace, plot=None):
         "rng": args.rng,
         "eta_noise_seed_delta": args.ensd,
     }
+    if (options := sampler_args.wire(args)) is not None:
+        wire["sampler_options"] = options
     if getattr(args, "seed_resize_from", ""):
         try:
             wire["seed_resize_from_w"], wire["seed_resize_from_h"] = (int(v) for v in args.seed_resize_from.split("x"))
@@ -757,6 +760,8 @@ def _cli_field_message(exc) -> str:
         return f"--prompts-from-file: {exc.message}"
     if exc.field.startswith("controls"):
         return f"--control: {exc.message}"
+    if exc.field in sampler_args.flag_names():
+        return f"{sampler_args.flag_names()[exc.field]}: {exc.message}"
     parts = exc.field.split(".")
     if parts[0].startswith("regions"):
         return f"--region: {exc.message}"
@@ -832,6 +837,7 @@ def settings_from_png(path: Path) -> dict:
         if "Denoising strength" in fields and "hires_scale" in settings:
             settings["hires_denoise"] = float(fields["Denoising strength"])
         settings["png_controls"] = control_args.png_controls(fields)  # their images come with --control
+        settings.update(sampler_args.png_settings(fields))
     except ValueError as exc:
         raise CliError("invalid_request", f"{path}: unreadable parameters ({exc})") from None
     return settings

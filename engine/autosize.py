@@ -78,8 +78,6 @@ def refine_inpaint(pipe: Any, kwargs: dict[str, Any], generated: list[np.ndarray
     """Upscale each first-pass patch to the crop's size, blend it into the crop
     with the final alpha, and inpaint again there at the second pass's strength:
     the detail a first pass at native size cannot have."""
-    from engine.jobs import denoise_steps
-
     size = second.size
     known = np.asarray(Image.fromarray(crop_rgb).resize(size, Image.LANCZOS))
     soft = np.asarray(Image.fromarray(masks.to_mask(alpha)).resize(size, Image.LANCZOS), np.float32) / 255.0
@@ -88,7 +86,7 @@ def refine_inpaint(pipe: Any, kwargs: dict[str, Any], generated: list[np.ndarray
     reporter = kwargs["callback_on_step_end"]
     reporter.offset = max(1, int(kwargs["num_inference_steps"] * kwargs["strength"]))  # steps the first pass ran
     reporter.stage = "hires"
-    steps = denoise_steps(second.steps, second.strength)
+    steps = second.steps
     out = pipe(**{**kwargs, "image": inits if len(inits) > 1 else inits[0],
                   "mask_image": Image.fromarray(mask, "L").resize(size, Image.LANCZOS), "strength": second.strength,
                   "width": size[0], "height": size[1], "num_inference_steps": steps}).images

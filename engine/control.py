@@ -378,13 +378,9 @@ def check(registry, params, checkpoint) -> None:
         return
     from engine import preprocess
     from engine.registry import CONTROLNET
-    from engine.samplers import SAMPLERS, lookup
+    from engine.samplers import lookup
 
-    spec = lookup(params.sampler)
-    if not spec.function:
-        names = ", ".join(n for n, s in SAMPLERS.items() if s.function)
-        raise EngineError("invalid_request", f"ControlNet units run with the samplers of engine/ksampling.py; "
-                          f"{spec.name} is not one of them yet (use {names})", field="sampler")
+    lookup(params.sampler)  # an unknown sampler is named before the units
     if params.kind == "upscale" and params.upscale is not None and params.upscale.denoise == 0:
         raise EngineError("invalid_request", "an upscale with denoise 0 runs no diffusion for ControlNet units to steer",
                           field="controls")

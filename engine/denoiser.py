@@ -79,7 +79,7 @@ class Denoiser:
     """D(x, sigma) over a model's training noise schedule."""
 
     def __init__(self, scheduler_config: dict[str, Any], predict: Predict, dtype, check: Callable[[], None] | None = None,
-                 lcm: bool = False):
+                 lcm: bool = False, vp_time: bool = False):
         from diffusers import EulerDiscreteScheduler
 
         # The training schedule (betas -> cumulative alphas) as diffusers computes it.
@@ -94,6 +94,7 @@ class Denoiser:
         self.known: tuple[Any, Any] | None = None  # inpainting: (x0 of the image, 1 where it is kept)
         self.calls = 0
         self.lcm = lcm  # the WebUI's LCM: 50 of the training timesteps, the consistency boundary scaling
+        self.vp_time = vp_time  # the WebUI's UniPC: timesteps by its log-alpha interpolation (schedules.Discrete)
         # Per-step features (engine/restore.py): called with the sigma before each
         # model call (e.g. a CFG schedule), and (x0, sigma) -> x0 after it.
         self.before: list[Callable[[float], None]] = []
@@ -111,6 +112,8 @@ class Denoiser:
         """sigma -> the fractional training timestep, interpolating log sigma."""
         if self.lcm:
             return float(self._lcm_timestep(sigma))
+        if self.vp_time:
+            return self.discrete.vp_sigma_to_t(sigma)
         return self.discrete.sigma_to_t(sigma)
 
     # -- LCM (Luo et al. 2023), as the WebUI's LCM sampler wraps the model -----------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ from engine import (
     prompt_schedule,
     regions,
     restore,
+    schedules,
     tiled,
     vaes,
 )
@@ -39,14 +39,15 @@ from engine.conditioning import encode_prompts
 from engine.errors import EngineError, JobCancelled
 from engine.kpipeline import KPipeline, NoiseOptions, decode_images
 from engine.models import LoadedModel, ModelManager, is_out_of_memory
-from engine.noise import DEFAULT_RNG, INFOTEXT_RNG, check_source, initial_noise
+from engine.noise import DEFAULT_RNG, INFOTEXT_RNG, check_source
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
 from engine.preview import latent_preview
 from engine.prompts import extract_loras
 from engine.registry import CHECKPOINT, LORA, VAE, ModelEntry, Registry
-from engine.samplers import lookup, make_scheduler, resolve
+from engine.samplers import lookup, recorded_options, resolve
 from engine.supir_upscale import supir_entry, supir_restore
 from engine.upscalers import Upscalers
+from protocol import sampler_options
 
 log = logging.getLogger("paintbridge")
 PREVIEW_INTERVAL_S = 0.25  # at most four previews a second
@@ -117,10 +118,6 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
     check_source(params.rng)
     if spec.cfgpp and params.kind == "upscale":
         raise EngineError("invalid_request", "DDIM CFG++ is not available for tiled upscaling", field="sampler")
-    if not spec.uses_function(params.eta) and not prompt_schedule.is_plain(extract_loras(params.prompt)[0],
-                                                                           params.negative_prompt):
-        raise EngineError("invalid_request", f"prompt editing, alternation and AND need a k-diffusion sampler, "
-                          f"not {spec.name}", field="sampler")
     assert engine.upscalers is not None
     if params.hires is not None and params.hires.upscaler != "Latent":
         engine.upscalers.resolve(params.hires.upscaler, "hires.upscaler")
@@ -130,10 +127,13 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         engine.registry.get(name, LORA, field="prompt")
     if params.regions:
         regions.check_regions(params.regions)
-        if not lookup(params.sampler).function:
-            raise EngineError("invalid_request", f"regions need a sampler written in engine/ksampling.py; "
-                              f"{lookup(params.sampler).name} has none yet (use Euler a, DPM2 a, DPM++ 2S a, DPM fast "
-                              "or DPM adaptive)", field="sampler")
+        texts = [(extract_loras(params.prompt)[0], "prompt"), (params.negative_prompt, "negative_prompt")]
+        texts += [(r.prompt, f"regions[{i}].prompt") for i, r in enumerate(params.regions)]
+        texts += [(r.negative_prompt or "", f"regions[{i}].negative_prompt") for i, r in enumerate(params.regions)]
+        for text, where in texts:  # each region's conditioning is encoded once for the whole run
+            if not prompt_schedule.is_plain(text):
+                raise EngineError("invalid_request", "prompt editing, alternation and AND do not combine with regions "
+                                  "yet (each region's prompt is one conditioning for every step)", field=where)
     entry = engine.registry.get(params.model, CHECKPOINT) if params.model else None
     if params.restore is not None:
         if params.restore.supir:
@@ -156,9 +156,6 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         if params.kind != "img2img" or params.hires is not None:
             raise EngineError("invalid_request", f"{entry.name} is a depth-to-image model; use it for img2img jobs",
                               field="model")
-        if not lookup(params.sampler).function:
-            raise EngineError("invalid_request", f"{entry.name} (depth-to-image) runs with the samplers of "
-                              "engine/ksampling.py, e.g. Euler a", field="sampler")
         if not midas.carries_midas(entry):  # a pruned file: the depth comes from annotators/
             preprocess.check("depth", engine.registry.root, "model")
     control.check(engine.registry, params, entry)
@@ -349,8 +346,6 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
         **conditioning.pipeline_kwargs(len(seeds)),
         "num_inference_steps": params.steps,
         "guidance_scale": params.cfg_scale,
-        # diffusers passes it only to schedulers that take it (DDIM); KPipeline has its own.
-        "eta": lookup(params.sampler).eta_for(params.eta),
         # Noise is drawn on the CPU, so a seed gives the same image on any device.
         "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
         "output_type": "np",
@@ -362,49 +357,21 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
     return pipe_kwargs
 
 
-def denoise_steps(steps: int, strength: float, sampler: str = "Euler a") -> int:
-    """Steps to ask the pipeline for, for a partial denoise of `strength`.
-
-    KPipeline (every k-diffusion sampler, DDIM, PLMS) runs the WebUI's
-    int(strength * steps) + 1 of them, so always at least one: ask for `steps`.
-    diffusers (UniPC) runs int(steps * strength) and fails on zero: ask it for
-    enough that one step runs.
-    """
-    if strength <= 0 or lookup(sampler).uses_function() or int(steps * strength) >= 1:
-        return steps
-    return math.ceil(1.0 / strength)
-
-
-def steps_run(steps: int, strength: float, sampler: str = "Euler a") -> int:
-    """How many steps a partial denoise of `strength` over `steps` really runs."""
-    if strength <= 0:
-        return 0
-    if lookup(sampler).uses_function():
-        return int(min(strength, 0.999) * steps) + 1  # the WebUI's t_enc + 1
-    return int(denoise_steps(steps, strength, sampler) * strength)
-
-
 def _prepare(model: LoadedModel, task: str, params: JobParams, seed: int, cancel: CancelFlag | None,
              region_control: regions.RegionControl | None = None):
-    """The pipeline for a task: diffusers' with the sampler's scheduler, or
-    KPipeline for the samplers written here (engine/ksampling.py), which is
-    also where the per-step features act, inside its denoiser: ControlNet
-    units (engine/control.py), regions (engine/regions.py), restore guidance
-    (engine/restore.py) and SD 2's depth channel."""
+    """The pipeline for a task: KPipeline, every sampler written in
+    engine/ksampling.py, which is also where the per-step features act, inside
+    its denoiser: ControlNet units (engine/control.py), regions
+    (engine/regions.py), restore guidance (engine/restore.py) and SD 2's depth
+    channel."""
     spec, schedule = resolve(params.sampler, params.schedule_type)
     if model.depth and (task != "img2img" or params.hires is not None):  # a .ckpt known only once loaded
         raise EngineError("invalid_request", f"{model.entry.name} is a depth-to-image model; use it for img2img jobs",
                           field="model")
-    if (params.controls or model.depth) and not spec.function:
-        raise EngineError("invalid_request", f"{spec.name} has no k-diffusion function; ControlNet units and "
-                          "depth models run with every sampler but UniPC", field="sampler")
-    if spec.uses_function(params.eta):
-        return KPipeline(model, spec, eta=spec.eta_for(params.eta), check=lambda: _check_cancel(cancel),
-                         schedule=schedule, noise=noise_options(params, params.batch_size), regions=region_control,
-                         restoring=params.restore if task != "txt2img" else None)  # restore guidance: engine/restore.py
-    pipe = model.pipeline(task)
-    pipe.scheduler = make_scheduler(spec.name, model.base.scheduler.config, seed)
-    return pipe
+    return KPipeline(model, spec, eta=spec.eta_for(params.eta), check=lambda: _check_cancel(cancel),
+                     schedule=schedule, noise=noise_options(params, params.batch_size), regions=region_control,
+                     restoring=params.restore if task != "txt2img" else None,  # restore guidance: engine/restore.py
+                     options=params.sampler_options)
 
 
 def noise_options(params: JobParams, count: int) -> NoiseOptions:
@@ -430,14 +397,13 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
             images = [_opaque(params.image)] * len(seeds)
             return _output(model, params, images, seeds, *params.image.shape[1::-1])
         pipe = _prepare(model, "img2img", params, seeds[0], cancel, region_control)
-        kwargs.update(image=_init_image(model, params, width, height), strength=params.strength,
-                      num_inference_steps=denoise_steps(params.steps, params.strength, params.sampler))
+        kwargs.update(image=_init_image(model, params, width, height), strength=params.strength)
         if model.depth:  # depth-to-image: the depth of the picture at the working size
             source = np.asarray(_rgb(params.image).resize((width, height), Image.LANCZOS))
             kwargs["depth_map"] = midas.depth_map(model, source, engine.registry.root, engine.models.device)
     else:
         pipe = _prepare(model, "txt2img", params, seeds[0], cancel, region_control)
-        kwargs.update(width=width, height=height, latents=_noise(model, params, seeds, width, height))
+        kwargs.update(width=width, height=height)
     images = _to_rgba(pipe(**kwargs).images)
     if params.kind == "img2img" and params.image is not None and not (params.width or params.height):
         # Worked at a multiple of 8; give the painter back the layer's exact size.
@@ -445,19 +411,6 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
         if (w, h) != (width, height):
             images = [np.asarray(Image.fromarray(im).resize((w, h), Image.LANCZOS)) for im in images]
     return _output(model, params, images, seeds, width, height)
-
-
-def _noise(model: LoadedModel, params: JobParams, seeds: list[int], width: int, height: int):
-    """txt2img start noise for a diffusers scheduler (UniPC) with a variation seed,
-    resize seed or RNG source (KPipeline makes its own)."""
-    plain = params.subseed_strength <= 0 and params.rng == "cpu" and not params.seed_resize_from_w
-    if plain or lookup(params.sampler).uses_function(params.eta):
-        return None  # diffusers draws the same noise from the seeded generators
-    channels = model.base.unet.config.in_channels
-    subseeds = resolve_seeds(params.subseed, len(seeds))
-    noise = initial_noise(seeds, subseeds, params.subseed_strength, (channels, height // 8, width // 8), params.rng,
-                          (params.seed_resize_from_w, params.seed_resize_from_h))
-    return noise.to(model.base._execution_device, model.base.unet.dtype)
 
 
 def _regions(model: LoadedModel, params: JobParams, fit: regions.Fit) -> regions.RegionControl | None:
@@ -508,19 +461,14 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     hires = params.hires
     assert hires is not None and engine.upscalers is not None
     target_w, target_h = autosize.hires_target(hires, width, height)
-    k_path = lookup(params.sampler).uses_function(params.eta)
-    if k_path:  # the WebUI's hires pass: exactly its steps, of a schedule stretched by 1 / denoise
-        hires_steps = hires.steps or params.steps
-        second = hires_steps if hires.denoise > 0 else 0
-    else:
-        hires_steps = denoise_steps(hires.steps or params.steps, hires.denoise, params.sampler)
-        second = steps_run(hires.steps or params.steps, hires.denoise, params.sampler)
+    # The WebUI's hires pass: exactly its steps, of a schedule stretched by 1 / denoise.
+    hires_steps = hires.steps or params.steps
+    second = hires_steps if hires.denoise > 0 else 0
     reporter: _StepReporter = kwargs["callback_on_step_end"]
     reporter.grand_total = params.steps + second
     latent = hires.upscaler == "Latent"
     first = _prepare(model, "txt2img", params, seeds[0], reporter.cancel, region_control)(
         **{**kwargs, "output_type": "latent" if latent else "np"}, width=width, height=height,
-        latents=_noise(model, params, seeds, width, height),
         **({"control": control.control_for(units, width, height)} if units else {}),
     ).images
     reporter.offset, reporter.stage = params.steps, "hires"
@@ -543,10 +491,8 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
             text = extract_loras(params.prompt)[0]
             kwargs = {**kwargs, "prompt_schedule": prompt_schedule.build(
                 model, text, params.negative_prompt, params.steps, params.clip_skip, hires_steps=hires_steps)}
-        if k_path:
-            kwargs = {**kwargs, "fixed_steps": True}
         out = _to_rgba(pipe(**{**kwargs, "generator": generators, "num_inference_steps": hires_steps},
-                            image=init, strength=hires.denoise).images)
+                            image=init, strength=hires.denoise, fixed_steps=True).images)
     result = _output(model, params, out, seeds, width, height)
     result.parameters.update(hires_upscale=hires.scale, hires_upscaler=hires.upscaler, hires_steps=hires.steps,
                              hires_width=target_w, hires_height=target_h, denoising_strength=hires.denoise)
@@ -593,7 +539,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
             cancel, params.clip_skip, params.eta, params.schedule_type,
             control.control_for(units, *work) if units else None,
             _regions(model, params, lambda mask: mask.resize(work, Image.BILINEAR)),
-            params.restore,
+            params.restore, params.sampler_options,
         )
         color_fix = colorfix.resolve(options.color_fix, supir=False)
         # The upscaler's colours under the new detail (engine/colorfix.py).
@@ -614,6 +560,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         **regions.infotext_fields(params.regions),
         **(extra if supir else restore.parameters(params.restore)),
         **({"color_fix": color_fix} if color_fix != "none" else {}),
+        **(_recorded_options(params, False) if options.denoise > 0 and not supir else {}),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
 
@@ -657,8 +604,7 @@ def _inpaint(model: LoadedModel, params: JobParams, progress, cancel,
     if params.strength == 0:  # nothing to repaint
         images = [np.zeros_like(_opaque(image)) if params.result_alpha == "mask" else _opaque(image) for _ in seeds]
         return _output(model, params, images, seeds, w, h)
-    kwargs.update(image=crop, mask_image=crop_mask, strength=params.strength, width=work_w, height=work_h,
-                  num_inference_steps=denoise_steps(params.steps, params.strength, params.sampler))
+    kwargs.update(image=crop, mask_image=crop_mask, strength=params.strength, width=work_w, height=work_h)
     if units:  # the control image fitted to the whole image, then the same crop as the image's
         kwargs["control"] = control.control_for(units, work_w, work_h, box=(x0, y0, x1, y1), frame=(w, h))
     generated = _to_rgba(pipe(**kwargs).images)
@@ -744,7 +690,16 @@ def _output(model: LoadedModel, params: JobParams, images: list[np.ndarray], see
             parameters["inpaint_mode"] = params.inpaint_mode
     parameters.update(regions.infotext_fields(params.regions))
     parameters.update(restore.parameters(params.restore))
+    parameters.update(_recorded_options(params, params.kind == "txt2img"))
     return JobOutput(images, seeds, parameters, infotext(parameters))
+
+
+def _recorded_options(params: JobParams, txt2img: bool) -> dict[str, Any]:
+    """The WebUI's sampler parameters this job used away from their defaults, for its record."""
+    spec, schedule = resolve(params.sampler, params.schedule_type)
+    automatic = schedules.canonical(params.schedule_type or "Automatic") == "Automatic"
+    recorded = recorded_options(spec, schedule, automatic, params.sampler_options, txt2img)
+    return {"sampler_options": recorded} if recorded else {}
 
 
 def _quote(value: str) -> str:
@@ -811,6 +766,7 @@ def infotext(p: dict[str, Any]) -> str:
             fields.append(f"Region {i} weight: {p[f'region_{i}_weight']:g}")
         i += 1
     fields += restore.infotext_fields(p)
+    fields += sampler_options.infotext_fields(p.get("sampler_options", {}))
     lines = [p["prompt"]]
     if p["negative_prompt"]:
         lines.append(f"Negative prompt: {p['negative_prompt']}")

@@ -26,6 +26,7 @@ from engine import ksampling, restore, schedules, tiled
 from engine.denoiser import Denoiser, Guidance, guided_unet
 from engine.noise import DEFAULT_RNG, ImageNoise
 from engine.samplers import SamplerSpec
+from protocol.sampler_options import SamplerOptions, s_tmax
 
 ENCODE_TILE = 1024  # pixels: larger inputs (hires passes) encode in tiles
 
@@ -51,7 +52,8 @@ class KPipeline:
 
     def __init__(self, model: Any, sampler: SamplerSpec | str, karras: bool = False, eta: float = 1.0,
                  check: Callable[[], None] | None = None, schedule: str = "Automatic",
-                 noise: NoiseOptions | None = None, regions: Any = None, restoring: Any = None):
+                 noise: NoiseOptions | None = None, regions: Any = None, restoring: Any = None,
+                 options: SamplerOptions | None = None):
         if isinstance(sampler, str):
             sampler = SamplerSpec(sampler, sampler, schedule="Karras" if karras else "Uniform")
         self.model = model  # a LoadedModel
@@ -66,6 +68,7 @@ class KPipeline:
         self.regions = regions  # engine/regions.py RegionControl, masks in this call's frame; None = no regions
         self.control: Any = None  # a call's ControlNet units (engine/control.py): told the steps of its pass in run()
         self.guidance: Guidance | None = None  # a call's guidance: restore guidance's CFG schedule changes its scale
+        self.options = options or SamplerOptions()  # the WebUI's Settings > Sampler parameters
 
     @property
     def function(self) -> str:
@@ -74,7 +77,7 @@ class KPipeline:
     def sigmas(self, denoiser: Denoiser, steps: int, strength: float | None = None,
                fixed_steps: bool = False) -> tuple[list[float], float]:
         sdxl = getattr(self.model, "family", "") == "sdxl"
-        return plan_sigmas(self.spec, self.schedule, denoiser, steps, strength, sdxl, fixed_steps)
+        return plan_sigmas(self.spec, self.schedule, denoiser, steps, strength, sdxl, fixed_steps, self.options)
 
     def __call__(
         self, *, prompt_embeds, negative_prompt_embeds, num_inference_steps: int, guidance_scale: float,
@@ -130,7 +133,8 @@ class KPipeline:
                                              control)
         if prompt_schedule is not None:
             prompt_schedule.calls = 0
-        denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check, lcm=self.spec.lcm)
+        denoiser = Denoiser(dict(pipe.scheduler.config), predict, unet.dtype, self.check, lcm=self.spec.lcm,
+                            vp_time=self.spec.unipc)
         self.control, self.guidance = control, guidance
         if self.spec.cfgpp:
             self.uncond = lambda x, sigma: denoiser.to_x0(x, sigma, guidance.last_uncond.float())
@@ -169,8 +173,12 @@ class KPipeline:
             if self.spec.timesteps:  # noised to one timestep, sampled from the next one down (the WebUI's way)
                 x = x * math.sqrt((1 + sigmas[0] ** 2) / (1 + start_sigma**2))
         else:
-            # Timestep samplers start from unit noise in x_t = sqrt(a) x0 + sqrt(1 - a) eps.
-            x = noise * (math.sqrt(1 + sigmas[0] ** 2) if self.spec.timesteps else start_sigma)
+            # Timestep samplers start from unit noise in x_t = sqrt(a) x0 + sqrt(1 - a) eps, and so
+            # does every sampler with the WebUI's "SGM noise multiplier" (txt2img only, as there).
+            if self.spec.timesteps:
+                x = noise * math.sqrt(1 + sigmas[0] ** 2)
+            else:
+                x = noise * (math.sqrt(1 + start_sigma**2) if self.options.sgm_noise_multiplier else start_sigma)
         self.num_timesteps = max(1, len(sigmas) - 1)
         if self.control is not None:  # the units' guidance start/end are fractions of these steps
             self.control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
@@ -182,7 +190,7 @@ class KPipeline:
         else:
             r = None
         step_noise = self._noise_sampler(rng, sigmas, rng.seeds, x)
-        options = self.spec.sampler_options()
+        options = {**self.spec.sampler_options(), **sampler_settings(self.spec, self.options)}
         if self.spec.cfgpp:
             options["uncond"] = self.uncond
         x = restore.sample(function, denoiser, x, sigmas, step_noise, callback, self.eta,
@@ -222,12 +230,30 @@ class KPipeline:
         return torch.from_numpy((np.asarray(small) >= 128).astype(np.float32))[None, None].to(device)
 
 
+def sampler_settings(spec: SamplerSpec, options: SamplerOptions) -> dict[str, Any]:
+    """The WebUI's sampler parameters a sampler function is given: churn for
+    Euler/Heun/DPM2, sigma noise where the WebUI passes it, UniPC's own."""
+    out: dict[str, Any] = {}
+    if spec.churn:
+        out.update(s_churn=options.s_churn, s_tmin=options.s_tmin, s_tmax=s_tmax(options))
+    if spec.s_noise:
+        out["s_noise"] = options.s_noise
+    if spec.unipc:
+        out.update(order=options.uni_pc_order, variant=options.uni_pc_variant,
+                   lower_order_final=options.uni_pc_lower_order_final)
+    return out
+
+
 def plan_sigmas(spec: SamplerSpec, schedule: str, denoiser: Denoiser, steps: int, strength: float | None = None,
-                sdxl: bool = False, fixed_steps: bool = False) -> tuple[list[float], float]:
+                sdxl: bool = False, fixed_steps: bool = False,
+                options: SamplerOptions | None = None) -> tuple[list[float], float]:
     """The sigmas to walk and the sigma of the start noise, as the WebUI picks them.
     img2img (a strength) runs the last t_enc + 1 steps of the full schedule,
     t_enc = int(strength * steps); with `fixed_steps` (the WebUI's hires pass)
-    exactly `steps` steps, of a schedule of int(steps / strength)."""
+    exactly `steps` steps, of a schedule of int(steps / strength). `options`:
+    the WebUI's schedule overrides (sigma min/max, rho, Beta's alpha and beta,
+    always discarding the next-to-last sigma)."""
+    options = options or SamplerOptions()
     discrete = denoiser.discrete
     t_enc = None
     if strength is not None:
@@ -235,12 +261,19 @@ def plan_sigmas(spec: SamplerSpec, schedule: str, denoiser: Denoiser, steps: int
             t_enc, steps = steps - 1, int(steps / min(strength, 0.999))
         else:
             t_enc = int(min(strength, 0.999) * steps)
+    # "Always discard next-to-last sigma": one more step scheduled; the timestep
+    # samplers only schedule the extra step (the WebUI drops nothing there).
+    discard = spec.discard_penultimate or options.always_discard_next_to_last_sigma
+    if spec.unipc:
+        return schedules.unipc_sigmas(steps + discard, discrete, t_enc, options.uni_pc_skip_type)
     if spec.timesteps:
-        return schedules.timestep_sigmas(steps, discrete, t_enc)
+        return schedules.timestep_sigmas(steps + discard, discrete, t_enc)
     if spec.lcm:
-        full = denoiser.lcm_sigmas(steps)
+        full = denoiser.lcm_sigmas(steps + discard)
+        full = full[:-2] + full[-1:] if discard else full
     else:
-        full = schedules.sigmas(schedule, steps, discrete, sdxl, spec.discard_penultimate)
+        full = schedules.sigmas(schedule, steps, discrete, sdxl, discard, options.sigma_min, options.sigma_max,
+                                options.rho, (options.beta_dist_alpha, options.beta_dist_beta))
     if spec.function in ("sample_dpm_fast", "sample_dpm_adaptive") and strength is None:
         # txt2img: the WebUI scales the start noise by the schedule's first sigma but gives
         # the DPM-Solvers the model's whole range and `steps` calls.

@@ -62,7 +62,8 @@ def _none(x, denoised, done) -> None:
 Step = Callable[[Model, Any, float, float, Any], Any]  # (model, x, sigma, sigma_down, denoised) -> x
 
 
-def _ancestral(step: Step, model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback, eta: float):
+def _ancestral(step: Step, model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback, eta: float,
+               s_noise: float = 1.0):
     steps = len(sigmas) - 1
     for i in range(steps):
         sigma = sigmas[i]
@@ -73,7 +74,7 @@ def _ancestral(step: Step, model: Model, x, sigmas: Sequence[float], noise: Nois
         else:
             x = step(model, x, sigma, sigma_down, denoised)
         if sigma_up:
-            x = x + noise(sigma, sigmas[i + 1]) * sigma_up
+            x = x + noise(sigma, sigmas[i + 1]) * s_noise * sigma_up
         callback(x, denoised, (i + 1) / steps)
     return x
 
@@ -99,53 +100,79 @@ def _dpmpp_2s(model: Model, x, sigma: float, sigma_down: float, denoised):
 
 
 def sample_euler_ancestral(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
-                           eta: float = 1.0):
+                           eta: float = 1.0, s_noise: float = 1.0):
     """Euler a."""
-    return _ancestral(_euler, model, x, sigmas, noise, callback, eta)
+    return _ancestral(_euler, model, x, sigmas, noise, callback, eta, s_noise)
 
 
 def sample_dpm_2_ancestral(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
-                           eta: float = 1.0):
+                           eta: float = 1.0, s_noise: float = 1.0):
     """DPM2 a: second order, two model calls a step."""
-    return _ancestral(_dpm_2, model, x, sigmas, noise, callback, eta)
+    return _ancestral(_dpm_2, model, x, sigmas, noise, callback, eta, s_noise)
 
 
 def sample_dpmpp_2s_ancestral(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
-                              eta: float = 1.0):
+                              eta: float = 1.0, s_noise: float = 1.0):
     """DPM++ 2S a: single-step DPM-Solver++ of second order, two model calls a step."""
-    return _ancestral(_dpmpp_2s, model, x, sigmas, noise, callback, eta)
+    return _ancestral(_dpmpp_2s, model, x, sigmas, noise, callback, eta, s_noise)
 
 
-# -- deterministic samplers (Karras et al. 2022, Algorithm 2 without churn) ----------
-def sample_euler(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+# -- Euler, Heun, DPM2: Karras et al. (2022), Algorithm 2 ------------------------------
+# "Churn" raises sigma to sigma_hat = (1 + gamma) sigma with fresh noise before
+# a step, for the steps with s_tmin <= sigma <= s_tmax (the WebUI's "sigma
+# churn" settings; 0 = the deterministic samplers it runs by default).
+def _churn(x, sigmas: Sequence[float], i: int, noise: Noise, s_churn: float, s_tmin: float, s_tmax: float,
+           s_noise: float) -> tuple[Any, float]:
+    """(x raised to sigma_hat, sigma_hat) for step i (Algorithm 2, lines 4-6)."""
+    sigma = sigmas[i]
+    if not s_churn:
+        return x, sigma
+    gamma = min(s_churn / (len(sigmas) - 1), math.sqrt(2.0) - 1.0) if s_tmin <= sigma <= s_tmax else 0.0
+    eps = noise(sigma, sigmas[i + 1]) * s_noise  # drawn every step, as k-diffusion draws it
+    sigma_hat = sigma * (gamma + 1)
+    if gamma > 0:
+        x = x + eps * math.sqrt(sigma_hat**2 - sigma**2)
+    return x, sigma_hat
+
+
+def sample_euler(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
     """Euler: first order, one model call a step."""
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i])
-        x = x + _d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        denoised = model(x, sigma_hat)
+        x = x + _d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
         callback(x, denoised, (i + 1) / (len(sigmas) - 1))
     return x
 
 
-def sample_heun(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+def sample_heun(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
     """Heun: Euler, then the trapezoid of both slopes (two calls a step, one for the last)."""
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma)
-        d = _d(x, sigma, denoised)
-        x_2 = x + d * (sigma_next - sigma)
+        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        sigma_next = sigmas[i + 1]
+        denoised = model(x, sigma_hat)
+        d = _d(x, sigma_hat, denoised)
+        x_2 = x + d * (sigma_next - sigma_hat)
         if sigma_next:
-            x_2 = x + (d + _d(x_2, sigma_next, model(x_2, sigma_next))) / 2 * (sigma_next - sigma)
+            x_2 = x + (d + _d(x_2, sigma_next, model(x_2, sigma_next))) / 2 * (sigma_next - sigma_hat)
         x = x_2
         callback(x, denoised, (i + 1) / (len(sigmas) - 1))
     return x
 
 
-def sample_dpm_2(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none):
+def sample_dpm_2(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
     """DPM2: the midpoint (in log sigma) slope for the whole step; Euler to 0."""
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma)
-        x = _dpm_2(model, x, sigma, sigma_next, denoised) if sigma_next else _euler(model, x, sigma, 0.0, denoised)
+        x, sigma_hat = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        sigma_next = sigmas[i + 1]
+        denoised = model(x, sigma_hat)
+        if sigma_next:
+            x = _dpm_2(model, x, sigma_hat, sigma_next, denoised)
+        else:
+            x = _euler(model, x, sigma_hat, 0.0, denoised)
         callback(x, denoised, (i + 1) / (len(sigmas) - 1))
     return x
 
@@ -200,7 +227,7 @@ def sample_dpmpp_2m(model: Model, x, sigmas: Sequence[float], noise: Noise, call
 
 # -- stochastic samplers on a Brownian tree (their noise depends on the interval) ------
 def sample_dpmpp_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
-                     eta: float = 1.0, r: float = 1 / 2):
+                     eta: float = 1.0, r: float = 1 / 2, s_noise: float = 1.0):
     """DPM++ SDE: stochastic DPM-Solver++ with a midpoint estimate, two calls a step."""
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -213,19 +240,19 @@ def sample_dpmpp_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, cal
             down, up = ancestral_step(sigma, sigma_s, eta)
             x_2 = (down / sigma) * x - math.expm1(math.log(down) - math.log(sigma)) * denoised
             if up:
-                x_2 = x_2 + noise(sigma, sigma_s) * up
+                x_2 = x_2 + noise(sigma, sigma_s) * s_noise * up
             denoised_2 = model(x_2, sigma_s)
             down, up = ancestral_step(sigma, sigma_next, eta)
             mixed = (1 - 1 / (2 * r)) * denoised + 1 / (2 * r) * denoised_2
             x = (down / sigma) * x - math.expm1(math.log(down) - math.log(sigma)) * mixed
             if up:
-                x = x + noise(sigma, sigma_next) * up
+                x = x + noise(sigma, sigma_next) * s_noise * up
         callback(x, denoised, (i + 1) / (len(sigmas) - 1))
     return x
 
 
 def sample_dpmpp_2m_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
-                        eta: float = 1.0, solver_type: str = "midpoint"):
+                        eta: float = 1.0, solver_type: str = "midpoint", s_noise: float = 1.0):
     """DPM++ 2M SDE: the multistep solver of the SDE (eta 1) or ODE (eta 0); its
     second-order correction by the midpoint or Heun's rule."""
     old_denoised, h_last = None, 0.0
@@ -246,7 +273,7 @@ def sample_dpmpp_2m_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, 
                 else:
                     x = x + 0.5 * phi * (1 / r) * (denoised - old_denoised)
             if eta:
-                x = x + noise(sigma, sigma_next) * sigma_next * math.sqrt(-math.expm1(-2 * eta_h))
+                x = x + noise(sigma, sigma_next) * sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
             h_last = h
         old_denoised = denoised
         callback(x, denoised, (i + 1) / (len(sigmas) - 1))
@@ -254,7 +281,7 @@ def sample_dpmpp_2m_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, 
 
 
 def sample_dpmpp_3m_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
-                        eta: float = 1.0):
+                        eta: float = 1.0, s_noise: float = 1.0):
     """DPM++ 3M SDE: third-order multistep from the last two estimates."""
     denoised_1 = denoised_2 = None
     h_1 = h_2 = None
@@ -279,7 +306,7 @@ def sample_dpmpp_3m_sde(model: Model, x, sigmas: Sequence[float], noise: Noise, 
             elif h_1 is not None:
                 x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
             if eta:
-                x = x + noise(sigma, sigma_next) * sigma_next * math.sqrt(-math.expm1(-2 * h * eta))
+                x = x + noise(sigma, sigma_next) * sigma_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
         callback(x, denoised, (i + 1) / (len(sigmas) - 1))
@@ -470,7 +497,7 @@ class DPMSolver:
 
 
 def sample_dpm_fast(model: Model, x, sigma_min: float, sigma_max: float, n: int, noise: Noise,
-                    callback: Callback = _none, eta: float = 0.0):
+                    callback: Callback = _none, eta: float = 0.0, s_noise: float = 1.0):
     """DPM fast: DPM-Solver with n model calls, in steps of order 3 spaced
     evenly in log sigma, finishing with lower orders to spend exactly n."""
     solver = DPMSolver(model, callback, -math.log(sigma_max), -math.log(sigma_min))
@@ -483,7 +510,7 @@ def sample_dpm_fast(model: Model, x, sigma_min: float, sigma_max: float, n: int,
         target, sigma_up = solver.ancestral(ts[i], ts[i + 1], eta)
         x_next = steps[order](x, ts[i], target, cache)
         solver.report(x, cache, ts[i], ts[i + 1])
-        x = x_next + sigma_up * noise(solver.sigma(ts[i]), solver.sigma(ts[i + 1])) if sigma_up else x_next
+        x = x_next + sigma_up * s_noise * noise(solver.sigma(ts[i]), solver.sigma(ts[i + 1])) if sigma_up else x_next
     return x
 
 
@@ -545,13 +572,131 @@ def sample_dpm_adaptive(model: Model, x, sigma_min: float, sigma_max: float, noi
     return x
 
 
+# -- UniPC (Zhao et al. 2023), as the WebUI runs it --------------------------------------
+# The WebUI's UniPC (modules/models/diffusion/uni_pc) is the authors' multistep
+# predictor-corrector on the data prediction, in variance-preserving time. With
+# x = x_vp / alpha and lambda = -log sigma every one of its updates is the same
+# arithmetic on this module's x (alpha_t cancels), so it runs on the denoiser
+# like the others; engine/schedules.unipc_sigmas gives its time points.
+def _unipc_bh(model: Model, x, history: list[tuple[float, Any]], sigma: float, order: int,
+              variant: str, correct: bool) -> tuple[Any, Any]:
+    """One UniPC-B(h) update from the last point in `history` [(sigma, x0)...]
+    to `sigma` (eq. 8 / 10 of the paper, B(h) = h for bh1, e^h - 1 for bh2):
+    the predictor from the last `order` estimates, then, with `correct`, the
+    corrector using the model's estimate at the predicted point (returned, to
+    be the next step's history without another call)."""
+    import numpy as np
+
+    s0, m0 = history[-1]
+    h = math.log(s0) - math.log(sigma)
+    rks, d1s = [], []
+    for i in range(1, order):
+        si, mi = history[-(i + 1)]
+        rk = (math.log(s0) - math.log(si)) / h
+        rks.append(rk)
+        d1s.append((mi - m0) / rk)
+    rks.append(1.0)
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    h_phi_k, factorial = h_phi_1 / hh - 1, 1
+    rows, b = [], []
+    for i in range(1, order + 1):
+        rows.append([r ** (i - 1) for r in rks])
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    r_matrix, b_vector = np.array(rows), np.array(b)
+    x_base = (sigma / s0) * x - h_phi_1 * m0
+    predicted = x_base
+    if d1s:
+        rhos_p = [0.5] if order == 2 else np.linalg.solve(r_matrix[:-1, :-1], b_vector[:-1]).tolist()
+        predicted = x_base - b_h * sum(float(r) * d for r, d in zip(rhos_p, d1s, strict=True))
+    if not correct:
+        return predicted, None
+    rhos_c = [0.5] if order == 1 else np.linalg.solve(r_matrix, b_vector).tolist()
+    model_t = model(predicted, sigma)
+    residual = sum(float(r) * d for r, d in zip(rhos_c[:-1], d1s, strict=True)) if d1s else 0.0
+    return x_base - b_h * (residual + rhos_c[-1] * (model_t - m0)), model_t
+
+
+def _unipc_vary(model: Model, x, history: list[tuple[float, Any]], sigma: float, order: int,
+                variant: str, correct: bool) -> tuple[Any, Any]:
+    """One UniPC update with varying coefficients (the paper's UniPC-v): the
+    coefficients from the inverse of the Taylor matrix of the step ratios.
+    The corrector's last term uses the last row the loop saw, as the WebUI's does."""
+    import numpy as np
+
+    s0, m0 = history[-1]
+    h = math.log(s0) - math.log(sigma)
+    rks, d1s = [], []
+    for i in range(1, order):
+        si, mi = history[-(i + 1)]
+        rk = (math.log(s0) - math.log(si)) / h
+        rks.append(rk)
+        d1s.append((mi - m0) / rk)
+    rks.append(1.0)
+    k_count = len(rks)
+    columns, column = [], np.ones(k_count)
+    for k in range(1, k_count + 1):
+        columns.append(column)
+        column = column * np.array(rks) / (k + 1)
+    c_matrix = np.stack(columns, axis=1)
+    hh = -h
+    h_phi_ks, h_phi_k, factorial = [], math.expm1(hh), 1
+    for k in range(1, k_count + 2):
+        h_phi_ks.append(h_phi_k)
+        h_phi_k = h_phi_k / hh - 1 / factorial
+        factorial *= k + 1
+    x_base = (sigma / s0) * x - h_phi_ks[0] * m0
+
+    def combined(row) -> Any:
+        return sum(float(a) * d for a, d in zip(row, d1s, strict=True))
+
+    predicted = x_base
+    if d1s:
+        a_p = np.linalg.inv(c_matrix[:-1, :-1])
+        for k in range(k_count - 1):
+            predicted = predicted - h_phi_ks[k + 1] * combined(a_p[k])
+    if not correct:
+        return predicted, None
+    a_c = np.linalg.inv(c_matrix)
+    model_t = model(predicted, sigma)
+    x = x_base
+    k = 0
+    for k in range(k_count - 1):
+        x = x - h_phi_ks[k + 1] * combined(a_c[k][:-1])
+    return x - h_phi_ks[k_count] * float(a_c[k][-1]) * (model_t - m0), model_t
+
+
+def sample_unipc(model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback = _none,
+                 order: int = 3, variant: str = "bh1", lower_order_final: bool = True):
+    """UniPC multistep: one model call per point but the last; the first steps
+    (and with `lower_order_final` the last ones) of lower order. `sigmas` are
+    the time points, ending at the lowest one (no 0): the result is x there."""
+    steps = len(sigmas) - 1
+    order = max(1, min(order, steps))  # the WebUI refuses fewer steps than the order; this lowers it
+    update = _unipc_vary if variant == "vary_coeff" else _unipc_bh
+    history = [(sigmas[0], model(x, sigmas[0]))]
+    for step in range(1, steps + 1):
+        step_order = min(step, order)
+        if step >= order and lower_order_final:
+            step_order = min(order, steps + 1 - step)
+        last = step == steps
+        x, estimate = update(model, x, history, sigmas[step], step_order, variant, not last)
+        callback(x, estimate if estimate is not None else history[-1][1], step / steps)
+        if not last:
+            history = [*history[-(order - 1):], (sigmas[step], estimate)] if order > 1 else [(sigmas[step], estimate)]
+    return x
+
+
 # -- by name ---------------------------------------------------------------------------
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
         sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral, sample_euler, sample_heun,
         sample_dpm_2, sample_lms, sample_dpmpp_2m, sample_dpmpp_sde, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde,
-        sample_lcm, sample_restart, sample_ddim, sample_ddim_cfgpp, sample_plms,
+        sample_lcm, sample_restart, sample_ddim, sample_ddim_cfgpp, sample_plms, sample_unipc,
     )
 }
 
@@ -570,15 +715,18 @@ def sample(function: str, model: Model, x, sigmas: Sequence[float], noise: Noise
     """Run the named sampler over `sigmas`. The DPM-Solvers take their range from
     it (the first sigma down to the last non-zero one) and DPM fast spends
     len(sigmas) - 1 calls; a single step (an empty range) is one Euler step to 0.
-    `eta` goes to the samplers that take one; `options` (solver_type) as named."""
+    `eta` goes to the samplers that take one; `options` (solver_type, s_churn,
+    s_noise, UniPC's order...) as named, those a sampler does not take dropped."""
     noise = _legacy(noise)
     if function in ("sample_dpm_fast", "sample_dpm_adaptive") and len(sigmas) < 3:
         return sample_euler_ancestral(model, x, sigmas, noise, callback, eta=0.0)
     if function == "sample_dpm_fast":
-        return sample_dpm_fast(model, x, sigmas[-2], sigmas[0], len(sigmas) - 1, noise, callback, eta)
+        return sample_dpm_fast(model, x, sigmas[-2], sigmas[0], len(sigmas) - 1, noise, callback, eta,
+                               options.get("s_noise", 1.0))
     if function == "sample_dpm_adaptive":
         return sample_dpm_adaptive(model, x, sigmas[-2], sigmas[0], noise, callback, eta)
     f = FUNCTIONS[function]
-    if "eta" in inspect.signature(f).parameters:
+    takes = inspect.signature(f).parameters
+    if "eta" in takes:
         options["eta"] = eta
-    return f(model, x, sigmas, noise, callback, **options)
+    return f(model, x, sigmas, noise, callback, **{k: v for k, v in options.items() if k in takes})

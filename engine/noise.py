@@ -130,9 +130,3 @@ class ImageNoise:
         import torch
 
         return torch.stack([g.randn(self.shape) for g in self.generators])
-
-
-def initial_noise(seeds: list[int], subseeds: list[int], strength: float, shape: tuple[int, ...],
-                  source: str = "cpu", resize_from: tuple[int, int] = (0, 0)):
-    """N x C x h x w float32 start noise (on the CPU unless the source draws elsewhere)."""
-    return ImageNoise(tuple(shape), seeds, subseeds, strength, resize_from, source).first()  # type: ignore[arg-type]

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from protocol.sampler_options import SamplerOptions
+
 
 @dataclass
 class HiresParams:
@@ -115,6 +117,7 @@ class JobParams:
     controls: list[ControlParams] = field(default_factory=list)
     regions: list[RegionParams] = field(default_factory=list)  # engine/regions.py; the base prompt covers the rest
     restore: RestoreParams | None = None  # img2img and upscale
+    sampler_options: SamplerOptions | None = None  # the WebUI's Settings > Sampler parameters; None = its defaults
 
 
 @dataclass

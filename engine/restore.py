@@ -126,23 +126,19 @@ def sample_edm(model: Model, x, sigmas: Sequence[float], noise: Noise, callback:
 
 def sampler_function(spec: Any) -> str:
     """The function restore-guided jobs sample with: "Euler" is the authors' EDM
-    sampler (Euler with churn); other samplers need a function of their own in
-    engine/ksampling.py (restore guidance is a Denoiser hook, not a scheduler's)."""
-    if spec.name == "Euler":
-        return EDM
-    if spec.function:
-        return spec.function
-    raise EngineError("invalid_request", f"restore guidance runs with Euler (SUPIR's EDM sampler) or a sampler "
-                      f"written in engine/ksampling.py; {spec.name} has none yet", field="sampler")
+    sampler (Euler with churn); every other sampler its own (restore guidance
+    is a Denoiser hook)."""
+    return EDM if spec.name == "Euler" else spec.function
 
 
 def sample(function: str, model: Model, x, sigmas: Sequence[float], noise: Noise, callback: Callback, eta: float,
-           s_churn: float = 0.0, s_noise: float = 1.0, **options: Any):
-    """engine/ksampling.sample, plus the EDM sampler."""
+           edm_churn: float = 0.0, edm_noise: float = 1.0, **options: Any):
+    """engine/ksampling.sample (with `options`: the sampler's own settings), plus
+    the EDM sampler with restore guidance's churn and its noise scale."""
     from engine import ksampling
 
     if function == EDM:
-        return sample_edm(model, x, sigmas, noise, callback, s_churn, s_noise)
+        return sample_edm(model, x, sigmas, noise, callback, edm_churn, edm_noise)
     return ksampling.sample(function, model, x, sigmas, noise, callback, eta, **options)
 
 

@@ -79,6 +79,40 @@ class Discrete:
     def sigma_at(self, t: int) -> float:
         return float(math.exp(self.log_sigmas[t]))
 
+    # The variance-preserving view the WebUI's UniPC takes (its NoiseScheduleVP
+    # "discrete"): log alpha = -log(1 + sigma^2) / 2 interpolated linearly in the
+    # timestep, where k-diffusion interpolates log sigma. Both agree on the
+    # integer timesteps; between them UniPC's own interpolation decides.
+    def vp_log_alphas(self) -> np.ndarray:
+        return -0.5 * np.log1p(np.exp(2 * self.log_sigmas))
+
+    def vp_t_to_sigma(self, t: float) -> float:
+        log_alpha = float(np.interp(t, np.arange(len(self.log_sigmas)), self.vp_log_alphas()))
+        return math.sqrt(math.expm1(-2 * log_alpha))
+
+    def vp_sigma_to_t(self, sigma: float) -> float:
+        log_alpha = -0.5 * math.log1p(sigma * sigma)
+        table = self.vp_log_alphas()[::-1]  # ascending for np.interp
+        return float(len(table) - 1 - np.interp(log_alpha, table, np.arange(len(table))))
+
+
+class Bounded(Discrete):
+    """A model's table with the WebUI's "Schedule min/max sigma" overrides: the
+    schedules that span sigma_min..sigma_max use these; those that read the
+    table itself (Uniform, Simple, DDIM) are unchanged, as in the WebUI."""
+
+    def __init__(self, d: Discrete, sigma_min: float = 0.0, sigma_max: float = 0.0):
+        super().__init__(d.log_sigmas)
+        self.low, self.high = sigma_min or d.sigma_min, sigma_max or d.sigma_max
+
+    @property
+    def sigma_min(self) -> float:
+        return self.low
+
+    @property
+    def sigma_max(self) -> float:
+        return self.high
+
 
 def _with_zero(values) -> list[float]:
     return [*(float(v) for v in values), 0.0]
@@ -166,13 +200,27 @@ SPACINGS: dict[str, Callable[[int, Discrete], list[float]]] = {
 }
 
 
-def sigmas(schedule: str, n: int, d: Discrete, sdxl: bool = False, discard_penultimate: bool = False) -> list[float]:
+# The default rho of the schedules that take one (the WebUI's Scheduler.default_rho).
+DEFAULT_RHO = {"Karras": 7.0, "Polyexponential": 1.0}
+
+
+def sigmas(schedule: str, n: int, d: Discrete, sdxl: bool = False, discard_penultimate: bool = False,
+           sigma_min: float = 0.0, sigma_max: float = 0.0, rho: float = 0.0,
+           beta_dist: tuple[float, float] = (BETA_ALPHA, BETA_BETA)) -> list[float]:
     """The sigmas for `n` steps. With `discard_penultimate` (the WebUI's DPM2 and
-    DPM++ 3M SDE), one more step is scheduled and the next-to-last sigma dropped."""
+    DPM++ 3M SDE), one more step is scheduled and the next-to-last sigma dropped.
+    `sigma_min`, `sigma_max` and `rho` (0 = the model's / the schedule's own) and
+    the Beta schedule's `beta_dist` are the WebUI's Sampler parameters settings."""
     label = canonical(schedule)
     count = n + 1 if discard_penultimate else n
+    if sigma_min or sigma_max:
+        d = Bounded(d, sigma_min, sigma_max)
     if label == "Align Your Steps":
         out = align_your_steps(count, d, sdxl)
+    elif label in DEFAULT_RHO and rho:
+        out = SPACINGS[label](count, d, rho)  # type: ignore[call-arg]
+    elif label == "Beta":
+        out = beta(count, d, *beta_dist)
     else:
         out = SPACINGS.get(label, uniform)(count, d)
     if discard_penultimate:
@@ -196,6 +244,34 @@ def timestep_sigmas(steps: int, d: Discrete, t_enc: int | None = None) -> tuple[
     else:
         chosen, start = ts[: max(t_enc, 1)], d.sigma_at(ts[min(t_enc, len(ts) - 1)])
     return [d.sigma_at(t) for t in chosen][::-1], start
+
+
+def unipc_sigmas(steps: int, d: Discrete, t_enc: int | None = None, skip_type: str = "time_uniform",
+                 train_steps: int = 1000) -> tuple[list[float], float]:
+    """The WebUI's UniPC time points as sigmas (descending, ending at the lowest
+    timestep's sigma, no 0), and the sigma of the start noise.
+
+    UniPC solves from t_T down to t_0 = 1/1000 in continuous time t (model
+    timestep 1000 t - 1): txt2img from t_T = 1 in as many steps as the WebUI's
+    DDIM would take timesteps (engine/schedules.webui_timesteps); img2img, as
+    the WebUI calls it, from the timestep below the one the image is noised to,
+    in t_enc steps. The points are evenly spaced in t ("time_uniform"), in
+    sqrt(t) ("time_quadratic") or in log sigma ("logSNR")."""
+    ts = webui_timesteps(steps, len(d.log_sigmas))
+    if t_enc is None:  # the WebUI runs len(timesteps) steps: 31 for 30 (1000 // 30 = 33)
+        t_top, start_t, n = 1.0, ts[-1], len(ts)
+    else:
+        n = max(t_enc, 1)
+        t_top, start_t = (ts[n - 1] + 1) / train_steps, ts[min(n, len(ts) - 1)]
+    t_low = 1.0 / train_steps
+    if skip_type == "logSNR":
+        top, low = d.vp_t_to_sigma(t_top * train_steps - 1), d.vp_t_to_sigma(t_low * train_steps - 1)
+        out = np.exp(np.linspace(math.log(top), math.log(low), n + 1)).tolist()
+    else:
+        times = (np.linspace(t_top**0.5, t_low**0.5, n + 1) ** 2 if skip_type == "time_quadratic"
+                 else np.linspace(t_top, t_low, n + 1))
+        out = [d.vp_t_to_sigma(t * train_steps - 1) for t in times]
+    return [float(s) for s in out], d.sigma_at(start_t)
 
 
 def alphas(sigmas: Sequence[float]) -> list[float]:

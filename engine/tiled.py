@@ -17,7 +17,6 @@ of tiles into the uint8 result (see `decode`).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,15 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from engine import restore
-from engine.conditioning import Conditioning, encode_prompts
+from engine import prompt_schedule, restore
+from engine.conditioning import encode_prompts
 from engine.denoiser import Denoiser, Guidance, guided_unet
 from engine.errors import JobCancelled
 from engine.models import LoadedModel, free_memory, is_out_of_memory
 from engine.params import CancelFlag
 from engine.prompts import extract_loras
 from engine.regions import RegionControl
-from engine.samplers import make_scheduler, resolve
+from engine.samplers import resolve
 
 MIN_VAE_TILE = 128
 Report = Callable[[int, int, int, int], None]  # step, steps, tile, tiles
@@ -212,15 +211,21 @@ def tiled_img2img(
     control: Any = None,
     regions: RegionControl | None = None,
     restoring=None,
+    options: Any = None,
 ) -> np.ndarray:
     """img2img of an image of any size (multiple of 8) by MultiDiffusion.
     `control` (engine.control.Control, at the image's size): each tile gets
     its own crop of every control image; with `regions` (masks at the image's
     size) each tile blends its crop of them; `restoring`
     (engine.params.RestoreParams) adds restore guidance toward the upscaled
-    input (engine/restore.py) on the whole blended prediction."""
+    input (engine/restore.py) on the whole blended prediction. The prompt may
+    be scheduled ([from:to:when], [a|b], AND: engine/prompt_schedule.py), its
+    steps counted as the WebUI counts them; `options` are the WebUI's sampler
+    parameters (protocol/sampler_options.py)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
+
+    from engine.kpipeline import brownian_noise, plan_sigmas, sampler_settings
 
     pipe = model.pipeline("img2img")
     unet, vae = pipe.unet, pipe.vae
@@ -228,7 +233,12 @@ def tiled_img2img(
     generator = torch.Generator("cpu").manual_seed(seed)
     latents = encode(vae, image, vae_tile, generator, device, dtype)
     text, _ = extract_loras(prompt)
-    conditioning = encode_prompts(model, text, negative if cfg_scale > 1 else None, clip_skip)  # CFG 1: no uncond
+    scheduled = None
+    if not prompt_schedule.is_plain(text, negative):  # conditioning per step, each text encoded once
+        scheduled = prompt_schedule.build(model, text, negative, steps, clip_skip)
+        conditioning = scheduled.first()
+    else:
+        conditioning = encode_prompts(model, text, negative if cfg_scale > 1 else None, clip_skip)  # CFG 1: no uncond
 
     _, _, lh, lw = latents.shape
     grid = views(lh, lw, tile, overlap)
@@ -240,16 +250,19 @@ def tiled_img2img(
     region_weights = regions.weights(lh, lw, device) if regions is not None else None
     cfg = SimpleNamespace(cfg_scale=cfg_scale)  # a CFG schedule (engine/restore.py) changes it per step
     done = [0]  # steps finished, for the progress report
-    run = min(max(1, int(steps * strength)), steps)  # steps this partial denoise runs
+    run = [1]  # steps this partial denoise runs: the WebUI's t_enc + 1 (set from the sigmas below)
+    whole = Guidance(conditioning.cond, conditioning.uncond, cfg_scale, conditioning.pooled, conditioning.uncond_pooled)
 
     def blended(model_input, t):
         """The guided prediction of every tile, blended into one for the whole latent."""
+        if scheduled is not None:  # this model call's conditioning, as KPipeline's predict takes it
+            scheduled.apply(whole)
         prediction = torch.zeros(model_input.shape, device=device, dtype=torch.float32)
         for b, batch in enumerate(batches):
             if cancel is not None and cancel.is_set():
                 raise JobCancelled()
             tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
-            guidance = _tile_guidance(conditioning, batch, cfg.cfg_scale, (lh, lw), model.family)
+            guidance = _tile_guidance(whole, batch, cfg.cfg_scale, (lh, lw), model.family)
             crops = [(v.y, v.x, v.size_h, v.size_w) for v in batch]
             if region_weights is not None:  # each tile's crop of the region weights (engine/regions.py)
                 weights = torch.cat([region_weights[:, :, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch], 1)
@@ -259,70 +272,60 @@ def tiled_img2img(
             for j, v in enumerate(batch):
                 prediction[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] += out[j : j + 1].float() * weight
             if report is not None:
-                report(min(done[0] + 1, run), run, min((b + 1) * tile_batch, len(grid)), len(grid))
+                report(min(done[0] + 1, run[0]), run[0], min((b + 1) * tile_batch, len(grid)), len(grid))
         return prediction / coverage
 
     def noise():
         return randn_tensor(latents.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
 
     spec, schedule = resolve(sampler, schedule_type)
-    with torch.inference_mode():
-        if spec.uses_function(eta) or control or restoring is not None:  # the blend is the denoiser's prediction
-            from engine.kpipeline import brownian_noise, plan_sigmas
+    with torch.inference_mode():  # the blend is the denoiser's prediction
+        function = restore.sampler_function(spec) if restoring is not None else spec.function
+        denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype, lcm=spec.lcm, vp_time=spec.unipc)
+        sigmas, start = plan_sigmas(spec, schedule, denoiser, steps, strength, model.family == "sdxl", options=options)
+        run[0] = max(1, len(sigmas) - 1)
+        if control:
+            control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
+        r = restoring
+        if r is not None:
+            gamma = restore.churn_gamma(len(sigmas) - 1, r.s_churn) if function == restore.EDM else 0.0
+            restore.install(denoiser, cfg, latents, r.guidance, r.cfg_start, sigmas, gamma)
 
-            function = restore.sampler_function(spec) if restoring is not None else spec.function
-            denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype, lcm=spec.lcm)
-            sigmas, start = plan_sigmas(spec, schedule, denoiser, steps, strength, model.family == "sdxl")
-            run = max(1, len(sigmas) - 1)
-            if control:
-                control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
-            r = restoring
-            if r is not None:
-                gamma = restore.churn_gamma(len(sigmas) - 1, r.s_churn) if function == restore.EDM else 0.0
-                restore.install(denoiser, cfg, latents, r.guidance, r.cfg_start, sigmas, gamma)
+        def step_done(x, denoised, fraction: float) -> None:
+            done[0] = round(fraction * run[0])
 
-            def step_done(x, denoised, fraction: float) -> None:
-                done[0] = round(fraction * run)
-
-            x = latents.float() + noise() * start
-            if spec.timesteps:  # noised to one timestep, sampled from the next one down (the WebUI's way)
-                x = x * math.sqrt((1 + sigmas[0] ** 2) / (1 + start**2))
-            if spec.brownian:
-                positive = [s for s in sigmas if s > 0]
-                step_noise = brownian_noise(x, min(positive), max(positive), [seed])
-            else:
-                step_noise = lambda sigma, sigma_next: noise()  # noqa: E731
-            x = restore.sample(function, denoiser, x, sigmas, step_noise, step_done, spec.eta_for(eta),
-                               r.s_churn if r else 0.0, r.s_noise if r else 1.0, **spec.sampler_options())
-            if spec.timesteps:
-                x = x / math.sqrt(1 + sigmas[-1] ** 2)
-            latents = x.to(dtype)
+        x = latents.float() + noise() * start
+        if spec.timesteps:  # noised to one timestep, sampled from the next one down (the WebUI's way)
+            x = x * math.sqrt((1 + sigmas[0] ** 2) / (1 + start**2))
+        if spec.brownian:
+            positive = [s for s in sigmas if s > 0]
+            step_noise = brownian_noise(x, min(positive), max(positive), [seed])
         else:
-            scheduler = make_scheduler(sampler, pipe.scheduler.config, seed)
-            scheduler.set_timesteps(steps, device=device)
-            timesteps = scheduler.timesteps[(steps - run) * scheduler.order :]
-            if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index((steps - run) * scheduler.order)
-            latents = scheduler.add_noise(latents, noise().to(dtype), timesteps[:1])
-            takes_eta = "eta" in inspect.signature(scheduler.step).parameters  # DDIM
-            extra = {"eta": eta} if takes_eta and eta is not None else {}
-            for i, t in enumerate(timesteps):
-                done[0] = i
-                prediction = blended(scheduler.scale_model_input(latents, t), t)
-                latents = scheduler.step(prediction.to(dtype), t, latents, generator=generator, **extra).prev_sample
+            step_noise = lambda sigma, sigma_next: noise()  # noqa: E731
+        settings = {**spec.sampler_options(), **(sampler_settings(spec, options) if options is not None else {})}
+        x = restore.sample(function, denoiser, x, sigmas, step_noise, step_done, spec.eta_for(eta),
+                           r.s_churn if r else 0.0, r.s_noise if r else 1.0, **settings)
+        if spec.timesteps:
+            x = x / math.sqrt(1 + sigmas[-1] ** 2)
+        latents = x.to(dtype)
     return decode(vae, latents, vae_tile)
 
 
-def _tile_guidance(c: Conditioning, batch: list[View], cfg_scale: float, latent_size: tuple[int, int],
+def _tile_guidance(c: Guidance, batch: list[View], cfg_scale: float, latent_size: tuple[int, int],
                    family: str) -> Guidance:
+    """The whole image's guidance (this call's, when the prompt is scheduled) for a batch of tiles."""
     import torch
 
     n = len(batch)
-    g = Guidance(c.cond.expand(n, -1, -1), c.uncond.expand(n, -1, -1), cfg_scale)
+    g = Guidance(c.cond[:1].expand(n, -1, -1), c.uncond[:1].expand(n, -1, -1), cfg_scale)
+    if c.parts is not None:  # AND: every part for every tile
+        g.parts = [(p[:1].expand(n, -1, -1), w) for p, w in c.parts]
+        if c.parts_pooled is not None:
+            g.parts_pooled = [p[:1].expand(n, -1) for p in c.parts_pooled]
     if family == "sdxl":
         lh, lw = latent_size
         # SDXL's size conditioning: the full image size, this tile's crop offset, the tile size.
         ids = [[lh * 8, lw * 8, v.y * 8, v.x * 8, v.size_h * 8, v.size_w * 8] for v in batch]
         g.time_ids = torch.tensor(ids, device=c.cond.device, dtype=c.cond.dtype)
-        g.pooled, g.uncond_pooled = c.pooled.expand(n, -1), c.uncond_pooled.expand(n, -1)
+        g.pooled, g.uncond_pooled = c.pooled[:1].expand(n, -1), c.uncond_pooled[:1].expand(n, -1)
     return g

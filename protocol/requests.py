@@ -12,6 +12,7 @@ from protocol.limits import MAX_GENERATE_SIDE, check_sides
 from protocol.plots import Plot, check
 from protocol.regions import Region, check_regions
 from protocol.resolution import RESOLUTIONS
+from protocol.sampler_options import SamplerOptions
 
 MAX_SEED = 2**32 - 1  # WebUI seeds are 32-bit; -1 means "pick one at random"
 INPAINT_MODES = ("original", "fill", "expand", "add", "remove")
@@ -154,6 +155,8 @@ class JobRequest:
     # Live painting: supersedes this client's previous live job, jumps ahead of ordinary
     # jobs, sends no previews and is not kept in the result store.
     live: bool = False
+    # The WebUI's Settings > Sampler parameters (protocol/sampler_options.py); null = its defaults.
+    sampler_options: SamplerOptions | None = None
 
     def validate(self) -> None:
         """Cross-field rules that the per-field ranges cannot express."""

@@ -76,7 +76,7 @@ def test_preprocess_command(server, tmp_path):
         (["--control", "nope=x.png"], "no such file"),
         (["--control", "no-equals-sign"], "MODEL=IMAGE"),
         (["--control", "missing-model=CONTROL"], "no controlnet named 'missing-model'"),
-        (["--control", f"{CONTROLNET}=CONTROL", "--sampler", "UniPC"], "samplers of engine/ksampling.py"),
+        (["--control", f"{CONTROLNET}=CONTROL", "--sampler", "Euler z"], "unknown sampler"),
         (["--control", f"{CONTROLNET}=CONTROL:1:0.9:0.1"], "after end"),
     ],
 )

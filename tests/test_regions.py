@@ -152,10 +152,12 @@ def test_regions_in_the_tiled_upscale_each_tile_takes_its_crop(engine):
     assert "Region 1 prompt" in out.infotext
 
 
-def test_regions_refuse_a_sampler_without_a_k_function_and_per_region_loras(engine):
-    with pytest.raises(EngineError) as err:
-        engine.check(JobParams(**{**BASE, "sampler": "UniPC"}, regions=[RegionParams(LEFT, OTHER)]))
-    assert err.value.code == "invalid_request" and err.value.field == "sampler"
+def test_regions_refuse_scheduled_prompts_and_per_region_loras(engine):
+    for prompt, region, field in (("[a:b:2]", OTHER, "prompt"), (BASE["prompt"], "a [dog|cat]", "regions[0].prompt"),
+                                  (BASE["prompt"], "a dog AND a cat", "regions[0].prompt")):
+        with pytest.raises(EngineError) as err:
+            engine.check(JobParams(**{**BASE, "prompt": prompt}, regions=[RegionParams(LEFT, region)]))
+        assert err.value.code == "invalid_request" and err.value.field == field and "regions" in err.value.message
     with pytest.raises(EngineError) as err:
         engine.check(JobParams(**BASE, regions=[RegionParams(LEFT, "a <lora:x:0.5> dog")]))
     assert err.value.field == "regions[0].prompt" and "base prompt" in str(err.value)
@@ -239,7 +241,7 @@ def test_cli_generate_with_regions_and_from_png(server, tmp_path):
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
     without = run_cli("generate", "--server", server.url, "--from-png", str(first), "--out", str(tmp_path / "w.png"))
     assert without.returncode == 0 and "cannot hold their masks" in without.stderr
-    bad = run_cli("generate", *args, "--region", f"{mask}=x", "--sampler", "UniPC", "--out", str(tmp_path / "b.png"))
+    bad = run_cli("generate", *args, "--region", f"{mask}=[x|y]", "--out", str(tmp_path / "b.png"))
     assert bad.returncode == 1 and "[invalid_request]" in bad.stderr
 
 

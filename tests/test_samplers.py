@@ -164,4 +164,4 @@ def test_inpainting_model_with_nine_channels(tmp_path, name):
     b = engine.run(JobParams(seed=2, **params)).images[0]
     assert engine.models.loaded.base.unet.config.in_channels == 9
     assert np.array_equal(a[mask == 0], image[mask == 0]) and not np.array_equal(a, b)
-    assert lookup(name).uses_function(None)  # every k-diffusion name runs through KPipeline
+    assert lookup(name).function  # every name runs through KPipeline

@@ -384,3 +384,159 @@ def test_ddim_cfgpp_equals_the_webuis():
     error = relative(ours_out, theirs_out)
     MEASURED["DDIM CFG++ | - | 20 | eta 0"] = error
     assert error < TOLERANCE
+
+
+# -- UniPC, as the WebUI runs it ----------------------------------------------------------
+def webui_unipc(steps: int, order: int = 3, variant: str = "bh1", skip_type: str = "time_uniform",
+                lower_order_final: bool = True, t_enc: int | None = None) -> tuple[torch.Tensor, int]:
+    """The WebUI's UniPC (modules/models/diffusion/uni_pc, called by
+    sd_samplers_timesteps_impl.unipc): the variance-preserving x_t in continuous
+    time t, log alpha interpolated linearly between the training timesteps at
+    t = (n + 1) / 1000, the data prediction from the exact eps, the multistep
+    predictor-corrector with its B(h) or varying coefficients. Written from the
+    paper (Zhao et al. 2023, Algorithms 1-2) and the WebUI's call."""
+    alphas = 1 / (1 + training_sigmas().double() ** 2)
+    log_alpha_table = 0.5 * alphas.log()
+    grid = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    calls = [0]
+
+    def log_alpha(t: float) -> float:
+        return float(np.interp(t, grid.numpy(), log_alpha_table.numpy()))
+
+    def alpha_sigma_lambda(t: float) -> tuple[float, float, float]:
+        la = log_alpha(t)
+        sigma = math.sqrt(1 - math.exp(2 * la))
+        return math.exp(la), sigma, la - math.log(sigma)
+
+    def data(x, t):  # x0 from the model's eps at x_t
+        calls[0] += 1
+        a, s, _ = alpha_sigma_lambda(t)
+        k_sigma = s / a
+        eps = (x / a - gaussian(x / a, k_sigma)) / k_sigma
+        return (x - s * eps) / a
+
+    timesteps = torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
+    rng = GeneratorNoise(SEEDS)
+    if t_enc is None:
+        n, t_top = len(timesteps), 1.0
+        x = rng().double()
+    else:
+        n, t_top = t_enc, float(timesteps[t_enc - 1]) / 1000 + 1 / 1000
+        a_noise = alphas[timesteps[t_enc]]
+        x = a_noise.sqrt() * torch.full((len(SEEDS), *SHAPE), MU, dtype=torch.float64) + (1 - a_noise).sqrt() * rng().double()
+    t_low = 1 / 1000
+    if skip_type == "time_uniform":
+        ts = np.linspace(t_top, t_low, n + 1)
+    elif skip_type == "time_quadratic":
+        ts = np.linspace(t_top**0.5, t_low**0.5, n + 1) ** 2
+    else:  # logSNR: evenly in lambda, back to t through the inverse of the interpolation
+        lambdas = np.linspace(alpha_sigma_lambda(t_top)[2], alpha_sigma_lambda(t_low)[2], n + 1)
+        las = -0.5 * np.logaddexp(0, -2 * lambdas)
+        ts = np.interp(las, log_alpha_table.numpy()[::-1], grid.numpy()[::-1])
+
+    def update(x, prev_t, prev_m, t, k, correct):
+        a_t, s_t, l_t = alpha_sigma_lambda(t)
+        _, s_0, l_0 = alpha_sigma_lambda(prev_t[-1])
+        m0 = prev_m[-1]
+        h = l_t - l_0
+        rks = [(alpha_sigma_lambda(prev_t[-(i + 1)])[2] - l_0) / h for i in range(1, k)] + [1.0]
+        d1s = [(prev_m[-(i + 1)] - m0) / rks[i - 1] for i in range(1, k)]
+        hh = -h
+        if variant == "vary_coeff":
+            c = np.stack([np.array(rks) ** (j - 1) / math.factorial(j) for j in range(1, k + 1)], axis=1)
+            phis = [math.expm1(hh)]
+            for j in range(1, k + 1):
+                phis.append(phis[-1] / hh - 1 / math.factorial(j))
+            base = s_t / s_0 * x - a_t * phis[0] * m0
+            pred = base
+            if d1s:
+                a_p = np.linalg.inv(c[:-1, :-1])
+                for j in range(k - 1):
+                    pred = pred - a_t * phis[j + 1] * sum(a_p[j][i] * d1s[i] for i in range(k - 1))
+            if not correct:
+                return pred, None
+            a_c = np.linalg.inv(c)
+            m_t = data(pred, t)
+            out, last = base, 0
+            for j in range(k - 1):
+                out, last = out - a_t * phis[j + 1] * sum(a_c[j][i] * d1s[i] for i in range(k - 1)), j
+            return out - a_t * phis[k] * a_c[last][-1] * (m_t - m0), m_t
+        b_h = hh if variant == "bh1" else math.expm1(hh)
+        phi = math.expm1(hh) / hh - 1
+        r_rows, b = [], []
+        for i in range(1, k + 1):
+            r_rows.append([r ** (i - 1) for r in rks])
+            b.append(phi * math.factorial(i) / b_h)
+            phi = phi / hh - 1 / math.factorial(i + 1)
+        r_m, b_v = np.array(r_rows), np.array(b)
+        base = s_t / s_0 * x - a_t * math.expm1(hh) * m0
+        pred = base
+        if d1s:
+            rho_p = [0.5] if k == 2 else np.linalg.solve(r_m[:-1, :-1], b_v[:-1])
+            pred = base - a_t * b_h * sum(r * d for r, d in zip(rho_p, d1s, strict=True))
+        if not correct:
+            return pred, None
+        rho_c = [0.5] if k == 1 else np.linalg.solve(r_m, b_v)
+        m_t = data(pred, t)
+        res = sum(r * d for r, d in zip(rho_c[:-1], d1s, strict=True)) if d1s else 0
+        return base - a_t * b_h * (res + rho_c[-1] * (m_t - m0)), m_t
+
+    prev_t, prev_m = [ts[0]], [data(x, ts[0])]
+    for k in range(1, order):
+        x, m = update(x, prev_t, prev_m, ts[k], k, True)
+        prev_t, prev_m = [*prev_t, ts[k]], [*prev_m, m]
+    for step in range(order, n + 1):
+        k = min(order, n + 1 - step) if lower_order_final else order
+        x, m = update(x, prev_t, prev_m, ts[step], k, step != n)
+        prev_t, prev_m = [*prev_t[1:], ts[step]], [*prev_m[1:], m]
+    return x, calls[0]
+
+
+def ours_unipc(steps: int, t_enc: int | None = None, **settings) -> tuple[torch.Tensor, int]:
+    from protocol.sampler_options import SamplerOptions
+
+    spec = lookup("UniPC")
+    denoiser = ExactDenoiser()
+    denoiser.vp_time = True
+    options = SamplerOptions(**settings)
+    pipe = KPipeline(None, spec, schedule="Automatic", options=options)
+    rng = ImageNoise(SHAPE, SEEDS, source="cpu")
+    if t_enc is None:
+        return pipe.run(denoiser, steps, rng), denoiser.calls
+    x0 = torch.full((len(SEEDS), *SHAPE), MU)
+    strength = (t_enc + 0.5) / steps  # int(strength * steps) = t_enc
+    return pipe.run(denoiser, steps, rng, x0=x0, strength=strength), denoiser.calls
+
+
+@pytest.mark.parametrize("steps", [10, 20, 30])
+def test_unipc_equals_the_webuis(steps):
+    a, calls_a = ours_unipc(steps)
+    b, calls_b = webui_unipc(steps)
+    error = relative(a, b)
+    MEASURED[f"UniPC | - | {steps} | bh1"] = error
+    # One call per time point but the last: as many as the WebUI's timesteps (31 for 30 steps).
+    assert error < TOLERANCE and calls_a == calls_b == len(schedules.webui_timesteps(steps))
+
+
+@pytest.mark.parametrize("settings", [
+    {"uni_pc_variant": "bh2"}, {"uni_pc_variant": "vary_coeff"}, {"uni_pc_order": 2},
+    {"uni_pc_skip_type": "time_quadratic"}, {"uni_pc_skip_type": "logSNR"}, {"uni_pc_lower_order_final": False},
+    {"uni_pc_order": 1, "uni_pc_variant": "bh2"},
+])
+def test_unipc_options_equal_the_webuis(settings):
+    a, calls_a = ours_unipc(20, **settings)
+    names = {"uni_pc_variant": "variant", "uni_pc_order": "order", "uni_pc_skip_type": "skip_type",
+             "uni_pc_lower_order_final": "lower_order_final"}
+    b, calls_b = webui_unipc(20, **{names[k]: v for k, v in settings.items()})
+    error = relative(a, b)
+    MEASURED[f"UniPC | {settings} | 20"] = error
+    assert error < TOLERANCE and calls_a == calls_b
+
+
+@pytest.mark.parametrize("t_enc", [6, 12])
+def test_unipc_img2img_runs_t_enc_steps_from_the_timestep_below(t_enc):
+    a, calls_a = ours_unipc(20, t_enc=t_enc)
+    b, calls_b = webui_unipc(20, t_enc=t_enc)
+    error = relative(a, b)
+    MEASURED[f"UniPC img2img | t_enc {t_enc} | 20"] = error
+    assert error < TOLERANCE and calls_a == calls_b == t_enc
