@@ -10,7 +10,8 @@ from collections.abc import Callable
 from bridge_server.convert import plot_result, to_params, to_result
 from bridge_server.queue.records import CANCELLED, FAILED, FINISHED
 from engine.errors import EngineError, JobCancelled
-from protocol import Cancelled, Error, ErrorCode, Message, Result, encode, plots
+from protocol import Cancelled, Error, ErrorCode, Message, Result, oob, plots
+from protocol.codec import encode_parts
 from protocol.requests import JobRequest
 
 log = logging.getLogger("paintbridge")
@@ -59,7 +60,9 @@ def execute(engine, job_id: str, request: JobRequest, report: ReportFn, flags: S
     except Exception as exc:
         log.exception("job %s failed", job_id)
         outcome, state = Error(ErrorCode.INTERNAL.value, f"internal error: {exc}", job_id), FAILED
-    return state, encode(outcome)
+    # The stored form: a result's pixels beside its head (protocol/oob.py), joined once; each session
+    # sends it as its client's protocol wants. A message without pixels is a plain protocol-2 frame.
+    return state, oob.pack(encode_parts(outcome))
 
 
 def _run_plot(engine, job_id: str, request: JobRequest, report: ReportFn, flags: StopFlags) -> Result:
