@@ -93,7 +93,9 @@ def bench_transfer(server, reps: int) -> dict:
     """A 4096x4096 RGBA layer as a job input and back as its result, over
     loopback, against the four msgpack operations such a round trip really does
     (client packs the submit, server unpacks it, server packs the result,
-    client unpacks it) with plain msgpack on the same bytes."""
+    client unpacks it) with plain msgpack on the same bytes. Protocol 3 (pixels
+    out of band) is the figure; a protocol-2 client (pixels inside msgpack) runs
+    in the same rounds, interleaved, to show what the old path costs."""
     import msgpack
 
     from protocol import JobRequest, RawImage
@@ -102,8 +104,10 @@ def bench_transfer(server, reps: int) -> dict:
     side = 4096
     image = RawImage(side, side, 4, np.random.default_rng(0).integers(0, 256, side * side * 4, np.uint8).tobytes())
     request = JobRequest(kind="img2img", image=image, strength=0.0, steps=1, preview=False)  # strength 0: echo
-    client = Client(server.url)
+    client, old = Client(server.url), Client(server.url, protocol=2)
     client.connect()
+    old.connect()
+    assert client.welcome.protocol == 3 and old.welcome.protocol == 2
 
     def four_ops() -> None:
         submit = msgpack.packb({"type": "submit", "ref": "r", "request": {
@@ -113,15 +117,27 @@ def bench_transfer(server, reps: int) -> dict:
             {"width": side, "height": side, "channels": 4, "data": received}]})
         assert len(msgpack.unpackb(result)["images"][0]["data"]) == len(image.data)
 
-    def over_loopback() -> None:
-        result = client.run(request)
-        assert result.images[0].data == image.data
+    def over_loopback(through: Client):
+        def run() -> None:
+            result = through.run(request)
+            assert result.images[0].data == image.data
 
-    remote, local = samples(over_loopback, four_ops, reps)
+        return run
+
+    timed: dict[str, list[float]] = {"p3": [], "p2": [], "ops": []}
+    for _ in range(reps):  # interleaved: protocol 3, the baseline, protocol 2, ...
+        for key, fn in (("p3", over_loopback(client)), ("ops", four_ops), ("p2", over_loopback(old))):
+            started = time.perf_counter()
+            fn()
+            timed[key].append(time.perf_counter() - started)
     client.close()
+    old.close()
     megabytes = 2 * len(image.data) / 1e6
-    return {**ratio("transfer_ratio", remote, local), "transfer_mb_s": megabytes / statistics.median(remote),
-            "msgpack_mb_s": megabytes / statistics.median(local)}
+    return {**ratio("transfer_ratio", timed["p3"], timed["ops"]),
+            **ratio("transfer_protocol2_ratio", timed["p2"], timed["ops"]),
+            "transfer_mb_s": megabytes / statistics.median(timed["p3"]),
+            "transfer_protocol2_mb_s": megabytes / statistics.median(timed["p2"]),
+            "msgpack_mb_s": megabytes / statistics.median(timed["ops"])}
 
 
 def bench_preview(server, reps: int) -> dict:

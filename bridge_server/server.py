@@ -91,7 +91,7 @@ class Session:
             return
         if droppable and len(self._outbox) >= self.max_pending:
             return
-        frame = message if isinstance(message, bytes) else encode(message)
+        frame = message if isinstance(message, (bytes, oob.Parts)) else encode(message)
         own = 0 if shared else len(frame)
         if len(self._outbox) >= self.max_frames or self._own_bytes + own > self.max_bytes:
             self._overflow()
@@ -129,15 +129,15 @@ class Session:
             if self.overflowed:
                 await _close_or_abort(self.ws, 1008, "too far behind: read your messages")
 
-    async def _write(self, frame: bytes) -> None:
+    async def _write(self, frame: bytes | oob.Parts) -> None:
         """One queued frame onto the socket. A stored envelope (protocol/oob.py: a
         result with its pixels beside the head) goes to a protocol-3 client as its
         head and payload messages, as views (no copy), to a protocol-2 client as
         one msgpack frame. Big messages leave in oob.FRAGMENT-sized fragments: the
         websocket library's per-frame copies then stay cache-sized."""
-        if oob.is_envelope(frame):
+        if isinstance(frame, oob.Parts) or oob.is_envelope(frame):
             if self.protocol >= 3:
-                head, *payloads = oob.unpack(frame)
+                head, *payloads = oob.split_frame(frame)
                 await self.ws.send(head)
                 for payload in payloads:
                     await self.ws.send(oob.fragments(payload))

@@ -146,13 +146,30 @@ def fragments(payload: Buffer, size: int = FRAGMENT) -> list[memoryview]:
     return [view[i : i + size] for i in range(0, len(view), size)] or [view]
 
 
-# -- the one-buffer form (queue storage, Redis, the server's outbox) ---------------------
+class Parts(tuple):
+    """An encoded message as [head, *payloads], not joined: what the server's
+    engine thread hands to the sessions (each sends it as its client's protocol
+    wants) and writes to the result file piece by piece."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(p) for p in self) + (8 if len(self) > 1 else 0)
+
+
+# -- the one-buffer form (queue storage, Redis) --------------------------------------------
+def pieces(parts: Sequence[Buffer]) -> list[Buffer]:
+    """The buffers that, one after another, make pack(parts) (for writelines: no join)."""
+    if len(parts) == 1:
+        return [parts[0]]
+    return [ENVELOPE + _LEN.pack(len(parts[0])), *parts]
+
+
 def pack(parts: Sequence[Buffer]) -> bytes:
     """[head, *payloads] -> ENVELOPE + head length + head + payloads (one join).
     A message without payloads stays its plain head: a protocol-2 frame."""
     if len(parts) == 1:
         return bytes(parts[0])
-    return b"".join([ENVELOPE, _LEN.pack(len(parts[0])), *parts])
+    return b"".join(pieces(parts))
 
 
 def is_envelope(frame: Any) -> bool:
@@ -179,10 +196,17 @@ def unpack(frame: Buffer) -> list[memoryview]:
     return parts
 
 
-def to_plain(frame: Buffer) -> bytes:
+def split_frame(frame: Buffer | Parts) -> Sequence[Buffer]:
+    """Parts, an envelope or a plain frame -> [head, *payloads] (views, no copy)."""
+    if isinstance(frame, Parts):
+        return frame
+    return unpack(frame) if is_envelope(frame) else [frame]
+
+
+def to_plain(frame: Buffer | Parts) -> bytes:
     """A stored frame as protocol 2 sends it: payloads back inside the msgpack map (one copy)."""
-    if not is_envelope(frame):
-        return bytes(frame)
-    head, *payloads = unpack(frame)
-    wire, _ = read_head(head, len(frame))
+    head, *payloads = split_frame(frame)
+    if not payloads:
+        return bytes(head)
+    wire, _ = read_head(head, 1 << 62)
     return msgpack.packb(attach(wire, payloads), use_bin_type=True)

@@ -32,6 +32,7 @@ from bridge_server.queue.runner import Interrupted, StopFlags, execute
 from bridge_server.queue.sqlite_store import Retention, SqliteStore
 from engine.errors import EngineError
 from protocol import Cancelled, Progress, encode
+from protocol.oob import Parts
 from protocol.requests import JobRequest
 
 log = logging.getLogger("paintbridge")
@@ -266,7 +267,7 @@ class EmbeddedQueue(JobQueue):
     async def _store_result(self, job_id_: str, state: str, frame: bytes) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(self.io, self.store.write_result, job_id_, frame)
-            self.store.mark_finished(job_id_, state, len(frame))
+            self.store.mark_finished(job_id_, state, frame.nbytes if isinstance(frame, Parts) else len(frame))
         except Exception:  # a full disk: the job runs again after a restart; clients that followed it have it
             log.exception("could not store the result of job %s", job_id_)
         finally:

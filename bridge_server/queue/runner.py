@@ -42,7 +42,7 @@ def engine_error(exc: EngineError, job_id: str) -> Error:
     return Error(code=code, message=exc.message, job_id=job_id, field=exc.field)
 
 
-def execute(engine, job_id: str, request: JobRequest, report: ReportFn, flags: StopFlags) -> tuple[str, bytes]:
+def execute(engine, job_id: str, request: JobRequest, report: ReportFn, flags: StopFlags) -> tuple[str, oob.Parts]:
     """Run the job; return (final state, encoded final message). Raises
     Interrupted when a shutdown stopped it (it is neither done nor failed)."""
     try:
@@ -60,9 +60,9 @@ def execute(engine, job_id: str, request: JobRequest, report: ReportFn, flags: S
     except Exception as exc:
         log.exception("job %s failed", job_id)
         outcome, state = Error(ErrorCode.INTERNAL.value, f"internal error: {exc}", job_id), FAILED
-    # The stored form: a result's pixels beside its head (protocol/oob.py), joined once; each session
-    # sends it as its client's protocol wants. A message without pixels is a plain protocol-2 frame.
-    return state, oob.pack(encode_parts(outcome))
+    # A result's pixels beside its head (protocol/oob.py), not joined: each session sends it as its
+    # client's protocol wants, the store writes it piece by piece (oob.pack joins it for Redis).
+    return state, oob.Parts(encode_parts(outcome))
 
 
 def _run_plot(engine, job_id: str, request: JobRequest, report: ReportFn, flags: StopFlags) -> Result:

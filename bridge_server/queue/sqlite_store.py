@@ -53,7 +53,7 @@ from bridge_server.queue.records import (
     join_request,
     split_request,
 )
-from protocol import Error, ErrorCode, encode
+from protocol import Error, ErrorCode, encode, oob
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -186,16 +186,16 @@ class SqliteStore:
     def requeue(self, job_id: str) -> None:
         self.db.execute("UPDATE jobs SET state=?, step=0, total=0 WHERE id=?", (QUEUED, job_id))
 
-    def finish(self, job_id: str, state: str, frame: bytes) -> None:
+    def finish(self, job_id: str, state: str, frame: bytes | oob.Parts) -> None:
         self.write_result(job_id, frame)
-        self.mark_finished(job_id, state, len(frame))
+        self.mark_finished(job_id, state, frame.nbytes if isinstance(frame, oob.Parts) else len(frame))
 
-    def write_result(self, job_id: str, frame: bytes) -> None:
+    def write_result(self, job_id: str, frame: bytes | oob.Parts) -> None:
         """The final frame, whole and fsynced, under its name (any thread: no database)."""
         path = self.results / f"{job_id}.msgpack"
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
-            f.write(frame)
+            f.writelines(oob.pieces(frame) if isinstance(frame, oob.Parts) else [frame])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
