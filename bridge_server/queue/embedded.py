@@ -38,6 +38,10 @@ from protocol.requests import JobRequest
 log = logging.getLogger("paintbridge")
 
 PROGRESS_WRITE_S = 0.5  # the stored progress point: at most twice a second
+# Queued requests' pixels kept in memory as well as on disk (they then run without reading their file back);
+# beyond this many bytes a request is read from its file when it starts: a flood of big queued jobs costs disk,
+# not memory.
+HELD_PIXELS = 256 * 1024 * 1024
 
 
 class EmbeddedQueue(JobQueue):
@@ -53,7 +57,8 @@ class EmbeddedQueue(JobQueue):
         self.live: dict[str, JobRecord] = {}  # live jobs (queued or running), memory only
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paintbridge-engine")
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paintbridge-store")  # one: writes in order
-        self.requests: dict[str, JobRequest] = {}  # queued here: run from memory, not read back from the disk
+        self.requests: dict[str, tuple[JobRequest, int]] = {}  # queued here (with their pixel bytes), up to HELD_PIXELS
+        self._held = 0  # pixel bytes in self.requests
         self.finishing: dict[str, tuple[str, str, bytes]] = {}  # delivered, not yet on disk: id -> (owner, state, frame)
         self._writes: set[asyncio.Future] = set()
         self._running: tuple[str, StopFlags] | None = None
@@ -149,7 +154,10 @@ class EmbeddedQueue(JobQueue):
                     gone.append(running.id)
         else:
             self.store.insert(record, head)
-            self.requests[record.id] = request
+            size = sum(len(p) for p in pixels)
+            if self._held + size <= HELD_PIXELS:
+                self.requests[record.id] = (request, size)
+                self._held += size
             if pixels:  # durable against a crash of the machine a moment later, not before the answer
                 self._in_background(asyncio.get_running_loop().run_in_executor(self.io, self.store.sync_pixels,
                                                                                record.id))
@@ -209,7 +217,8 @@ class EmbeddedQueue(JobQueue):
                 await self._wake.wait()
                 continue
             live = self.live.get(entry.id)
-            request = live.request if live is not None else self.requests.get(entry.id) or self.store.request(entry.id)
+            held = self.requests.get(entry.id)
+            request = live.request if live is not None else held[0] if held else self.store.request(entry.id)
             if request is None:
                 continue
             if live is not None:
@@ -257,7 +266,7 @@ class EmbeddedQueue(JobQueue):
     def _end(self, job_id_: str, state: str, frame: bytes) -> None:
         """The job's one final frame: delivered, then stored (unless live) in the background."""
         if self.live.pop(job_id_, None) is None:
-            self.requests.pop(job_id_, None)
+            self._held -= self.requests.pop(job_id_, (None, 0))[1]
             row = self.store.get(job_id_)
             self.finishing[job_id_] = (row[0] if row else "", state, frame)
             self._in_background(self._store_result(job_id_, state, frame))

@@ -109,7 +109,7 @@ def join_request(head: bytes, pixels: bytes | None) -> JobRequest:
         raise LostPixels(f"{sum(s.length for s in slots)} bytes of pixels expected, "
                          f"{'no file' if pixels is None else len(pixels)} found")
     payloads, offset = [], 0
-    for slot in slots:  # from_wire takes bytes: one copy, only for jobs restored after a restart
-        payloads.append(pixels[offset : offset + slot.length])  # type: ignore[index]
+    for slot in slots:  # from_wire takes bytes: a copy of each field, unless the file holds just one
+        payloads.append(pixels if len(slots) == 1 else pixels[offset : offset + slot.length])  # type: ignore[index]
         offset += slot.length
     return from_wire(JobRequest, oob.attach(wire, payloads))
