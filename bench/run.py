@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,12 @@ def ratio(name: str, numerator: list[float], denominator: list[float]) -> dict:
     figure whose spread straddles its goal proves nothing either way."""
     pairs = sorted(n / d for n, d in zip(numerator, denominator, strict=True))
     return {name: statistics.median(pairs), f"{name}_spread": [pairs[0], pairs[-1]], f"{name}_reps": len(pairs)}
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def demo_engine():
@@ -93,7 +100,9 @@ def bench_transfer(server, reps: int) -> dict:
     """A 4096x4096 RGBA layer as a job input and back as its result, over
     loopback, against the four msgpack operations such a round trip really does
     (client packs the submit, server unpacks it, server packs the result,
-    client unpacks it) with plain msgpack on the same bytes."""
+    client unpacks it) with plain msgpack on the same bytes. Protocol 3 (pixels
+    out of band) is the figure; a protocol-2 client (pixels inside msgpack) runs
+    in the same rounds, interleaved, to show what the old path costs."""
     import msgpack
 
     from protocol import JobRequest, RawImage
@@ -102,8 +111,10 @@ def bench_transfer(server, reps: int) -> dict:
     side = 4096
     image = RawImage(side, side, 4, np.random.default_rng(0).integers(0, 256, side * side * 4, np.uint8).tobytes())
     request = JobRequest(kind="img2img", image=image, strength=0.0, steps=1, preview=False)  # strength 0: echo
-    client = Client(server.url)
+    client, old = Client(server.url), Client(server.url, protocol=2)
     client.connect()
+    old.connect()
+    assert client.welcome.protocol == 3 and old.welcome.protocol == 2
 
     def four_ops() -> None:
         submit = msgpack.packb({"type": "submit", "ref": "r", "request": {
@@ -113,15 +124,27 @@ def bench_transfer(server, reps: int) -> dict:
             {"width": side, "height": side, "channels": 4, "data": received}]})
         assert len(msgpack.unpackb(result)["images"][0]["data"]) == len(image.data)
 
-    def over_loopback() -> None:
-        result = client.run(request)
-        assert result.images[0].data == image.data
+    def over_loopback(through: Client):
+        def run() -> None:
+            result = through.run(request)
+            assert result.images[0].data == image.data
 
-    remote, local = samples(over_loopback, four_ops, reps)
+        return run
+
+    timed: dict[str, list[float]] = {"p3": [], "p2": [], "ops": []}
+    for _ in range(reps):  # interleaved: protocol 3, the baseline, protocol 2, ...
+        for key, fn in (("p3", over_loopback(client)), ("ops", four_ops), ("p2", over_loopback(old))):
+            started = time.perf_counter()
+            fn()
+            timed[key].append(time.perf_counter() - started)
     client.close()
+    old.close()
     megabytes = 2 * len(image.data) / 1e6
-    return {**ratio("transfer_ratio", remote, local), "transfer_mb_s": megabytes / statistics.median(remote),
-            "msgpack_mb_s": megabytes / statistics.median(local)}
+    return {**ratio("transfer_ratio", timed["p3"], timed["ops"]),
+            **ratio("transfer_protocol2_ratio", timed["p2"], timed["ops"]),
+            "transfer_mb_s": megabytes / statistics.median(timed["p3"]),
+            "transfer_protocol2_mb_s": megabytes / statistics.median(timed["p2"]),
+            "msgpack_mb_s": megabytes / statistics.median(timed["ops"])}
 
 
 def bench_preview(server, reps: int) -> dict:
@@ -242,7 +265,7 @@ def main() -> None:
     results["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     results["torch"] = torch.__version__
     results["torch_threads"] = torch.get_num_threads()
-    started = time.perf_counter()
+    started, cpu_at_start = time.perf_counter(), _cpu_seconds()
     engine = demo_engine()
     engine.run(__import__("engine.params", fromlist=["JobParams"]).JobParams(width=64, height=64, steps=1))  # load
     server = InProcessServer(engine)
@@ -256,10 +279,14 @@ def main() -> None:
     ]
     for name, run in groups:
         if name not in args.skip:
-            group_started = time.perf_counter()
+            group_started, cpu_started = time.perf_counter(), _cpu_seconds()
             results.update(run())
             results[f"{name}_wall_s"] = time.perf_counter() - group_started
+            # CPU seconds (this process and its benchmark subprocesses): on a loaded machine the wall time
+            # says little; the CPU time, over the cores torch uses, bounds what the phase takes when idle.
+            results[f"{name}_cpu_s"] = _cpu_seconds() - cpu_started
     results["wall_s"] = time.perf_counter() - started
+    results["cpu_s"] = _cpu_seconds() - cpu_at_start
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'figure':<36} {'value':>9} {'spread':>17} {'goal':>8}")
     for key, value in results.items():
@@ -269,8 +296,14 @@ def main() -> None:
             spread = results.get(f"{key}_spread")
             low_high = f"{spread[0]:.3f}..{spread[1]:.3f}" if spread else ""
             print(f"{key:<36} {value:>9.3f} {low_high:>17} {('<= ' + str(goal)) if goal else '':>8}{mark}")
-    print(f"(device {results['device']}, torch {results['torch']}, {results['torch_threads']} threads, "
-          f"{results['wall_s']:.0f} s; written to bench/results.json)")
+    phases = [k[: -len("_wall_s")] for k in results if k.endswith("_wall_s")]
+    print("phase      wall s   CPU s  (idle estimate: CPU s / threads .. CPU s)")
+    for phase in phases:
+        print(f"{phase:<10} {results[phase + '_wall_s']:>6.0f} {results[phase + '_cpu_s']:>7.0f}")
+    threads = results["torch_threads"]
+    print(f"(device {results['device']}, torch {results['torch']}, {threads} threads, {results['wall_s']:.0f} s "
+          f"wall, {results['cpu_s']:.0f} s CPU: {results['cpu_s'] / threads:.0f}..{results['cpu_s']:.0f} s "
+          "on an idle machine; written to bench/results.json)")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,15 @@ def to_raw(array: np.ndarray) -> RawImage:
     return RawImage(w, h, channels, np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
+def raw_view(array: np.ndarray) -> RawImage:
+    """Like to_raw, without copying a contiguous uint8 array: its bytes are shared
+    (a result's images are encoded once and never written to again)."""
+    h, w = array.shape[:2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    contiguous = np.ascontiguousarray(array, dtype=np.uint8)
+    return RawImage(w, h, channels, memoryview(contiguous).cast("B"))
+
+
 def infotexts(output: JobOutput) -> list[str]:
     """Each image's own WebUI text: a batch's images differ only by their seed."""
     if not output.seeds or f"Seed: {output.seeds[0]}," not in output.infotext:
@@ -62,7 +71,7 @@ def infotexts(output: JobOutput) -> list[str]:
 def to_result(job_id: str, output: JobOutput) -> Result:
     return Result(
         job_id=job_id,
-        images=[to_raw(im) for im in output.images],
+        images=[raw_view(im) for im in output.images],
         seeds=list(output.seeds),
         parameters=dict(output.parameters),
         infotext=output.infotext,

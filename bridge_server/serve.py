@@ -79,6 +79,7 @@ def build_engine(args: argparse.Namespace):
     from engine import runtime
 
     manager = ModelManager(device=args.device, offload=args.offload, compile=args.compile)
+    manager.cpu_bf16 = getattr(args, "cpu_bf16", False)
     threads = runtime.configure(manager.device, getattr(args, "threads", 0))
     logging.getLogger("paintbridge").info("device %s, %d CPU threads", manager.device, threads)
     if registry.default_checkpoint() is None:

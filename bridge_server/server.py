@@ -31,7 +31,6 @@ from bridge_server.queue.records import JobView, fix_seeds, issued_by, well_form
 from engine.errors import EngineError
 from engine.samplers import SAMPLER_NAMES
 from protocol import (
-    PROTOCOL_VERSION,
     Accepted,
     Cancel,
     Capabilities,
@@ -50,9 +49,12 @@ from protocol import (
     Welcome,
     decode,
     encode,
+    oob,
 )
+from protocol.codec import decode_wire
 from protocol.errors import MAX_ERROR_FIELD, MAX_ERROR_MESSAGE, clip
 from protocol.requests import MAX_GENERATE_SIDE
+from protocol.version import PROTOCOL_VERSION, SUPPORTED_PROTOCOLS
 
 log = logging.getLogger("paintbridge")
 
@@ -74,6 +76,7 @@ class Session:
     ) -> None:
         self.ws = ws
         self.client_id = ""
+        self.protocol = PROTOCOL_VERSION  # the client's, from hello: 2 gets every message as one msgpack frame
         self.max_pending = max_pending
         self.max_frames = max_frames
         self.max_bytes = max_bytes
@@ -88,7 +91,7 @@ class Session:
             return
         if droppable and len(self._outbox) >= self.max_pending:
             return
-        frame = message if isinstance(message, bytes) else encode(message)
+        frame = message if isinstance(message, (bytes, oob.Parts)) else encode(message)
         own = 0 if shared else len(frame)
         if len(self._outbox) >= self.max_frames or self._own_bytes + own > self.max_bytes:
             self._overflow()
@@ -118,13 +121,29 @@ class Session:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._outbox and not self.closed:
-                    await self.ws.send(self.take())
+                    await self._write(self.take())
         except ConnectionClosed:
             pass
         finally:
             self.closed = True
             if self.overflowed:
                 await _close_or_abort(self.ws, 1008, "too far behind: read your messages")
+
+    async def _write(self, frame: bytes | oob.Parts) -> None:
+        """One queued frame onto the socket. A stored envelope (protocol/oob.py: a
+        result with its pixels beside the head) goes to a protocol-3 client as its
+        head and payload messages, as views (no copy), to a protocol-2 client as
+        one msgpack frame. Big messages leave in oob.FRAGMENT-sized fragments: the
+        websocket library's per-frame copies then stay cache-sized."""
+        if isinstance(frame, oob.Parts) or oob.is_envelope(frame):
+            if self.protocol >= 3:
+                head, *payloads = oob.split_frame(frame)
+                await self.ws.send(head)
+                for payload in payloads:
+                    await self.ws.send(oob.fragments(payload))
+                return
+            frame = oob.to_plain(frame)
+        await self.ws.send(frame if len(frame) <= oob.FRAGMENT else oob.fragments(frame))
 
     async def drain(self) -> None:
         """Wait until the outbox is written (or the connection is gone)."""
@@ -263,7 +282,8 @@ class PaintBridgeServer:
                 async for frame in ws:
                     if session.closed:
                         break
-                    await self._on_frame(session, frame)
+                    if not await self._on_frame(session, frame):
+                        break
         except ConnectionClosed:
             pass
         finally:
@@ -292,13 +312,13 @@ class PaintBridgeServer:
         if not isinstance(hello, Hello):
             await self._refuse(session, Error(ErrorCode.HELLO_REQUIRED.value, "the first message must be hello"))
             return False
-        if hello.protocol != PROTOCOL_VERSION:
+        if hello.protocol not in SUPPORTED_PROTOCOLS:
             await self._refuse(
                 session,
                 Error(
                     ErrorCode.VERSION_MISMATCH.value,
-                    f"this server speaks protocol {PROTOCOL_VERSION}, the client {hello.protocol}; "
-                    "update the older of the two",
+                    f"this server speaks protocols {', '.join(map(str, SUPPORTED_PROTOCOLS))}, the client "
+                    f"{hello.protocol}; update the older of the two",
                 ),
             )
             return False
@@ -307,12 +327,13 @@ class PaintBridgeServer:
             await self._refuse(session, Error(ErrorCode.UNAUTHORIZED.value, "wrong or missing token"))
             return False
         session.client_id = hello.client_id or secrets.token_hex(16)
+        session.protocol = hello.protocol
         # Past hello: frames up to the full limit. The parser reads this when the
         # next frame starts, so a client that waits for `welcome` gets it.
         _allow_frames(session.ws, self.config.max_message_bytes)
         session.send(
             Welcome(
-                protocol=PROTOCOL_VERSION,
+                protocol=session.protocol,  # the client's own: it speaks that one from here on
                 server=f"paintbridge/{__version__}",
                 client_id=session.client_id,
                 capabilities=self.capabilities(),
@@ -348,10 +369,28 @@ class PaintBridgeServer:
         return self.queue.catalog.model_infos()
 
     # -- messages ----------------------------------------------------------------
-    async def _on_frame(self, session: Session, frame: Any) -> None:
+    async def _receive(self, session: Session, frame: Any) -> Message:
+        """One message: a protocol-2 frame, or a protocol-3 head and the payload
+        messages it announces (read here, in order; their announced sizes are
+        checked against the message limit and compared with what arrives, never
+        used to allocate)."""
+        if session.protocol < 3:
+            return decode(frame)
+        if not isinstance(frame, (bytes, bytearray, memoryview)):
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "frames must be binary msgpack, not text")
+        wire, slots = oob.read_head(frame, self.config.max_message_bytes)
+        payloads = []
+        for slot in slots:
+            payload = await session.ws.recv()
+            oob.check_payload(slot, payload)
+            payloads.append(payload)
+        return decode_wire(oob.attach(wire, payloads))
+
+    async def _on_frame(self, session: Session, frame: Any) -> bool:
+        """Handle one message; False when the connection must end (out of step)."""
         message: Message | None = None
         try:
-            message = decode(frame)
+            message = await self._receive(session, frame)
             if isinstance(message, Submit):
                 await self._submit(session, message)
             elif isinstance(message, Cancel):
@@ -365,6 +404,15 @@ class PaintBridgeServer:
                 session.send(Error(ErrorCode.BAD_MESSAGE.value, "hello was already received"))
             else:
                 session.send(Error(ErrorCode.UNKNOWN_MESSAGE.value, f"a client does not send {message.type!r}"))
+        except oob.OutOfStep as exc:
+            # Payloads announced that will not be read as such: tell the client why, then end.
+            log.warning("closing client %s: %s", session.client_id, exc.message)
+            session.send(_error(exc))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(session.drain(), 2.0)
+            session.closed = True
+            await _close_or_abort(session.ws, 1009 if exc.code is ErrorCode.TOO_LARGE else 1008, exc.code.value)
+            return False
         except (ProtocolError, EngineError) as exc:
             error = _error(exc)
             if isinstance(message, Submit):
@@ -373,6 +421,7 @@ class PaintBridgeServer:
         except Exception:  # a bug must not take the connection down
             log.exception("error handling a message")
             session.send(Error(ErrorCode.INTERNAL.value, "internal error while handling the message"))
+        return True
 
     async def _submit(self, session: Session, message: Submit) -> None:
         request = fix_seeds(message.request)  # drawn now: a re-run makes the same pixels

@@ -385,6 +385,11 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
               units: list[control.Prepared] | None = None) -> JobOutput:
     width, height = _size(params, model.native_size)
     seeds = resolve_seeds(params.seed, params.batch_size)
+    if params.kind == "img2img" and params.strength == 0 and params.hires is None and params.image is not None:
+        # Nothing to denoise: the layer comes back as it is, before any prompt is encoded. An RGBA
+        # layer is returned as the very array it came in (read-only when it is the received bytes).
+        images = [params.image if params.image.shape[2] == 4 else _opaque(params.image)] * len(seeds)
+        return _output(model, params, images, seeds, *params.image.shape[1::-1])
     kwargs = _common(model, params, seeds, progress, cancel)
     region_control = _regions(model, params, lambda mask: _fit(mask, params.resize_mode, width, height, Image.BILINEAR))
     if params.hires is not None:
@@ -393,9 +398,6 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
         kwargs["control"] = control.control_for(units, width, height)
     if params.kind == "img2img":
         assert params.image is not None
-        if params.strength == 0:  # nothing to denoise: the layer comes back as it is
-            images = [_opaque(params.image)] * len(seeds)
-            return _output(model, params, images, seeds, *params.image.shape[1::-1])
         pipe = _prepare(model, "img2img", params, seeds[0], cancel, region_control)
         kwargs.update(image=_init_image(model, params, width, height), strength=params.strength)
         if model.depth:  # depth-to-image: the depth of the picture at the working size

@@ -135,6 +135,7 @@ class ModelManager:
     ) -> None:
         self.offload = offload  # CUDA: model CPU offload (low VRAM)
         self.compile = compile  # CUDA: torch.compile the UNet (slow first job, faster after)
+        self.cpu_bf16 = False  # CPU: the UNet under bf16 autocast (runtime.autocast_unet); serve --cpu-bf16
         auto_device, auto_dtype = default_device()
         self.device = device or auto_device
         self.dtype = dtype or (auto_dtype if self.device == auto_device else None)
@@ -228,6 +229,10 @@ class ModelManager:
             from engine import runtime
 
             pipe.unet = runtime.compile_unet(pipe.unet)
+        if self.cpu_bf16 and self.device == "cpu":
+            from engine import runtime
+
+            runtime.autocast_unet(pipe.unet)
         return model
 
     def _place(self, pipe) -> None:

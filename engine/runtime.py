@@ -8,10 +8,16 @@
 - CUDA: TF32 matmuls and convolutions (Ampere and later; the precision loss is
   below fp16's, which the UNet runs in anyway) and cuDNN's autotuner, which
   picks the fastest convolution for each shape once and reuses it.
+- CPU bf16 autocast (`serve/worker --cpu-bf16`, off by default): the UNet's
+  matmuls and convolutions in bfloat16, its output back in the model's dtype.
+  It pays only where the CPU computes bf16 natively (AVX512_BF16, AMX); see
+  bench/cpu_knobs.py and BENCHMARKS.md for what it measured here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 
@@ -44,3 +50,36 @@ def compile_unet(unet):
     import torch
 
     return torch.compile(unet, dynamic=True)
+
+
+def cpu_autocast(enabled: bool):
+    """bf16 autocast on the CPU when `enabled`, else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def autocast_unet(unet):
+    """Run `unet` under CPU bf16 autocast; what it returns comes back in its own
+    dtype (the samplers' arithmetic stays float32). Wraps the instance's forward:
+    every caller (pipelines, the denoiser, tiles, ControlNet residual paths)
+    goes through it unchanged."""
+    import torch
+
+    forward = unet.forward
+    dtype = unet.dtype
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(*args, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(t.to(dtype) if torch.is_tensor(t) else t for t in out)
+        if hasattr(out, "sample"):
+            out.sample = out.sample.to(dtype)
+        return out
+
+    unet.forward = run
+    return unet

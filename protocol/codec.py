@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgpack
 
+from protocol import oob
 from protocol.errors import ErrorCode, ProtocolError, clip, invalid
 from protocol.fields import MAX_TEXT, from_wire, to_wire
 from protocol.messages import MESSAGE_TYPES, Message, Submit
@@ -16,6 +17,13 @@ def encode(message: Message) -> bytes:
     return msgpack.packb(wire, use_bin_type=True)
 
 
+def encode_parts(message: Message) -> list[oob.Buffer]:
+    """Protocol 3: [head, *payloads], the big bins out of band (protocol/oob.py)."""
+    wire = to_wire(message)
+    wire["type"] = message.type
+    return oob.encode_parts(wire)
+
+
 def decode(frame: bytes) -> Message:
     """Parse one frame. Raises ProtocolError with a stable code, never anything else."""
     if not isinstance(frame, (bytes, bytearray, memoryview)):
@@ -26,6 +34,11 @@ def decode(frame: bytes) -> Message:
         wire = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"not a valid msgpack frame ({type(exc).__name__})") from None
+    return decode_wire(wire)
+
+
+def decode_wire(wire: object) -> Message:
+    """An unpacked map (protocol 2's frame, or protocol 3's head with its payloads attached) -> message."""
     if not isinstance(wire, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message must be a msgpack map")
     kind = wire.pop("type", None)

@@ -4,6 +4,13 @@ Jobs are kept in SQLite (sqlite_store.py) and scheduled fairly (fair.py);
 they run one at a time on this process's engine, on a worker thread, so the
 event loop keeps answering while a job runs. Live jobs are kept in memory
 only: a stale live picture is worth nothing after a restart.
+
+Big writes stay off the event loop and off the reply's path: a request's
+pixels are written to their file on the I/O thread before `accepted` (the
+row then names them) and fsynced after it; a result is delivered to its
+followers first and then written, fsynced and marked finished on the same
+thread (until then `view` answers from memory). sqlite_store.py says what
+survives a crash.
 """
 
 from __future__ import annotations
@@ -20,16 +27,21 @@ import numpy as np
 from bridge_server.convert import to_raw
 from bridge_server.queue.base import Deliver, EngineCatalog, JobQueue, Submitted
 from bridge_server.queue.fair import Entry, FairScheduler
-from bridge_server.queue.records import CANCELLED, DONE, QUEUED, RUNNING, JobRecord, JobView, job_id
+from bridge_server.queue.records import CANCELLED, DONE, QUEUED, RUNNING, JobRecord, JobView, job_id, split_request
 from bridge_server.queue.runner import Interrupted, StopFlags, execute
 from bridge_server.queue.sqlite_store import Retention, SqliteStore
 from engine.errors import EngineError
 from protocol import Cancelled, Progress, encode
+from protocol.oob import Parts
 from protocol.requests import JobRequest
 
 log = logging.getLogger("paintbridge")
 
 PROGRESS_WRITE_S = 0.5  # the stored progress point: at most twice a second
+# Queued requests' pixels kept in memory as well as on disk (they then run without reading their file back);
+# beyond this many bytes a request is read from its file when it starts: a flood of big queued jobs costs disk,
+# not memory.
+HELD_PIXELS = 256 * 1024 * 1024
 
 
 class EmbeddedQueue(JobQueue):
@@ -44,6 +56,11 @@ class EmbeddedQueue(JobQueue):
         self.scheduler = FairScheduler(per_client)
         self.live: dict[str, JobRecord] = {}  # live jobs (queued or running), memory only
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paintbridge-engine")
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paintbridge-store")  # one: writes in order
+        self.requests: dict[str, tuple[JobRequest, int]] = {}  # queued here (with their pixel bytes), up to HELD_PIXELS
+        self._held = 0  # pixel bytes in self.requests
+        self.finishing: dict[str, tuple[str, str, bytes]] = {}  # delivered, not yet on disk: id -> (owner, state, frame)
+        self._writes: set[asyncio.Future] = set()
         self._running: tuple[str, StopFlags] | None = None
         self._deliver: Deliver | None = None
         self._wake: asyncio.Event | None = None
@@ -66,6 +83,16 @@ class EmbeddedQueue(JobQueue):
             log.info("%d jobs restored from %s", len(restored), self.store.dir)
         self._task = asyncio.create_task(self._run())
 
+    async def flush(self) -> None:
+        """Wait for every background write (results, fsyncs)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    def _in_background(self, awaitable) -> None:
+        future = asyncio.ensure_future(awaitable)
+        self._writes.add(future)
+        future.add_done_callback(self._writes.discard)
+
     async def stop(self, grace_s: float) -> None:
         self._stopping = True
         assert self._wake is not None
@@ -81,6 +108,7 @@ class EmbeddedQueue(JobQueue):
                 flags.interrupt.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        await self.flush()
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
@@ -89,7 +117,9 @@ class EmbeddedQueue(JobQueue):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        await self.flush()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.io.shutdown(wait=True)
         self.store.close()
 
     # -- the front end's calls -----------------------------------------------------------
@@ -100,7 +130,17 @@ class EmbeddedQueue(JobQueue):
         if not request.live and self.store.count_unfinished() >= self.max_queue:
             raise EngineError("queue_full", f"the queue is full ({self.max_queue} jobs); try again later")
         record = JobRecord(job_id_, owner, request, int(job_id_.rsplit("-", 1)[1]))
-        superseded = self.scheduler.add(Entry(record.id, owner, request.live, request.model))  # may refuse
+        head, pixels = b"", []
+        if not request.live:
+            # The pixels to their file on the I/O thread (the loop keeps serving), before the row names them.
+            head, *pixels = split_request(request)
+            if pixels:
+                await asyncio.get_running_loop().run_in_executor(self.io, self.store.write_pixels, job_id_, pixels)
+        try:
+            superseded = self.scheduler.add(Entry(record.id, owner, request.live, request.model))  # may refuse
+        except BaseException:
+            self.store.drop_pixels(job_id_)
+            raise
         gone = []
         if request.live:
             self.live[record.id] = record
@@ -113,7 +153,14 @@ class EmbeddedQueue(JobQueue):
                     self._running[1].cancel.set()
                     gone.append(running.id)
         else:
-            self.store.insert(record)
+            self.store.insert(record, head)
+            size = sum(len(p) for p in pixels)
+            if self._held + size <= HELD_PIXELS:
+                self.requests[record.id] = (request, size)
+                self._held += size
+            if pixels:  # durable against a crash of the machine a moment later, not before the answer
+                self._in_background(asyncio.get_running_loop().run_in_executor(self.io, self.store.sync_pixels,
+                                                                               record.id))
         assert self._wake is not None
         self._wake.set()
         return Submitted(record.id, self._position(record.id), gone)
@@ -139,6 +186,9 @@ class EmbeddedQueue(JobQueue):
         live = self.live.get(job_id_)
         if live is not None:
             return JobView(job_id_, live.state, self._position(job_id_)) if live.owner == owner else None
+        finishing = self.finishing.get(job_id_)
+        if finishing is not None:
+            return JobView(job_id_, finishing[1], 0, finishing[2]) if finishing[0] == owner else None
         row = self.store.get(job_id_)
         if row is None or row[0] != owner:
             return None
@@ -167,7 +217,8 @@ class EmbeddedQueue(JobQueue):
                 await self._wake.wait()
                 continue
             live = self.live.get(entry.id)
-            request = live.request if live is not None else self.store.request(entry.id)
+            held = self.requests.get(entry.id)
+            request = live.request if live is not None else held[0] if held else self.store.request(entry.id)
             if request is None:
                 continue
             if live is not None:
@@ -213,8 +264,20 @@ class EmbeddedQueue(JobQueue):
         self._deliver(job_id_, frame, False)
 
     def _end(self, job_id_: str, state: str, frame: bytes) -> None:
-        """The job's one final frame: stored (unless live), then delivered."""
+        """The job's one final frame: delivered, then stored (unless live) in the background."""
         if self.live.pop(job_id_, None) is None:
-            self.store.finish(job_id_, state, frame)
+            self._held -= self.requests.pop(job_id_, (None, 0))[1]
+            row = self.store.get(job_id_)
+            self.finishing[job_id_] = (row[0] if row else "", state, frame)
+            self._in_background(self._store_result(job_id_, state, frame))
         assert self._deliver is not None
         self._deliver(job_id_, frame, True)
+
+    async def _store_result(self, job_id_: str, state: str, frame: bytes) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.io, self.store.write_result, job_id_, frame)
+            self.store.mark_finished(job_id_, state, frame.nbytes if isinstance(frame, Parts) else len(frame))
+        except Exception:  # a full disk: the job runs again after a restart; clients that followed it have it
+            log.exception("could not store the result of job %s", job_id_)
+        finally:
+            self.finishing.pop(job_id_, None)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import msgpack
 
+from protocol import oob
 from protocol.fields import from_wire, to_wire
 from protocol.requests import MAX_SEED, JobRequest
 
@@ -87,3 +88,28 @@ def pack_request(request: JobRequest) -> bytes:
 
 def unpack_request(data: bytes) -> JobRequest:
     return from_wire(JobRequest, msgpack.unpackb(data, raw=False))
+
+
+class LostPixels(Exception):
+    """A stored request whose pixel file is missing or short (a crash of the machine
+    before it reached the disk)."""
+
+
+def split_request(request: JobRequest) -> list[oob.Buffer]:
+    """[head, *pixel buffers]: the embedded store keeps the head in SQLite and the
+    pixels in a file beside it (protocol/oob.py's out-of-band form, no copy)."""
+    return oob.encode_parts(to_wire(request))
+
+
+def join_request(head: bytes, pixels: bytes | None) -> JobRequest:
+    """The inverse of split_request; a head without payloads (or a row stored whole,
+    before the split) needs no pixels."""
+    wire, slots = oob.read_head(head, 1 << 62)
+    if slots and (pixels is None or sum(s.length for s in slots) != len(pixels)):
+        raise LostPixels(f"{sum(s.length for s in slots)} bytes of pixels expected, "
+                         f"{'no file' if pixels is None else len(pixels)} found")
+    payloads, offset = [], 0
+    for slot in slots:  # from_wire takes bytes: a copy of each field, unless the file holds just one
+        payloads.append(pixels if len(slots) == 1 else pixels[offset : offset + slot.length])  # type: ignore[index]
+        offset += slot.length
+    return from_wire(JobRequest, oob.attach(wire, payloads))

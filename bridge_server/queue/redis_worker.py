@@ -26,7 +26,7 @@ from bridge_server.queue.records import unpack_request
 from bridge_server.queue.redis_keys import FINISH, GROUP, PICK
 from bridge_server.queue.redis_queue import RESULT_TTL_S, connect
 from bridge_server.queue.runner import Interrupted, StopFlags, execute
-from protocol import Progress, encode
+from protocol import Progress, encode, oob
 
 log = logging.getLogger("paintbridge")
 
@@ -146,7 +146,7 @@ class Worker:
             return
         self.loaded = request.model or self.catalog.default_model()
         self.current = None
-        ended = self._finish(args=[self.prefix, job_id, state, frame, self.ttl, self.retention, entry, self.name])
+        ended = self._finish(args=[self.prefix, job_id, state, oob.pack(frame), self.ttl, self.retention, entry, self.name])
         log.info("job %s %s in %.2fs%s", job_id, state, time.monotonic() - started,
                  "" if ended else " (already ended by another worker)")
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from bridge_server.convert import plot_result, to_params, to_result
 from bridge_server.queue.records import CANCELLED, FAILED, FINISHED
 from engine.errors import EngineError, JobCancelled
-from protocol import Cancelled, Error, ErrorCode, Message, Result, encode, plots
+from protocol import Cancelled, Error, ErrorCode, Message, Result, oob, plots
+from protocol.codec import encode_parts
 from protocol.requests import JobRequest
 
 log = logging.getLogger("paintbridge")
@@ -41,7 +42,7 @@ def engine_error(exc: EngineError, job_id: str) -> Error:
     return Error(code=code, message=exc.message, job_id=job_id, field=exc.field)
 
 
-def execute(engine, job_id: str, request: JobRequest, report: ReportFn, flags: StopFlags) -> tuple[str, bytes]:
+def execute(engine, job_id: str, request: JobRequest, report: ReportFn, flags: StopFlags) -> tuple[str, oob.Parts]:
     """Run the job; return (final state, encoded final message). Raises
     Interrupted when a shutdown stopped it (it is neither done nor failed)."""
     try:
@@ -59,7 +60,9 @@ def execute(engine, job_id: str, request: JobRequest, report: ReportFn, flags: S
     except Exception as exc:
         log.exception("job %s failed", job_id)
         outcome, state = Error(ErrorCode.INTERNAL.value, f"internal error: {exc}", job_id), FAILED
-    return state, encode(outcome)
+    # A result's pixels beside its head (protocol/oob.py), not joined: each session sends it as its
+    # client's protocol wants, the store writes it piece by piece (oob.pack joins it for Redis).
+    return state, oob.Parts(encode_parts(outcome))
 
 
 def _run_plot(engine, job_id: str, request: JobRequest, report: ReportFn, flags: StopFlags) -> Result:

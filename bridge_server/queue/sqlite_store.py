@@ -2,12 +2,32 @@
 per finished result in the state folder.
 
 Layout of the state folder:
-    queue.sqlite3          jobs (request, state, progress point) and meta
+    queue.sqlite3          jobs (request head, state, progress point) and meta
+    requests/<job id>.pixels   a queued job's pixel fields (image, mask, control
+                           images), one after another; the row's request head
+                           (protocol/oob.py) announces each one's length
     results/<job id>.msgpack   the encoded final message of a finished job
+                           (a result's pixels beside its head: oob.pack)
     lock                   held (flock) by the one server that uses the folder
 
-A result file is written (and fsynced) before its row says "finished", so a
-kill -9 at any moment leaves either a job to run again or a whole result.
+Pixels stay out of the database: SQLite would copy them into its pages and
+its write-ahead log, and read them back the same way. What survives what:
+
+- A kill -9 of the server at any moment loses no accepted job and no
+  delivered result: files written before the row that names them are in the
+  kernel's page cache, which outlives the process. A job that was running
+  runs again from its start (its seeds were drawn at submit: same pixels).
+- A crash of the machine (power loss) can lose the last few seconds: the
+  pixel file of a job accepted just before it is fsynced in the background,
+  and SQLite runs with synchronous=NORMAL (durable against a process crash,
+  not against power loss for the last commits). A job whose pixel file is
+  missing or short after such a crash fails with `job_lost` instead of
+  running on garbage.
+- A result file is written and fsynced before its row says "finished", so a
+  crash leaves either a job to run again or a whole result. (The embedded
+  queue writes it on its I/O thread after delivering the result to the
+  clients that are following the job.)
+
 Results are bounded by count, bytes and age; the oldest are dropped first.
 """
 
@@ -18,11 +38,22 @@ import fcntl
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge_server.queue.records import DONE, QUEUED, RUNNING, JobRecord, pack_request, unpack_request
+from bridge_server.queue.records import (
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    JobRecord,
+    LostPixels,
+    join_request,
+    split_request,
+)
+from protocol import Error, ErrorCode, encode, oob
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,6 +90,8 @@ class SqliteStore:
         self.dir = Path(state_dir)
         self.results = self.dir / "results"
         self.results.mkdir(parents=True, exist_ok=True)
+        self.requests = self.dir / "requests"
+        self.requests.mkdir(exist_ok=True)
         self.retention = retention
         self._lock = open(self.dir / "lock", "a+")
         try:
@@ -78,6 +111,19 @@ class SqliteStore:
             self.db.execute("INSERT INTO meta VALUES ('queue_id', ?), ('seq', '0')", (self.queue_id,))
         else:
             self.queue_id = row[0]
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """At start: half-written result files (a kill while writing one) and pixel
+        files without a queued job (a kill between the file and its row)."""
+        for tmp in self.results.glob("*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        for pixels in self.requests.glob("*.pixels"):
+            row = self.db.execute("SELECT request FROM jobs WHERE id=?", (pixels.stem,)).fetchone()
+            if row is None or row[0] is None:
+                with contextlib.suppress(FileNotFoundError):
+                    pixels.unlink()
 
     def close(self) -> None:
         self.db.close()
@@ -89,15 +135,45 @@ class SqliteStore:
             self.db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='seq'")
             return int(self.db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0])
 
-    def insert(self, record: JobRecord) -> None:
+    def insert(self, record: JobRecord, head: bytes | None = None) -> None:
+        """The job's row. `head`: its request head, the pixels already written with
+        write_pixels (the embedded queue does that on its I/O thread); without it
+        both are written here."""
+        if head is None:
+            head, *pixels = split_request(record.request)
+            self.write_pixels(record.id, pixels)
         self.db.execute(
             "INSERT INTO jobs (id, seq, owner, state, request, created) VALUES (?, ?, ?, ?, ?, ?)",
-            (record.id, record.seq, record.owner, record.state, pack_request(record.request), time.time()),
+            (record.id, record.seq, record.owner, record.state, bytes(head), time.time()),
         )
+
+    def _pixels(self, job_id: str) -> Path:
+        return self.requests / f"{job_id}.pixels"
+
+    def write_pixels(self, job_id: str, pixels: list) -> None:
+        """A request's pixel buffers into its file, in order (any thread; no fsync: see sync_pixels)."""
+        if pixels:
+            with open(self._pixels(job_id), "wb") as f:
+                f.writelines(pixels)
+
+    def sync_pixels(self, job_id: str) -> None:
+        """fsync a request's pixel file (off the reply's path: the I/O thread, after the answer)."""
+        with contextlib.suppress(FileNotFoundError), open(self._pixels(job_id), "rb") as f:
+            os.fsync(f.fileno())
+
+    def drop_pixels(self, job_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._pixels(job_id).unlink()
 
     def request(self, job_id: str):
         row = self.db.execute("SELECT request FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return unpack_request(row[0]) if row and row[0] is not None else None
+        if not row or row[0] is None:
+            return None
+        try:
+            pixels = self._pixels(job_id).read_bytes()
+        except FileNotFoundError:
+            pixels = None
+        return join_request(row[0], pixels)
 
     def running(self, job_id: str) -> int:
         """Mark a job running; returns how many times it has started (1 = first run)."""
@@ -110,18 +186,27 @@ class SqliteStore:
     def requeue(self, job_id: str) -> None:
         self.db.execute("UPDATE jobs SET state=?, step=0, total=0 WHERE id=?", (QUEUED, job_id))
 
-    def finish(self, job_id: str, state: str, frame: bytes) -> None:
+    def finish(self, job_id: str, state: str, frame: bytes | oob.Parts) -> None:
+        self.write_result(job_id, frame)
+        self.mark_finished(job_id, state, frame.nbytes if isinstance(frame, oob.Parts) else len(frame))
+
+    def write_result(self, job_id: str, frame: bytes | oob.Parts) -> None:
+        """The final frame, whole and fsynced, under its name (any thread: no database)."""
         path = self.results / f"{job_id}.msgpack"
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
-            f.write(frame)
+            f.writelines(oob.pieces(frame) if isinstance(frame, oob.Parts) else [frame])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    def mark_finished(self, job_id: str, state: str, size: int) -> None:
+        """The row says finished (after write_result); the request's pixels go."""
         self.db.execute(
             "UPDATE jobs SET state=?, request=NULL, finished=?, result_bytes=? WHERE id=?",
-            (state, time.time(), len(frame), job_id),
+            (state, time.time(), size, job_id),
         )
+        self.drop_pixels(job_id)
         self.prune()
 
     def unfinished(self) -> list[JobRecord]:
@@ -133,7 +218,12 @@ class SqliteStore:
         ).fetchall()
         records = []
         for job_id, seq, owner, state, attempts in rows:
-            request = self.request(job_id)
+            try:
+                request = self.request(job_id)
+            except LostPixels as exc:
+                message = f"the job's pixels did not reach the disk before the machine stopped ({exc}); submit it again"
+                self.finish(job_id, FAILED, encode(Error(ErrorCode.JOB_LOST.value, message, job_id)))
+                continue
             if request is None:
                 continue
             records.append(JobRecord(job_id, owner, request, seq, state, attempts=attempts))
@@ -176,10 +266,7 @@ class SqliteStore:
                 (self.results / f"{job_id}.msgpack").unlink()
         if drop:
             self.db.executemany("DELETE FROM jobs WHERE id=?", [(d,) for d in drop])
-        # Result files without a row (a kill between the file and the row): drop them.
-        for tmp in self.results.glob("*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+
 
     @contextlib.contextmanager
     def _tx(self):

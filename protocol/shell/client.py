@@ -31,13 +31,17 @@ from protocol import (
     Welcome,
     decode,
     encode,
+    oob,
 )
+from protocol.codec import decode_wire, encode_parts
 from protocol.requests import JobRequest
 from protocol.shell import framing
 
 UNREACHABLE = "unreachable"  # client-side code: no server answered
 RESTARTING = "server_restarting"  # client-side code: the server said it is restarting
 RECONNECTABLE = ("connection_lost", UNREACHABLE, RESTARTING)
+PAYLOAD_TIMEOUT_S = 120.0  # a head's payloads follow it at once; a server that stops between them is gone
+MAX_RECEIVE = 1 << 40  # no limit of our own on what the server announces: each payload is compared as it arrives
 
 
 class ClientError(Exception):
@@ -66,17 +70,28 @@ class Client:
         client_id: str = "",
         name: str = "paintbridge-client",
         open_timeout: float = 10.0,
+        protocol: int = PROTOCOL_VERSION,
     ) -> None:
         self.url = url
         self.token = token
         self.client_id = client_id or uuid.uuid4().hex
         self.name = name
         self.open_timeout = open_timeout
+        self.protocol = protocol  # 3: pixels out of band (protocol/oob.py); falls back to 2 for an older server
         self.welcome: Welcome | None = None
         self._ws: Any = None
 
     # -- connection --------------------------------------------------------------
     def connect(self) -> Welcome:
+        try:
+            return self._connect()
+        except ClientError as exc:
+            if exc.code != "version_mismatch" or self.protocol <= 2:
+                raise
+            self.protocol = 2  # a server from before protocol 3: speak its protocol
+            return self._connect()
+
+    def _connect(self) -> Welcome:
         from websockets.exceptions import InvalidStatus, WebSocketException
         from websockets.sync.client import connect
 
@@ -95,7 +110,7 @@ class Client:
                 UNREACHABLE,
                 f"no PaintBridge server at {self.url} ({exc.__class__.__name__}); start one with: paintbridge serve --demo",
             ) from None
-        self._send(Hello(protocol=PROTOCOL_VERSION, client=self.name, token=self.token, client_id=self.client_id))
+        self._send(Hello(protocol=self.protocol, client=self.name, token=self.token, client_id=self.client_id))
         reply = self._recv()
         if isinstance(reply, Error):
             self.close()
@@ -222,14 +237,28 @@ class Client:
             raise ClientError(UNREACHABLE, "not connected")
         try:
             frame = self._ws.recv(timeout=timeout)
+            return self._decode(frame)
         except TimeoutError:
             return None
         except ConnectionClosed as exc:
             raise self._closed(exc) from None
-        try:
-            return decode(frame)
         except ProtocolError as exc:
             raise ClientError(exc.code.value, f"the server sent a bad message: {exc.message}") from None
+
+    def _decode(self, frame: Any) -> Message:
+        if self.protocol < 3:
+            return decode(frame)
+        # Protocol 3: the head, then the payload messages it announces, each compared with its announcement.
+        wire, slots = oob.read_head(frame, MAX_RECEIVE)
+        payloads = []
+        for slot in slots:
+            try:
+                payload = self._ws.recv(timeout=PAYLOAD_TIMEOUT_S)
+            except TimeoutError:
+                raise ClientError("connection_lost", "the server stopped in the middle of a message") from None
+            oob.check_payload(slot, payload)
+            payloads.append(payload)
+        return decode_wire(oob.attach(wire, payloads))
 
     @property
     def connected(self) -> bool:
@@ -242,7 +271,15 @@ class Client:
         if self._ws is None:
             raise ClientError(UNREACHABLE, "not connected")
         try:
-            self._ws.send(encode(message))
+            if self.protocol < 3:
+                self._ws.send(encode(message))
+            else:
+                # The head, then each big bin as its own message in fragments that are views
+                # of the caller's buffer: the pixels are never copied on their way to the socket.
+                head, *payloads = encode_parts(message)
+                self._ws.send(head)
+                for payload in payloads:
+                    self._ws.send(oob.fragments(payload))
         except ConnectionClosed as exc:
             raise self._closed(exc) from None
 
