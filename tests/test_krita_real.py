@@ -123,3 +123,50 @@ def test_painter_workflow_in_real_krita(server, tmp_path):
         big = steps["big"]
         assert big["top_size"] == [4096, 4096], big
         print("4096x4096 UI-thread ms:", big["timings"], "max timer gap", big["max_timer_gap_ms"])
+
+
+@pytest.mark.skipif(bool(missing), reason=f"needs {' and '.join(missing)} (apt-get install krita xvfb)")
+def test_history_docker_undo_upscale_history_and_presets_in_real_krita(server, tmp_path):
+    report = run_krita(server.url, tmp_path, scenario="docker2.py")
+    steps = {s["step"]: s for s in report["steps"]}
+
+    layout = steps["layout"]  # 1280x800, Krita's default dockers plus both of ours
+    assert layout["screen"] == [1280, 800]
+    for name, widget in layout["main"].items():  # the essentials stay in the main docker, on screen
+        assert widget["visible"] and widget["on_screen"] and widget["in_docker"], (name, layout)
+    for name, widget in layout["history"].items():  # search, list, every button, the queue row
+        assert widget["visible"] and widget["on_screen"] and widget["in_docker"], (name, layout)
+    assert layout["history_list_height"] >= 150 and layout["history_rows"] == 2, layout
+
+    one = steps["apply one"]  # Apply = one undo step; one Ctrl+Z takes the layer back, nothing else
+    assert one["preview_after_results"] and one["after_results"][0] == one["start"] + ["Add Layer"], one  # the preview
+    assert one["after_click"][0] == one["after_results"][0]  # clicking through results adds nothing
+    assert one["after_apply"][0] == one["start"] + ["Add Layer"], one  # the preview's step taken back, one added
+    assert one["layers_after_apply"] == one["before_generate"] + [one["applied"][0]], one
+    assert one["layers_after_undo"] == one["before_generate"] and one["painter_unchanged"], one
+
+    batch = steps["apply all"]  # Apply all: one group, one undo step
+    assert len(batch["children"]) == 2 and batch["projection_later"], batch
+    assert batch["undo_after"][0] == one["start"] + ["Add Layer"], batch
+    assert batch["after_undo"] == one["before_generate"], batch
+
+    leave = steps["leave preview"]  # a preview left alone: the stack as it was (its add undone)
+    done = len(leave["before"][0])
+    assert leave["preview_seen"] and leave["result"] == "undone", leave
+    assert leave["after"][0][:done] == leave["before"][0] and "[PaintBridge preview]" not in leave["layers"], leave
+    # the painter acted in between: hidden (no undo step of ours), the painter's step stays on top
+    assert leave["second_shown"] and leave["second_leave"] == "hidden" and leave["preview_hidden"], leave
+    assert leave["second_after"][0] == leave["undo_mid"][0], leave
+
+    up = steps["upscale history"]  # an upscale result kept with its pixels applies again
+    assert up["first"]["entry"]["mode"] == "upscale" and up["first"]["entry"]["png_bytes"] > 100, up
+    assert up["first"]["after_undos"][:2] == [64, 48], up
+    assert up["size"] == [128, 96] and up["same_pixels"] and up["top"].startswith("Upscaled ×2"), up
+
+    presets = steps["presets"]
+    assert presets["saved_exists"] and presets["prompt"] == "ink wash painting, a heron, paper texture", presets
+    assert "Ink wash" not in presets["after_delete"] and presets["imported"] == "Ink wash" and presets["steps"] == 17
+
+    drawer = steps["options drawer"]  # the Options tab is usable at 1280x800: a drawer over the docker
+    assert drawer["open"] and drawer["height"] >= 400 and drawer["back_in_docker"] and drawer["closed"], drawer
+    assert drawer["steps"]["visible"] and drawer["steps"]["on_screen"] and drawer["negative"]["visible"], drawer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from PIL import Image
 
 from krita_plugin.paintbridge import jobqueue, prefs, regions
@@ -212,3 +213,67 @@ def test_soft_mask_request_fields():
     auto.validate()
     assert plan_sizes(2048, 1536, 512).text() == "592x440 → 2048x1536"
     assert plan_sizes(2048, 1536, 512, "exact").text() == "2048x1536"
+
+
+def test_family_memory_restores_settings_when_switching_and_in_the_next_session():
+    data: dict = {}
+    store = prefs.Store(lambda g, k, d: data.get((g, k), d), lambda g, k, v: data.__setitem__((g, k), v))
+    memory = prefs.FamilyMemory(store)
+    memory.start("sd15")  # Krita started with an SD1.5 model
+    sd15 = {"model": "v1.safetensors", "sampler": "Euler a", "steps": 20, "cfg_scale": 7.0}
+    assert memory.switch("sd15", sd15) == {}  # another SD1.5 model: keep what is set
+    assert memory.switch("sdxl", sd15) == {}  # SDXL never used: keep the current values
+    sdxl = {"model": "xl.safetensors", "sampler": "DPM++ 2M Karras", "steps": 30, "cfg_scale": 5.0}
+    assert memory.switch("sd15", sdxl) == {"sampler": "Euler a", "steps": 20, "cfg_scale": 7.0}
+    assert memory.switch("sdxl", {**sd15, "steps": 25}) == {"sampler": "DPM++ 2M Karras", "steps": 30, "cfg_scale": 5.0}
+    # The next Krita session (same kritarc): both families still known, SD1.5 with its last change.
+    later = prefs.FamilyMemory(prefs.Store(lambda g, k, d: data.get((g, k), d), lambda g, k, v: None))
+    later.start("sdxl")
+    assert later.switch("sd15", sdxl) == {"sampler": "Euler a", "steps": 25, "cfg_scale": 7.0}
+    assert later.switch("", sdxl) == {} and later.family == "sd15"  # a model of unknown family changes nothing
+
+
+def test_style_presets_prefix_suffix_delete_and_sharing(tmp_path):
+    folder = prefs.presets_dir(str(tmp_path / "krita"))
+    ink = prefs.Preset("Ink & wash", model="m.safetensors", sampler="Euler a", steps=25, cfg_scale=6.0,
+                       prompt_prefix="ink wash painting", prompt_suffix="paper texture", negative_prompt="photo")
+    prefs.save_preset(folder, ink)
+    # "Use" twice does not repeat the prefix; switching presets swaps them around the painter's words
+    once = ink.apply_prompt("a heron")
+    assert once == "ink wash painting, a heron, paper texture" and ink.apply_prompt(once) == once
+    oil = prefs.Preset("Oil", prompt_prefix="oil painting", steps=0)
+    values = oil.values(once, previous=ink)
+    assert values == {"prompt": "oil painting, a heron"}  # unset fields keep the docker's values
+    assert ink.values("a cat") == {"prompt": "ink wash painting, a cat, paper texture", "model": "m.safetensors",
+                                   "sampler": "Euler a", "steps": 25, "cfg_scale": 6.0, "negative_prompt": "photo"}
+    # Export, delete, import: the same preset comes back
+    shared = tmp_path / "shared.json"
+    prefs.export_preset(folder, "Ink & wash", str(shared))
+    assert prefs.delete_preset(folder, "Ink & wash") and not prefs.delete_preset(folder, "Ink & wash")
+    assert prefs.load_presets(folder) == []
+    assert prefs.import_preset(folder, str(shared)) == ink and prefs.load_presets(folder) == [ink]
+    # Files from others are checked field by field, with a message that says what is wrong
+    bad = tmp_path / "bad.json"
+    for content, words in (('{"name": "x"}', "not a PaintBridge style preset"),
+                           ('{"paintbridge_preset": 1, "name": ""}', "no name"),
+                           ('{"paintbridge_preset": 1, "name": "x", "steps": "many"}', "'steps' must be a number"),
+                           ('{"paintbridge_preset": 1, "name": "x", "cfg_scale": 1e9}', "out of range"),
+                           ('{"paintbridge_preset": 1, "name": "x", "model": 3}', "'model' must be text"),
+                           ("{", "not valid JSON")):
+        bad.write_text(content)
+        with pytest.raises(prefs.PresetError, match=words):
+            prefs.import_preset(folder, str(bad))
+    bad.write_text('{"paintbridge_preset": 1, "name": "x", "negative_prompt": "' + "a" * prefs.PRESET_MAX_BYTES + '"}')
+    with pytest.raises(prefs.PresetError, match="too large"):
+        prefs.import_preset(folder, str(bad))
+    assert prefs.load_presets(folder) == [ink]  # nothing half-imported
+
+
+def test_upscale_results_keep_their_pixels_in_the_history():
+    history = History()
+    upscale = Entry(history.new_id(), "", 7, "upscale", "upscale", 0, 0, 16, 16, first_pass=(8, 8),
+                    settings={"upscale_factor": 2.0}, png=_png((10, 20, 30, 255), (16, 16)), thumbnail=_png((1, 2, 3, 255)))
+    history.add(upscale)
+    back = History.from_bytes(history.to_bytes()).entries[0]
+    assert back.png == upscale.png and back.size_text == "8x8 → 16x16"
+    assert Image.open(io.BytesIO(back.png)).size == (16, 16)

@@ -7,8 +7,9 @@ background thread (pngio.py).
 
 Layout, for a 1280x800 screen shared with Krita's default dockers: the prompt,
 the strength, Generate/Cancel, the progress bar and the status line are always
-at the top; the queue, the history and every other setting sit in tabs below,
-each in its own scroll area, so the docker's minimum height stays small.
+at the top; every other setting sits in tabs below, each in its own scroll area,
+so the docker's minimum height stays small. The queue and the results live in a
+second docker, "PaintBridge History" (history_docker.py), which needs height.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Krita
-from PyQt5.QtCore import QSize, Qt, QTimer
+from PyQt5.QtCore import Qt, QTimer
 from PyQt5.QtGui import QIcon, QImage, QPixmap
 from PyQt5.QtWidgets import (
-    QAbstractItemView,
     QApplication,
     QButtonGroup,
     QCheckBox,
@@ -37,7 +37,6 @@ from PyQt5.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
     QListWidgetItem,
     QPlainTextEdit,
     QProgressBar,
@@ -57,8 +56,11 @@ from protocol import RawImage
 
 from . import jobqueue, kritadoc, pngio, prefs
 from .connection import CONNECTED
+from .drawer import Drawer
 from .history import Entry, History
+from .history_docker import HISTORY_DOCKER_ID, HistoryPanel, PaintBridgeHistoryDocker, history_docker, link
 from .kritadoc import UserError
+from .presets_ui import PresetEditor
 from .regions import SIDES, Rect, expand, strip_mask, work_area
 from .requests import LAYER, SERVER_MASKS, VISIBLE, Settings, generate_request, plan_sizes, upscale_request
 from .worker import Worker
@@ -133,9 +135,12 @@ class PaintBridgeDocker(DockWidget):
         self._last_tick = time.perf_counter()
         self.ticks = 0
         self.presets_folder = prefs.presets_dir(_resource_root())
+        self.families = prefs.FamilyMemory(self.store)
+        self._current_model = self.settings.model
         self.background = Background()
         self.background.start()
         self._build_ui()
+        link(self)
         client_id = self.store.get("client_id", "") or uuid.uuid4().hex
         self.store.set("client_id", client_id)
         self.worker = Worker(self.settings.server, self.settings.token, client_id)
@@ -143,6 +148,7 @@ class PaintBridgeDocker(DockWidget):
         self.timer = QTimer(self)
         self.timer.timeout.connect(self._poll)
         self.timer.start(30)
+        app.notifier().applicationClosing.connect(self._save_on_close)
         DOCKERS.append(self)
 
     def canvasChanged(self, canvas) -> None:
@@ -235,71 +241,49 @@ class PaintBridgeDocker(DockWidget):
         layout.addWidget(self.progress)
         self.status = QLabel("Connecting…")
         self.message = QLabel("")
+        status_row = QHBoxLayout()
+        status_row.setSpacing(2)
         for label in (self.status, self.message):
             label.setWordWrap(False)
             label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)  # long text never widens the docker
-            layout.addWidget(label)
+        status_row.addWidget(self.status, 1)
+        self.history_button = QToolButton()
+        self.history_button.setText("History")
+        self.history_button.setAutoRaise(True)
+        self.history_button.setToolTip("Show the PaintBridge History docker: the queue and the results")
+        self.history_button.clicked.connect(self.show_history)
+        status_row.addWidget(self.history_button)
+        layout.addLayout(status_row)
+        layout.addWidget(self.message)
+        self.history_panel = HistoryPanel(self)  # hosted by the PaintBridge History docker
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
-        self.tabs.addTab(self._queue_tab(), "Queue")
-        self.tabs.addTab(self._history_tab(), "History")
         self.tabs.addTab(_scrolled(self._options_tab()), "Options")
         self.tabs.addTab(_scrolled(self._connection_tab()), "Server")
         self.tabs.setMinimumHeight(self.tabs.tabBar().sizeHint().height() + 8)
+        self.drawer = Drawer(self)  # the tabs in a popup when the docker is too short (drawer.py)
+        self.tabs.tabBarClicked.connect(self.open_options)
         layout.addWidget(self.tabs, 1)
         root.setMinimumHeight(0)
         self.setWidget(root)
         self._mode_changed()
 
-    def _queue_tab(self) -> QWidget:
-        page = QWidget()
-        layout = QVBoxLayout(page)
-        layout.setContentsMargins(0, 2, 0, 0)
-        self.queue_list = QListWidget()
-        self.queue_list.setIconSize(QSize(40, 40))
-        self.queue_list.setMinimumHeight(0)
-        layout.addWidget(self.queue_list, 1)
-        row = QHBoxLayout()
-        for text, action in (("Cancel selected", self.cancel_selected), ("Cancel all", self.cancel_all),
-                             ("Clear finished", self._clear_finished)):
-            button = QPushButton(text)
-            button.clicked.connect(action)
-            row.addWidget(button)
-        layout.addLayout(row)
-        return page
+    def open_options(self, index: int = -1) -> None:
+        """Show the Options/Server tabs: inline if the docker has room, else in the drawer."""
+        if index >= 0:
+            self.tabs.setCurrentIndex(index)
+        if self.drawer.needed():
+            self.drawer.open()
 
-    def _history_tab(self) -> QWidget:
-        page = QWidget()
-        layout = QVBoxLayout(page)
-        layout.setContentsMargins(0, 2, 0, 0)
-        self.history_search = QLineEdit()
-        self.history_search.setPlaceholderText("Search by prompt")
-        self.history_search.setClearButtonEnabled(True)
-        self.history_search.textChanged.connect(lambda _t: self._refresh_history())
-        layout.addWidget(self.history_search)
-        self.history_list = QListWidget()
-        self.history_list.setIconSize(QSize(64, 64))
-        self.history_list.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.history_list.setMinimumHeight(0)
-        self.history_list.currentItemChanged.connect(lambda item, _prev: self._preview_item(item))
-        layout.addWidget(self.history_list, 1)
-        row = QHBoxLayout()
-        self.history_buttons = {}
-        for key, text, tip, action in (
-            ("apply", "Apply", "Keep this result as a layer above the active one", self.apply_selected),
-            ("all", "Apply all", "Keep every image of this batch", self.apply_batch),
-            ("discard", "Discard", "Remove this result from the history", self.discard_selected),
-            ("reuse", "Reuse", "Load this result's prompt, seed and settings", self.reuse_selected),
-            ("copy", "Copy", "Copy the WebUI parameters text", self.copy_parameters),
-        ):
-            button = QPushButton(text)
-            button.setToolTip(tip)
-            button.clicked.connect(lambda _c=False, a=action: self._guard(a))
-            self.history_buttons[key] = button
-            row.addWidget(button)
-        layout.addLayout(row)
-        return page
+    def show_history(self) -> None:
+        """Show and raise the PaintBridge History docker (Settings > Dockers has it too)."""
+        docker = history_docker(self)
+        if docker is None:
+            self.show_message("Open Settings ▸ Dockers ▸ PaintBridge History")
+            return
+        docker.show()
+        docker.raise_()
 
     def _options_tab(self) -> QWidget:
         s = self.settings
@@ -310,19 +294,9 @@ class PaintBridgeDocker(DockWidget):
         self.negative_edit.setPlaceholderText("Negative prompt")
         self.negative_edit.setFixedHeight(44)
         form.addRow(self.negative_edit)
-        self.preset_combo = QComboBox()
-        preset_row = QHBoxLayout()
-        preset_row.addWidget(self.preset_combo, 1)
-        for text, tip, action in (("Use", "Apply this style preset", self.use_preset),
-                                  ("Save…", "Save the current settings as a preset (JSON, shareable)", self.save_preset)):
-            button = QPushButton(text)
-            button.setToolTip(tip)
-            button.clicked.connect(lambda _c=False, a=action: self._guard(a))
-            preset_row.addWidget(button)
-        self.preset_name = QLineEdit()
-        self.preset_name.setPlaceholderText("New preset name")
-        form.addRow("Style", preset_row)
-        form.addRow("", self.preset_name)
+        self.preset_editor = PresetEditor(self)  # presets_ui.py
+        self.preset_combo, self.preset_name = self.preset_editor.combo, self.preset_editor.name
+        form.addRow("Style", self.preset_editor)
         self.model_combo = QComboBox()
         self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.currentIndexChanged.connect(self._model_changed)
@@ -463,16 +437,22 @@ class PaintBridgeDocker(DockWidget):
         return next((m for m in self.capabilities.models if m.name == name), None)
 
     def _model_changed(self) -> None:
+        """Another model: the sampler, steps and CFG last used with its family come back; the
+        ones set for the family being left are kept for it (prefs.FamilyMemory)."""
         info = self._model_info(self.model_combo.currentText())
-        if info is not None and info.family:
-            remembered = prefs.family_defaults(self.store, info.family)
-            if remembered.get("sampler") and self.sampler_combo.findText(remembered["sampler"]) >= 0:
-                self.sampler_combo.setCurrentIndex(self.sampler_combo.findText(remembered["sampler"]))
-            if remembered.get("steps"):
-                self.steps_spin.setValue(int(remembered["steps"]))
-            if remembered.get("cfg_scale"):
-                self.cfg_spin.setValue(float(remembered["cfg_scale"]))
+        current = {"model": self._current_model, "sampler": self.sampler_combo.currentText(),
+                   "steps": self.steps_spin.value(), "cfg_scale": self.cfg_spin.value()}
+        remembered = self.families.switch(info.family if info is not None else "", current)
+        self._current_model = self.model_combo.currentText()
+        self._load_into_ui(remembered)
         self._update_labels()
+
+    def _save_on_close(self) -> None:
+        """Krita is closing: the settings as they are now are the next session's."""
+        try:
+            self._read_settings()
+        except Exception:  # never block Krita's exit
+            pass
 
     # -- settings -------------------------------------------------------------------------------
     def _read_settings(self) -> Settings:
@@ -652,32 +632,13 @@ class PaintBridgeDocker(DockWidget):
 
     # -- presets and LoRA ---------------------------------------------------------------------------
     def _load_presets(self) -> None:
-        current = self.preset_combo.currentText()
-        self.preset_combo.clear()
-        self.presets = prefs.load_presets(self.presets_folder)
-        self.preset_combo.addItems([p.name for p in self.presets])
-        self.preset_combo.setCurrentIndex(max(0, self.preset_combo.findText(current)))
+        self.preset_editor.reload()
 
     def use_preset(self) -> None:
-        preset = next((p for p in getattr(self, "presets", []) if p.name == self.preset_combo.currentText()), None)
-        if preset is None:
-            raise UserError("No style preset selected.")
-        values = {"model": preset.model, "sampler": preset.sampler, "negative_prompt": preset.negative_prompt or None,
-                  "steps": preset.steps or None, "cfg_scale": preset.cfg_scale or None,
-                  "prompt": preset.apply_prompt(self.prompt_edit.toPlainText())}
-        self._load_into_ui(values)
-        self.show_message(f"Style: {preset.name}")
+        self.preset_editor.use()
 
     def save_preset(self) -> None:
-        name = self.preset_name.text().strip()
-        if not name:
-            raise UserError("Name the preset first.")
-        s = self._read_settings()
-        prefs.save_preset(self.presets_folder, prefs.Preset(name, s.model, s.sampler, s.steps, s.cfg_scale,
-                                                            negative_prompt=s.negative_prompt))
-        self._load_presets()
-        self.preset_combo.setCurrentIndex(self.preset_combo.findText(name))
-        self.show_message(f"Saved style preset '{name}' in {self.presets_folder}")
+        self.preset_editor.save()
 
     def add_lora(self) -> None:
         name = self.lora_combo.currentText()
@@ -751,6 +712,9 @@ class PaintBridgeDocker(DockWidget):
         self.model_combo.addItems([m.name for m in caps.models if m.kind == "checkpoint"])
         self.model_combo.setCurrentIndex(max(0, self.model_combo.findText(wanted_model or caps.default_model)))
         self.model_combo.blockSignals(False)
+        self._current_model = self.model_combo.currentText()
+        info = self._model_info(self._current_model)
+        self.families.start(info.family if info is not None else "")
         self.sampler_combo.clear()
         self.sampler_combo.addItems(caps.samplers)
         self.sampler_combo.setCurrentIndex(max(0, self.sampler_combo.findText(wanted_sampler)))
@@ -779,7 +743,7 @@ class PaintBridgeDocker(DockWidget):
         self._documents[key] = document
         if key not in self.histories:
             self.histories[key] = History.from_bytes(kritadoc.read_history(document))
-            kritadoc.remove_preview(document)  # a preview saved by accident is not the painter's
+            kritadoc.leave_preview(document)  # a preview saved with the file: hidden, no undo step
         return self.histories[key]
 
     def _on_result(self, tag: str, job: PendingJob, result) -> None:
@@ -788,13 +752,12 @@ class PaintBridgeDocker(DockWidget):
         model, depth = job.color
         rect = Rect(0, 0, *job.scale_to) if job.scale_to is not None else job.rect
         mask = None if SERVER_MASKS else job.mask  # the server's RGBA already has the blend mask as alpha
-        upscale = job.scale_to is not None  # applied at once; no PNG copy for the history
 
         def prepare():
             out = []
             for image in result.images:
                 ready = kritadoc.layer_ready(image, rect, mask)
-                rgba = b"" if upscale else kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))
+                rgba = kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))  # for the PNG
                 out.append((kritadoc.Ready.make(ready, model, depth), kritadoc.thumbnail_png(ready),
                             ready.width(), ready.height(), rgba))
             return out
@@ -821,40 +784,41 @@ class PaintBridgeDocker(DockWidget):
         document = job.document
         history = self._history(document)
         key = kritadoc.document_key(document)
-        if job.scale_to is not None:
+        upscale = job.scale_to is not None
+        if upscale:  # applied at once, and kept in the history with its pixels like any result
             self._apply_upscale(job, result, [p[0] for p in prepared])
-            job.timings["place_ms"] = (time.perf_counter() - t0) * 1000
-            self._record_timings(tag, job)
-            # In the history too (thumbnail, settings, parameters), already applied: its pixels
-            # stay in the document rather than a second full-size copy in the .kra.
-            for (_ready, thumbnail, *_rest), seed in zip(prepared, result.seeds, strict=False):
-                width, height = job.scale_to
-                history.add(Entry(history.new_id(), job.prompt, seed, "upscale", "upscale", 0, 0, width, height,
-                                  first_pass=(job.rect.width, job.rect.height), settings={**job.settings, "token": ""},
-                                  infotext=result.infotext, thumbnail=thumbnail))
-            self._dirty.add(key)
-            if key == _active_key():
-                self._refresh_history()
-            return
         batch = uuid.uuid4().hex[:8] if len(result.images) > 1 else ""
         infotexts = result.infotexts or [result.infotext] * len(result.images)
         first = result.parameters.get("first_pass") if isinstance(result.parameters, dict) else None
         first_pass = tuple(first) if first else job.first_pass
+        x, y, width, height = (0, 0, *job.scale_to) if upscale else (job.rect.x, job.rect.y, job.rect.width, job.rect.height)
+        if upscale:
+            first_pass = (job.rect.width, job.rect.height)  # the size it was upscaled from
         added = []
-        for index, ((ready, thumbnail, width, height, rgba), seed) in enumerate(zip(prepared, result.seeds, strict=False)):
-            entry = Entry(history.new_id(), job.prompt, seed, job.mode, job.kind, job.rect.x, job.rect.y,
-                          job.rect.width, job.rect.height, first_pass=first_pass,
+        for index, ((ready, thumbnail, pixel_width, pixel_height, rgba), seed) in enumerate(zip(prepared, result.seeds, strict=False)):
+            entry = Entry(history.new_id(), job.prompt, seed, job.mode, job.kind, x, y, width, height, first_pass=first_pass,
                           settings={**job.settings, "seed": seed, "random_seed": False, "token": ""},
                           infotext=infotexts[index] if index < len(infotexts) else "", batch=batch, thumbnail=thumbnail)
             for dropped in history.add(entry):
                 self._pixels.pop(dropped.id, None)
             self._pixels[entry.id] = ready
 
-            def encode(entry=entry, width=width, height=height, rgba=rgba):
+            def encode(entry=entry, width=pixel_width, height=pixel_height, rgba=rgba):
                 entry.png = pngio.encode_rgba(width, height, rgba)  # lossless, for the .kra
 
-            self.background.submit(encode, lambda _none, key=key: self._dirty.add(key))
+            def encoded(_none, key=key, entry=entry):
+                if entry.mode == "upscale":  # big: from here on it is read back from its PNG when needed
+                    self._pixels.pop(entry.id, None)
+                self._dirty.add(key)
+
+            self.background.submit(encode, encoded)
             added.append(entry)
+        if upscale:
+            job.timings["place_ms"] = (time.perf_counter() - t0) * 1000
+            self._record_timings(tag, job)
+            if key == _active_key():
+                self._refresh_history()
+            return
         self.last_seed = result.seeds[0] if result.seeds else None
         self.last_seed_label.setText(f"last: {self.last_seed}")
         if key == _active_key():
@@ -870,15 +834,12 @@ class PaintBridgeDocker(DockWidget):
     def _apply_upscale(self, job: PendingJob, result, ready: list) -> None:
         document = job.document
         width, height = job.scale_to
-        resolution = int(document.resolution())
-        kritadoc.remove_preview(document)
-        if (width, height) != (document.width(), document.height()):
-            document.scaleImage(width, height, resolution, resolution, "Bicubic")  # the painter's layers, as Image > Scale
-            document.waitForDone()
+        kritadoc.leave_preview(document)
+        self._scale_document(document, width, height)
         layers = [n for n in document.topLevelNodes() if not n.type().endswith("mask")]
         top = layers[-1] if layers else None
         for image, seed in zip(ready, result.seeds, strict=False):
-            top = kritadoc.add_layer(document, f"Upscaled ×{job.settings['upscale_factor']:g} (seed {seed})", image, 0, 0, top)
+            top = kritadoc.add_layer(document, _upscale_name(job.settings, seed), image, 0, 0, top)
         self.show_message(f"Upscaled to {width}x{height}")
 
     def _save_histories(self) -> None:
@@ -917,6 +878,8 @@ class PaintBridgeDocker(DockWidget):
                 if entry.id == current:
                     self.history_list.setCurrentItem(item)
         self.history_list.blockSignals(False)
+        self.history_panel.fit_history()
+        self.history_button.setText(f"History ({self.history_list.count()})" if self.history_list.count() else "History")
         if select is not None:
             self._preview_item(self.history_list.currentItem())
 
@@ -934,7 +897,9 @@ class PaintBridgeDocker(DockWidget):
             if not entry.png:
                 raise UserError("This result's pixels were not kept.")
             image = kritadoc.from_png(entry.png)
-            ready = self._pixels[entry.id] = kritadoc.Ready.make(image, document.colorModel(), document.colorDepth())
+            ready = kritadoc.Ready.make(image, document.colorModel(), document.colorDepth())
+            if entry.mode != "upscale":  # a whole upscaled image is not worth keeping in memory
+                self._pixels[entry.id] = ready
         return ready
 
     def _preview_item(self, item) -> None:
@@ -942,8 +907,8 @@ class PaintBridgeDocker(DockWidget):
         if item is None or document is None:
             return
         entry = self._history(document).get(item.data(Qt.UserRole))
-        if entry is None or entry.mode == "upscale":
-            return
+        if entry is None or (entry.mode == "upscale" and (entry.width, entry.height) != (document.width(), document.height())):
+            return  # an upscale previews only on a document of its size
         try:
             kritadoc.show_preview(document, self._pixels_of(entry, document), entry.x, entry.y)
         except UserError as exc:
@@ -958,19 +923,34 @@ class PaintBridgeDocker(DockWidget):
         return self._apply_entries(document, self._history(document).batch_of(entry.id))
 
     def _apply_entries(self, document, entries: list[Entry]) -> list[str]:
-        kritadoc.remove_preview(document)
+        """New layers above the active one, as ONE undo step (a batch goes in one group)."""
+        kritadoc.leave_preview(document)  # its own undo step is taken back where it can be
         t0 = time.perf_counter()
-        names, above = [], None
-        for entry in entries:
-            if entry.mode == "upscale":
-                continue
-            label = {"generate": "Generated", "refine": "Refined", "inpaint": "Inpainted", "expand": "Expanded"}.get(entry.mode, "PaintBridge")
-            name = f"{label}: {entry.title()}"
-            above = kritadoc.add_layer(document, name, self._pixels_of(entry, document), entry.x, entry.y, above)
-            names.append(name)
+        labels = {"generate": "Generated", "refine": "Refined", "inpaint": "Inpainted", "expand": "Expanded",
+                  "upscale": "Upscaled"}
+        upscales = [e for e in entries if e.mode == "upscale"]
+        if upscales:
+            # An upscale's pixels cover the whole upscaled image: scale the painter's layers to it first
+            # (Image > Scale, one more undo step; none when the document already has that size).
+            self._scale_document(document, upscales[-1].width, upscales[-1].height)
+        layers = [(_upscale_name(e.settings, e.seed) if e.mode == "upscale" else f"{labels.get(e.mode, 'PaintBridge')}: {e.title()}",
+                   self._pixels_of(e, document), e.x, e.y) for e in entries]
+        if len(layers) == 1:
+            kritadoc.add_layer(document, *layers[0])
+        elif layers:
+            first = entries[0]
+            kritadoc.add_group(document, f"{labels.get(first.mode, 'PaintBridge')} ×{len(layers)}: "
+                               f"{first.title().rsplit(' (seed', 1)[0]}", layers)
+        names = [layer[0] for layer in layers]
         self.last_apply_ms = (time.perf_counter() - t0) * 1000
         self.show_message(f"Applied {len(names)} layer(s)" + (f": {names[0]}" if names else ""))
         return names
+
+    def _scale_document(self, document, width: int, height: int) -> None:
+        if (width, height) != (document.width(), document.height()):
+            resolution = int(document.resolution())
+            document.scaleImage(width, height, resolution, resolution, "Bicubic")  # the painter's layers, as Image > Scale
+            document.waitForDone()
 
     def discard_selected(self) -> None:
         document, entry = self._selected_entry()
@@ -978,7 +958,7 @@ class PaintBridgeDocker(DockWidget):
         row = self.history_list.currentRow()
         history.discard(entry.id)
         self._pixels.pop(entry.id, None)
-        kritadoc.remove_preview(document)
+        kritadoc.leave_preview(document)
         self._dirty.add(kritadoc.document_key(document))
         self._refresh_history()
         if self.history_list.count():
@@ -1002,6 +982,7 @@ class PaintBridgeDocker(DockWidget):
         for row in self.queue.rows:
             item = QListWidgetItem(row.text())
             item.setData(Qt.UserRole, row.tag)
+            item.setData(Qt.UserRole + 1, row.active)
             item.setToolTip(row.text())
             if row.preview is not None:
                 p = row.preview
@@ -1010,6 +991,10 @@ class PaintBridgeDocker(DockWidget):
             self.queue_list.addItem(item)
             if row.tag == current:
                 self.queue_list.setCurrentItem(item)
+        self.history_panel.fit_queue()
+        first_active = next((i for i, r in enumerate(self.queue.rows) if r.active), None)
+        if first_active is not None:
+            self.queue_list.scrollToItem(self.queue_list.item(first_active))
         state, text = self.connection
         self.status.setText(self.queue.status_line(state, text))
         self.status.setToolTip(self.status.text())
@@ -1026,6 +1011,10 @@ class PaintBridgeDocker(DockWidget):
             done = self.queue.rows[-1] if self.queue.rows else None
             self.progress.setValue(100 if done is not None and done.state == jobqueue.FINISHED else 0)
             self.progress.setFormat(done.state.capitalize() if done is not None else "Idle")
+
+
+def _upscale_name(settings: dict, seed: int) -> str:
+    return f"Upscaled ×{float(settings.get('upscale_factor', 2)):g} (seed {seed})"
 
 
 def _active_key() -> str:
@@ -1070,6 +1059,8 @@ def _dspin(lo: float, hi: float, value: float, step: float) -> QDoubleSpinBox:
 def register() -> None:
     app = Krita.instance()
     app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, PaintBridgeDocker))
+    # The results and the queue: on the left, below Krita's toolbox (see history_docker.py for why).
+    app.addDockWidgetFactory(DockWidgetFactory(HISTORY_DOCKER_ID, DockWidgetFactoryBase.DockLeft, PaintBridgeHistoryDocker))
     scenario = os.environ.get("PAINTBRIDGE_SCENARIO")
     if scenario:
         # Test hook: a scenario module drives the plugin's own code paths.

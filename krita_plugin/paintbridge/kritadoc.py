@@ -176,34 +176,126 @@ def _anchor(document, below=None):
 
 
 def add_layer(document, name: str, ready: Ready, x: int, y: int, below=None):
-    """A normal paint layer above the painter's active layer; nothing else changes."""
+    """A normal paint layer above the painter's active layer: ONE undo step ("Add Layer")."""
     parent, above = _anchor(document, below)
     node = document.createNode(name, "paintlayer")
     # Empty into the stack first, pixels after: Krita then updates the projection once,
     # asynchronously (no refreshProjection(), which would recomposite while we wait).
+    # setPixelData records no undo command: undoing the add removes the layer with its
+    # pixels, redoing brings back the same node, pixels included.
     parent.addChildNode(node, above)
     node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
     return node
+
+
+def add_group(document, name: str, layers: list[tuple[str, Ready, int, int]], below=None):
+    """Several layers in one new group above the active layer: still ONE undo step.
+
+    Group.setChildNodes fills the group without recording undo commands (measured in
+    Krita 5.1.5), so only the group's own "Add Layer" lands on the stack: one Ctrl+Z
+    takes the whole batch away, as the painter applied it in one click.
+    """
+    parent, above = _anchor(document, below)
+    group = document.createNode(name, "grouplayer")
+    children = []
+    for child_name, ready, x, y in layers:
+        node = document.createNode(child_name, "paintlayer")
+        node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
+        children.append(node)
+    group.setChildNodes(children)
+    parent.addChildNode(group, above)
+    # Layers that joined the group outside an undo command are not composited by the group's
+    # own update (measured: the canvas kept the old pixels); one full refresh shows them.
+    document.refreshProjection()
+    return group
+
+
+# -- the preview and the undo stack ------------------------------------------------------------
+# What Krita 5.1.5's Python API records, measured (tests/krita_scenario/docker2.py): addChildNode
+# and remove push one undo command each ("Add Layer", "Remove Layer"); setPixelData, setVisible,
+# setName, setOpacity and move push none; Document has no undo macro. So the preview is ONE
+# layer, added once and then only repainted or hidden (no command), and when the painter leaves
+# it while our "Add Layer" is still the last thing on the stack, that command is undone
+# (Krita's own Edit > Undo): the stack is then exactly as it was before the preview appeared.
+ADD_LAYER = "Add Layer"
+_preview_marks: dict[str, tuple[list[str], list[str]]] = {}  # document -> (undo texts, node ids)
+
+
+def undo_texts() -> list[str] | None:
+    """The active document's undo commands, oldest first, as the Undo History docker lists
+    them (Krita creates that docker hidden or not); None where it cannot be read."""
+    from PyQt5.QtWidgets import QAbstractItemView
+
+    for docker in Krita.instance().dockers():
+        if docker.objectName() == "History":
+            for view in docker.findChildren(QAbstractItemView):
+                model = view.model()
+                if model is not None:
+                    return [str(model.data(model.index(row, 0))) for row in range(1, model.rowCount())]
+    return None
+
+
+def _node_ids(document) -> list[str]:
+    ids, todo = [], list(document.topLevelNodes())
+    while todo:
+        node = todo.pop()
+        ids.append(node.uniqueId().toString())
+        todo.extend(node.childNodes())
+    return sorted(ids)
 
 
 def find_preview(document):
     return next((n for n in document.topLevelNodes() if n.name() == PREVIEW_NAME), None)
 
 
-def remove_preview(document) -> None:
-    for node in [n for n in document.topLevelNodes() if n.name() == PREVIEW_NAME]:
-        node.remove()
-
-
 def show_preview(document, ready: Ready, x: int, y: int):
-    """ONE temporary layer, replaced as the painter clicks through results."""
-    remove_preview(document)
-    parent, above = _anchor(document)
-    node = document.createNode(PREVIEW_NAME, "paintlayer")
-    # Top level, so that finding and removing it never depends on where the painter was.
-    document.rootNode().addChildNode(node, above if parent == document.rootNode() else None)
+    """ONE temporary layer, repainted as the painter clicks through results."""
+    node = find_preview(document)
+    if node is None:
+        parent, above = _anchor(document)
+        node = document.createNode(PREVIEW_NAME, "paintlayer")
+        # Top level, so that finding it never depends on where the painter was.
+        document.rootNode().addChildNode(node, above if parent == document.rootNode() else None)
+        texts = undo_texts()
+        if texts and texts[-1] == ADD_LAYER:
+            _preview_marks[document_key(document)] = (texts, _node_ids(document))
+    else:
+        _clear(node)
+        node.setVisible(True)
     node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
     return node
+
+
+def _clear(node) -> None:
+    old = node.bounds()
+    if old.width() > 0 and old.height() > 0:
+        size = max(1, len(node.pixelData(old.x(), old.y(), 1, 1)))
+        node.setPixelData(bytes(old.width() * old.height() * size), old.x(), old.y(), old.width(), old.height())
+
+
+def leave_preview(document) -> str:
+    """The painter is done looking: 'undone' (the preview's own undo step taken back),
+    'hidden' (something else happened since: hide it, no undo step) or 'none'."""
+    node = find_preview(document)
+    mark = _preview_marks.pop(document_key(document), None)
+    if node is None:
+        return "none"
+    active = Krita.instance().activeDocument()
+    if (mark is not None and active is not None and document_key(active) == document_key(document)
+            and undo_texts() == mark[0] and _node_ids(document) == mark[1]):
+        document.waitForDone()
+        Krita.instance().action("edit_undo").trigger()
+        document.waitForDone()
+        if find_preview(document) is None:
+            return "undone"
+    _clear(node)
+    node.setVisible(False)
+    return "hidden"
+
+
+def remove_preview(document) -> None:
+    """Leave the preview (kept for callers; see leave_preview)."""
+    leave_preview(document)
 
 
 # -- the history inside the .kra -------------------------------------------------------------

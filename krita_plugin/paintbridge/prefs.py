@@ -73,7 +73,8 @@ def save(store: Store, settings, remember_token: bool) -> None:
 def remember_family(store: Store, family: str, settings) -> None:
     """The last model, sampler, steps and CFG used with this family (sd15, sdxl...)."""
     if family:
-        store.set(f"family_{family}", json.dumps({k: getattr(settings, k) for k in FAMILY_KEYS}))
+        values = settings if isinstance(settings, dict) else {k: getattr(settings, k) for k in FAMILY_KEYS}
+        store.set(f"family_{family}", json.dumps({k: values[k] for k in FAMILY_KEYS if k in values}))
 
 
 def family_defaults(store: Store, family: str) -> dict:
@@ -82,6 +83,34 @@ def family_defaults(store: Store, family: str) -> dict:
     except ValueError:
         return {}
     return {k: v for k, v in data.items() if k in FAMILY_KEYS}
+
+
+class FamilyMemory:
+    """Switching models: what the painter last used with each family comes back.
+
+    SDXL wants other steps, CFG and samplers than SD1.5: picking an SDXL model loads
+    what was last used with SDXL, and what was set for the family being left is kept
+    for when the painter comes back to it, in this session and the next (kritarc).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.family = ""  # the family of the model in use
+
+    def start(self, family: str) -> None:
+        """At connection: the restored model's family; nothing is loaded (the settings are the last ones)."""
+        self.family = family
+
+    def switch(self, family: str, current: dict) -> dict:
+        """The painter picked a model of `family`; `current` = the settings used until now
+        (model, sampler, steps, cfg_scale). Returns the values to load (empty: keep)."""
+        if not family or family == self.family:
+            self.family = family or self.family
+            return {}
+        if self.family:
+            remember_family(self.store, self.family, current)
+        self.family = family
+        return {k: v for k, v in family_defaults(self.store, family).items() if k != "model"}
 
 
 # -- LoRA picker ------------------------------------------------------------------------
@@ -110,8 +139,93 @@ class Preset:
     extra: dict = field(default_factory=dict)
 
     def apply_prompt(self, prompt: str) -> str:
-        parts = [self.prompt_prefix.strip(), prompt.strip(), self.prompt_suffix.strip()]
+        """prefix, prompt, suffix — once: using the preset again does not repeat them."""
+        core = self.strip_prompt(prompt)
+        parts = [self.prompt_prefix.strip(), core, self.prompt_suffix.strip()]
         return ", ".join(p for p in parts if p)
+
+    def strip_prompt(self, prompt: str) -> str:
+        """The painter's own words: the prompt without this preset's prefix and suffix."""
+        text = prompt.strip()
+        prefix, suffix = self.prompt_prefix.strip(), self.prompt_suffix.strip()
+        # (no str.removeprefix: Krita 5.1's own Python on Windows is 3.8)
+        if prefix and text.startswith(prefix):
+            text = text[len(prefix):].lstrip(" ,")
+        if suffix and text.endswith(suffix):
+            text = text[: len(text) - len(suffix)].rstrip(" ,")
+        return text
+
+    def values(self, prompt: str, previous: Preset | None = None) -> dict:
+        """What "Use" loads into the docker: unset fields (empty, 0) keep the docker's values."""
+        core = previous.strip_prompt(prompt) if previous is not None else prompt
+        out = {"prompt": self.apply_prompt(core), "model": self.model or None, "sampler": self.sampler or None,
+               "steps": self.steps or None, "cfg_scale": self.cfg_scale or None,
+               "negative_prompt": self.negative_prompt or None}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+class PresetError(ValueError):
+    """A preset file that cannot be used; the message says why."""
+
+
+PRESET_MAX_BYTES = 64 * 1024  # a preset is a few hundred bytes; anything far larger is not one
+
+
+def preset_from_json(data) -> Preset:
+    """A preset from parsed JSON, checked field by field (files come from other people)."""
+    if not isinstance(data, dict) or not data.get("paintbridge_preset"):
+        raise PresetError("not a PaintBridge style preset (no \"paintbridge_preset\" key)")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise PresetError("the preset has no name")
+    values: dict = {"name": name.strip()[:200]}
+    for f in fields(Preset):
+        if f.name in ("name", "extra") or f.name not in data:
+            continue
+        value, kind = data[f.name], {"steps": int, "cfg_scale": float}.get(f.name, str)
+        if kind is str and not isinstance(value, str):
+            raise PresetError(f"preset field '{f.name}' must be text")
+        if kind is not str:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PresetError(f"preset field '{f.name}' must be a number")
+            value = kind(value)
+            if not 0 <= value <= (150 if f.name == "steps" else 30):
+                raise PresetError(f"preset field '{f.name}' is out of range: {value}")
+        values[f.name] = value
+    extra = data.get("extra", {})
+    values["extra"] = extra if isinstance(extra, dict) else {}
+    return Preset(**values)
+
+
+def read_preset_file(path: str) -> Preset:
+    try:
+        if os.path.getsize(path) > PRESET_MAX_BYTES:
+            raise PresetError(f"{os.path.basename(path)} is too large for a style preset")
+        with open(path, encoding="utf-8") as f:
+            return preset_from_json(json.load(f))
+    except OSError as exc:
+        raise PresetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        if isinstance(exc, PresetError):
+            raise
+        raise PresetError(f"{os.path.basename(path)} is not valid JSON: {exc}") from None
+
+
+def import_preset(folder: str, path: str) -> Preset:
+    """Share: a preset file someone sent, checked and copied into the presets folder."""
+    preset = read_preset_file(path)
+    save_preset(folder, preset)
+    return preset
+
+
+def export_preset(folder: str, name: str, path: str) -> str:
+    """Share: write the named preset to `path` (a .json anyone can import)."""
+    preset = next((p for p in load_presets(folder) if p.name == name), None)
+    if preset is None:
+        raise PresetError(f"no style preset named '{name}'")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"paintbridge_preset": 1, **asdict(preset)}, f, indent=1, ensure_ascii=False)
+    return path
 
 
 def _file_name(name: str) -> str:
@@ -124,9 +238,13 @@ def presets_dir(resource_root: str) -> str:
     return os.path.join(resource_root, "paintbridge", "presets")
 
 
+def preset_path(folder: str, name: str) -> str:
+    return os.path.join(folder, _file_name(name))
+
+
 def save_preset(folder: str, preset: Preset) -> str:
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, _file_name(preset.name))
+    path = preset_path(folder, preset.name)
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"paintbridge_preset": 1, **asdict(preset)}, f, indent=1, ensure_ascii=False)
     return path
@@ -137,25 +255,28 @@ def load_presets(folder: str) -> list[Preset]:
     presets = []
     if not os.path.isdir(folder):
         return presets
-    known = {f.name for f in fields(Preset)}
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".json"):
             continue
         try:
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                data = json.load(f)
-            if not isinstance(data, dict) or not data.get("paintbridge_preset"):
-                continue
-            presets.append(Preset(**{k: v for k, v in data.items() if k in known}))
-        except (OSError, ValueError, TypeError):
+            presets.append(read_preset_file(os.path.join(folder, name)))
+        except PresetError:
             continue
     return sorted(presets, key=lambda p: p.name.lower())
 
 
-def delete_preset(folder: str, name: str) -> None:
-    path = os.path.join(folder, _file_name(name))
-    if os.path.exists(path):
-        os.remove(path)
+def delete_preset(folder: str, name: str) -> bool:
+    """Remove the named preset's file; False if there was none."""
+    removed = False
+    for path in [os.path.join(folder, _file_name(name))] + [
+            os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else []) if f.endswith(".json")]:
+        try:
+            if os.path.exists(path) and read_preset_file(path).name == name:
+                os.remove(path)
+                removed = True
+        except PresetError:
+            continue
+    return removed
 
 
 # -- wording ------------------------------------------------------------------------------

@@ -368,7 +368,7 @@ def s_reopened():
         settings={k: entry.settings.get(k) for k in ("prompt", "steps", "seed", "sampler")} if entry else None,
         png_bytes=len(entry.png) if entry else 0, layers=names(doc))
     ctx["history_shot"] = os.path.join(os.path.dirname(SHOT) or WORK, "krita-history.png")
-    d.tabs.setCurrentIndex(1)
+    d.show_history()  # the PaintBridge History docker (history_docker.py)
     return True
 
 
@@ -382,7 +382,6 @@ def s_queue():
     configure(d, "second in line", steps=12, seed=2)
     second = d.generate()
     ctx.update(doc=doc, first=first, second=second, seen={})
-    d.tabs.setCurrentIndex(0)
     return True
 
 
