@@ -123,3 +123,35 @@ def test_painter_workflow_in_real_krita(server, tmp_path):
         big = steps["big"]
         assert big["top_size"] == [4096, 4096], big
         print("4096x4096 UI-thread ms:", big["timings"], "max timer gap", big["max_timer_gap_ms"])
+
+
+@pytest.mark.skipif(bool(missing), reason=f"needs {' and '.join(missing)} (apt-get install krita xvfb)")
+def test_live_mode_and_region_layers_in_real_krita(server, tmp_path):
+    """Live mode: a stroke leads to a new picture; Apply is one layer and one undo step;
+    leaving Live leaves the undo stack as it was. A region layer's prompt goes with Generate."""
+    report = run_krita(server.url, tmp_path, scenario="live.py")
+    steps = {s["step"]: s for s in report["steps"]}
+
+    picture = steps["live picture"]
+    assert picture["live_visible"] and picture["button"] == "Apply live picture", picture
+    assert picture["differs"] and picture["results"] >= 2, picture  # the stroke made a new picture
+    request = picture["request"]
+    assert request["live"] and not request["preview"] and request["kind"] == "img2img", request
+    assert request["strength"] == 0.5 and request["seed"] == 4321 and picture["seeds"] == [4321], picture
+
+    undo = steps["apply and undo"]
+    applied = undo["applied"]
+    assert len(applied["new"]) == 1 and applied["new"][0].startswith("Live: a lighthouse at dusk (seed 4321)"), applied
+    assert applied["layer"] == [256, 256] and applied["opaque"] == 256 * 256, applied
+    if applied["undo_before"]["rows"] is not None:  # the Undo History's rows: exactly one more
+        assert applied["undo_after"]["rows"] == applied["undo_before"]["rows"] + 1, applied
+    assert undo["after_undo"]["layers"] == undo["layers_start"], undo  # one undo removes it
+    assert undo["undo_end"] == undo["undo_start"] == applied["undo_before"], undo  # Live itself added nothing
+    assert not undo["live_active"] and not undo["live_visible"] and undo["layers_end"] == undo["layers_start"]
+
+    region = steps["region"]
+    assert region["items"] == ["Umbrella: a red umbrella"], region
+    assert '"a red umbrella"' in region["annotation"], region  # saved with the document
+    assert region["request_regions"] == [{"prompt": "a red umbrella", "weight": 1.5, "mask": [256, 256],
+                                          "covered": 128 * 128}], region
+    assert "Region 1 prompt: a red umbrella" in region["infotext"], region

@@ -59,6 +59,9 @@ from . import jobqueue, kritadoc, pngio, prefs
 from .connection import CONNECTED
 from .history import Entry, History
 from .kritadoc import UserError
+from .live_ui import LivePanel
+from .region_layers import with_regions
+from .region_ui import RegionsTab
 from .regions import SIDES, Rect, expand, strip_mask, work_area
 from .requests import LAYER, SERVER_MASKS, VISIBLE, Settings, generate_request, plan_sizes, upscale_request
 from .worker import Worker
@@ -163,14 +166,13 @@ class PaintBridgeDocker(DockWidget):
         for index, (key, text, tip) in enumerate((
             ("generate", "Generate", "Generate, refine or inpaint: the strength and the selection decide"),
             ("upscale", "Upscale", "Make the whole image bigger"),
-            ("live", "Live", "Live painting (coming)"),
+            ("live", "Live", "Live painting: the picture follows your strokes; Apply keeps it"),
         )):
             button = QToolButton()
             button.setText(text)
             button.setToolTip(tip)
             button.setCheckable(True)
             button.setAutoRaise(True)
-            button.setEnabled(key != "live")
             self.mode_group.addButton(button, index)
             self.mode_buttons[key] = button
             modes.addWidget(button)
@@ -213,6 +215,8 @@ class PaintBridgeDocker(DockWidget):
         row.addWidget(self.upscaler_combo, 1)
         self.mode_stack.addWidget(strength_page)
         self.mode_stack.addWidget(upscale_page)
+        self.live = LivePanel(self)  # live_ui.py: its row here, its picture above the tabs
+        self.mode_stack.addWidget(self.live.strength_page)
         self.mode_stack.setFixedHeight(max(strength_page.sizeHint().height(), upscale_page.sizeHint().height()))
         layout.addWidget(self.mode_stack)
 
@@ -240,10 +244,13 @@ class PaintBridgeDocker(DockWidget):
             label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)  # long text never widens the docker
             layout.addWidget(label)
 
+        layout.addWidget(self.live.panel, 3)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self._queue_tab(), "Queue")
         self.tabs.addTab(self._history_tab(), "History")
+        self.regions_ui = RegionsTab(self)  # region_ui.py: layers with a prompt of their own
+        self.tabs.addTab(self.regions_ui, "Regions")
         self.tabs.addTab(_scrolled(self._options_tab()), "Options")
         self.tabs.addTab(_scrolled(self._connection_tab()), "Server")
         self.tabs.setMinimumHeight(self.tabs.tabBar().sizeHint().height() + 8)
@@ -424,10 +431,11 @@ class PaintBridgeDocker(DockWidget):
 
     # -- labels that follow the state -------------------------------------------------------
     def _mode(self) -> str:
-        return "upscale" if self.mode_buttons["upscale"].isChecked() else "generate"
+        return next((k for k in ("upscale", "live") if self.mode_buttons[k].isChecked()), "generate")
 
     def _mode_changed(self) -> None:
-        self.mode_stack.setCurrentIndex(1 if self._mode() == "upscale" else 0)
+        self.mode_stack.setCurrentIndex({"upscale": 1, "live": 2}.get(self._mode(), 0))
+        self.live.set_active(self._mode() == "live")
         self._update_labels()
 
     def _has_selection(self) -> bool:
@@ -553,6 +561,8 @@ class PaintBridgeDocker(DockWidget):
         return tag
 
     def run_mode(self) -> str:
+        if self._mode() == "live":
+            return self.live.apply()
         return self.upscale_document() if self._mode() == "upscale" else self.generate()
 
     def generate(self) -> str:
@@ -572,10 +582,12 @@ class PaintBridgeDocker(DockWidget):
         read_ms = (time.perf_counter() - t0) * 1000
         native, settings = self._native(), Settings(**asdict(s))
         soft = RawImage(area.width, area.height, 1, mask) if mask is not None else None
+        region_layers = self.regions_ui.layers(document, area)
 
         def build():  # on the network thread: the RGBA conversion stays off the UI thread
             image = raw.to_rgba() if raw is not None else None
-            return generate_request(settings, area.width, area.height, image, soft, native=native)
+            request = generate_request(settings, area.width, area.height, image, soft, native=native)
+            return with_regions(request, region_layers, area.width, area.height)
 
         mode = "inpaint" if mask is not None and s.strength >= 1.0 else "refine" if s.strength < 1.0 else "generate"
         kind = "inpaint" if mask is not None else "img2img" if s.strength < 1.0 else "txt2img"
@@ -711,6 +723,8 @@ class PaintBridgeDocker(DockWidget):
             self._refresh_queue()
 
     def _on_event(self, event) -> None:
+        if self.live.on_event(event):  # live jobs are the live panel's
+            return
         if event.kind == "state":
             state, text = event.data
             self.connection = (state, text or "")
