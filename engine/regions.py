@@ -188,7 +188,8 @@ class RegionControl:
             pooled = torch.cat([self.prompts[k].pooled.expand(n, -1) for k in keys])
             added = {"text_embeds": pooled, "time_ids": guidance.time_ids.repeat(len(keys), 1)}
         batch = x_in.repeat(len(keys), 1, 1, 1)
-        return unet(batch, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+        return unet(batch, t, encoder_hidden_states=hidden, added_cond_kwargs=added,
+                    **guidance.unet_kwargs(batch.shape[0])).sample
 
 
 def prepare(model, prompt: str, negative: str, regions: list[RegionParams], cfg_scale: float, clip_skip: int,

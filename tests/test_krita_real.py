@@ -143,10 +143,14 @@ def test_live_mode_and_region_layers_in_real_krita(server, tmp_path):
     applied = undo["applied"]
     assert len(applied["new"]) == 1 and applied["new"][0].startswith("Live: a lighthouse at dusk (seed 4321)"), applied
     assert applied["layer"] == [256, 256] and applied["opaque"] == 256 * 256, applied
-    if applied["undo_before"]["rows"] is not None:  # the Undo History's rows: exactly one more
-        assert applied["undo_after"]["rows"] == applied["undo_before"]["rows"] + 1, applied
+    start, before, after = undo["undo_start"], applied["undo_before"], applied["undo_after"]
+    assert before == start, undo  # Live mode itself added nothing to the undo stack
+    assert after["rows"] == before["rows"] + 1 and after["index"] == before["index"] + 1, applied  # one command
+    assert after["undo"] == "Undo Add Layer", applied
     assert undo["after_undo"]["layers"] == undo["layers_start"], undo  # one undo removes it
-    assert undo["undo_end"] == undo["undo_start"] == applied["undo_before"], undo  # Live itself added nothing
+    # Back where it was: the same index (the undone Apply stays redo-able above it), nothing else.
+    end = undo["undo_end"]
+    assert end["index"] == start["index"] and end["rows"] == start["rows"] + 1 and end["undo"] == start["undo"], undo
     assert not undo["live_active"] and not undo["live_visible"] and undo["layers_end"] == undo["layers_start"]
 
     region = steps["region"]

@@ -200,7 +200,8 @@ class LivePanel:
         """Settings whose change re-renders too (a new prompt is a new picture)."""
         d = self.docker
         return "\x00".join((d.prompt_edit.toPlainText(), d.negative_edit.toPlainText(), d.model_combo.currentText(),
-                            str(self.strength_slider.value()), str(self.state.seed), d.sampler_combo.currentText()))
+                            str(self.strength_slider.value()), d.sampler_combo.currentText(), d.steps_spin.text(),
+                            d.cfg_spin.text(), d.seed_spin.text(), str(d.random_check.isChecked())))
 
     def _tick(self) -> None:
         try:

@@ -63,14 +63,15 @@ def names(doc):
 
 def undo_state():
     """The undo stack as the painter sees it: the Undo History docker's rows and the Undo action's text."""
-    rows = None
+    rows = index = None
     for dock in Krita.instance().dockers():
         for view in dock.findChildren(QAbstractItemView):
             model = view.model()
             if model is not None and "Undo" in model.metaObject().className():
-                rows = model.rowCount()
+                rows, index = model.rowCount(), view.currentIndex().row()  # commands (+1), the stack's index
     action = Krita.instance().action("edit_undo")
-    return {"rows": rows, "undo": action.text() if action else None, "enabled": bool(action and action.isEnabled())}
+    return {"rows": rows, "index": index, "undo": action.text() if action else None,
+            "enabled": bool(action and action.isEnabled())}
 
 
 def stripes(width, height):
@@ -189,8 +190,8 @@ def s_live_on():
 
 def s_first_picture():
     d = docker()
-    if d.live.state.results < 1:
-        return False
+    if d.live.state.results < 1 or d.live.state.tags or d.live.debounce.pending:
+        return False  # the first picture, and nothing else on its way
     ctx["first"] = d.live.image.copy()
     ctx["results_before"] = d.live.state.results
     ctx["t_stroke"] = stroke(ctx["doc"], ctx["paint"], 1)
