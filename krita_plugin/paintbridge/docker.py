@@ -244,13 +244,13 @@ class PaintBridgeDocker(DockWidget):
             label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)  # long text never widens the docker
             layout.addWidget(label)
 
-        layout.addWidget(self.live.panel, 3)
+        layout.addWidget(self.live.panel, 4)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self._queue_tab(), "Queue")
         self.tabs.addTab(self._history_tab(), "History")
         self.regions_ui = RegionsTab(self)  # region_ui.py: layers with a prompt of their own
-        self.tabs.addTab(self.regions_ui, "Regions")
+        self.tabs.addTab(_scrolled(self.regions_ui), "Regions")
         self.tabs.addTab(_scrolled(self._options_tab()), "Options")
         self.tabs.addTab(_scrolled(self._connection_tab()), "Server")
         self.tabs.setMinimumHeight(self.tabs.tabBar().sizeHint().height() + 8)

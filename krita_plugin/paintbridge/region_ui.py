@@ -62,7 +62,7 @@ class RegionsTab(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 2, 0, 0)
         self.list = QListWidget()
-        self.list.setMinimumHeight(0)
+        self.list.setMinimumHeight(3 * self.list.fontMetrics().height() + 8)  # three regions without scrolling
         self.list.currentItemChanged.connect(lambda _item, _prev: self._show_selected())
         layout.addWidget(self.list, 1)
         row = QHBoxLayout()
@@ -90,7 +90,7 @@ class RegionsTab(QWidget):
         form.addRow("Negative", self.negative_edit)
         form.addRow("Weight", self.weight_spin)
         layout.addLayout(form)
-        self.hint = QLabel("Paint the area on the layer; its alpha is the mask.")
+        self.hint = QLabel("Paint the region's area on its layer: the alpha is the mask.")
         self.hint.setWordWrap(True)
         layout.addWidget(self.hint)
         self.prompt_edit.textChanged.connect(self._edited)

@@ -63,15 +63,15 @@ def names(doc):
 
 def undo_state():
     """The undo stack as the painter sees it: the Undo History docker's rows and the Undo action's text."""
-    rows = index = None
+    rows = None
     for dock in Krita.instance().dockers():
         for view in dock.findChildren(QAbstractItemView):
             model = view.model()
             if model is not None and "Undo" in model.metaObject().className():
-                rows, index = model.rowCount(), view.currentIndex().row()  # commands (+1), the stack's index
-    action = Krita.instance().action("edit_undo")
-    return {"rows": rows, "index": index, "undo": action.text() if action else None,
-            "enabled": bool(action and action.isEnabled())}
+                rows = model.rowCount()  # the commands (done and undone), plus "<empty>"
+    undo, redo = Krita.instance().action("edit_undo"), Krita.instance().action("edit_redo")
+    # Krita keeps the actions enabled and says "Redo " when there is nothing to redo.
+    return {"rows": rows, "undo": undo.text().strip(), "redo": redo.text().strip()}
 
 
 def stripes(width, height):
@@ -275,7 +275,7 @@ def s_region_generate():
     d, doc = docker(), ctx["rdoc"]
     if time.monotonic() - ctx["settle"] < 1.0:
         return False
-    d.tabs.setCurrentWidget(d.regions_ui)
+    d.tabs.setCurrentIndex(next(i for i in range(d.tabs.count()) if d.tabs.tabText(i) == "Regions"))
     node_id = d.regions_ui.add_active()
     d.regions_ui.prompt_edit.setPlainText("a red umbrella")  # typed, as the painter would
     d.regions_ui.weight_spin.setValue(1.5)
@@ -312,7 +312,7 @@ def s_measure_start():
     if not STROKES:
         return True
     doc, paint = new_document(SIDE, SIDE, "Live latency")
-    ctx.update(mdoc=doc, mpaint=paint, strokes=[], settle=time.monotonic(), phase="settle")
+    ctx.update(mdoc=doc, mpaint=paint, strokes=[], settle=time.perf_counter(), phase="settle")
     d.prompt_edit.setPlainText("a lighthouse at dusk")
     d.mode_buttons["live"].click()
     return True
@@ -344,12 +344,35 @@ def s_measure():
     return False
 
 
+def s_poll_cost():
+    """What one poll costs the UI thread on bigger canvases (read the projection + hash), no job sent."""
+    if not STROKES:
+        return True
+    from paintbridge import kritadoc, live
+    from paintbridge.regions import Rect
+
+    costs = {}
+    for side_w, side_h in ((1024, 1024), (2048, 1536), (4096, 4096)):
+        doc, _paint = new_document(side_w, side_h, f"Poll {side_w}")
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            raw = kritadoc.read_raw(doc, Rect(0, 0, side_w, side_h), "visible")
+            live.fingerprint(bytes(raw.data))
+            times.append(1000 * (time.perf_counter() - t0))
+        costs[f"{side_w}x{side_h}"] = round(statistics.median(times), 1)
+        doc.setModified(False)  # closed without a save prompt
+        doc.close()
+    log("poll cost", ms=costs)
+    return True
+
+
 STEPS = [
     (s_docker, 120), (s_connected, 120),
     (s_live_on, 30), (s_first_picture, 120), (s_stroke_picture, 120),
     (s_apply, 30), (s_undone, 30), (s_left, 30),
     (s_region, 30), (s_region_generate, 30), (s_region_done, 180),
-    (s_measure_start, 30), (s_measure, 60 + 30 * STROKES),
+    (s_measure_start, 30), (s_measure, 60 + 30 * STROKES), (s_poll_cost, 120),
 ]
 
 
