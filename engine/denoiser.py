@@ -36,10 +36,39 @@ class Guidance:
     parts_pooled: Any = None
     always_uncond: bool = False  # DDIM CFG++: the unconditional pass even at a CFG scale <= 1
     last_uncond: Any = None  # with always_uncond: the last call's unconditional model output
+    # Guidance-embedding UNets (full LCM checkpoints): the CFG scale as the UNet's `timestep_cond`
+    # (embed_guidance); the guidance is distilled in, so there is no unconditional pass.
+    timestep_cond: Any = None
 
     @property
     def guided(self) -> bool:
+        if self.timestep_cond is not None:
+            return False
         return self.cfg_scale > 1.0 or self.always_uncond  # as diffusers: no unconditional pass at CFG <= 1
+
+    def unet_kwargs(self, n: int) -> dict[str, Any]:
+        """Extra UNet arguments for a batch of n: the guidance embedding, when the UNet takes one."""
+        if self.timestep_cond is None:
+            return {}
+        return {"timestep_cond": self.timestep_cond[:1].expand(n, -1)}
+
+
+def embed_guidance(g: Guidance, unet) -> None:
+    """Full LCM checkpoints (a UNet config with `time_cond_proj_dim`, as LCM-Dreamshaper
+    ships): the guidance scale w enters as an embedding added to the timestep's
+    (Luo et al. 2023, Algorithm 1's w-conditioned consistency function), computed as
+    diffusers' LatentConsistencyModelPipeline does, from w = scale - 1. LCM-LoRAs on
+    ordinary UNets have no such input: they run at CFG 1 instead."""
+    dim = getattr(unet.config, "time_cond_proj_dim", None)
+    if not dim:
+        return
+    import torch
+    from diffusers import LatentConsistencyModelPipeline
+
+    w = torch.tensor([g.cfg_scale - 1.0])
+    # The pipeline's method never touches `self`: called unbound, it is diffusers' exact formula.
+    embedding = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim)
+    g.timestep_cond = embedding.to(device=g.cond.device, dtype=unet.dtype)
 
 
 def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None, control: Any = None, crops: Any = None):
@@ -66,7 +95,8 @@ def guided_unet(unet, x_in, t, g: Guidance, extra: Any = None, control: Any = No
             text, ids = torch.cat([g.uncond_pooled, text]), torch.cat([ids, ids])
     added = {"text_embeds": text, "time_ids": ids} if text is not None else None
     residuals = control.residuals(latent, t, hidden, added, g.guided, crops) if control else {}
-    out = unet(x_in, t, encoder_hidden_states=hidden, added_cond_kwargs=added, **residuals).sample
+    out = unet(x_in, t, encoder_hidden_states=hidden, added_cond_kwargs=added, **residuals,
+               **g.unet_kwargs(x_in.shape[0])).sample
     if g.guided:
         uncond, cond = out.chunk(2)
         out = uncond + g.cfg_scale * (cond - uncond)

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from engine import ksampling, restore, schedules, tiled
-from engine.denoiser import Denoiser, Guidance, guided_unet
+from engine.denoiser import Denoiser, Guidance, embed_guidance, guided_unet
 from engine.noise import DEFAULT_RNG, ImageNoise
 from engine.samplers import SamplerSpec
 from protocol.sampler_options import SamplerOptions, s_tmax
@@ -105,6 +105,7 @@ class KPipeline:
                             negative_pooled_prompt_embeds)
         if self.spec.cfgpp:  # the WebUI maps CFG 0..12.5 to CFG++'s 0..1
             guidance.cfg_scale, guidance.always_uncond = guidance_scale / 12.5, True
+        embed_guidance(guidance, unet)  # full LCM checkpoints: the scale as the UNet's timestep_cond
         if pooled_prompt_embeds is not None:  # SDXL: original size, crop (0, 0), target size
             ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=prompt_embeds.dtype)
             guidance.time_ids = ids.repeat(batch, 1)

@@ -172,7 +172,8 @@ def composable_unet(unet, x_in, t, g: Any):
     if g.pooled is not None:
         text = torch.cat([*g.parts_pooled, g.uncond_pooled])
         added = {"text_embeds": text, "time_ids": torch.cat([g.time_ids] * (k + 1))}
-    out = unet(torch.cat([x_in] * (k + 1)), t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+    kwargs = g.unet_kwargs(x_in.shape[0] * (k + 1)) if hasattr(g, "unet_kwargs") else {}
+    out = unet(torch.cat([x_in] * (k + 1)), t, encoder_hidden_states=hidden, added_cond_kwargs=added, **kwargs).sample
     chunks = out.chunk(k + 1)
     uncond = chunks[-1]
     result = uncond.clone()

@@ -201,7 +201,8 @@ class RegionControl:
         if control:  # ControlNets see the latent alone, without an inpainting model's extra channels
             residuals = control.residuals(x.repeat(len(keys), 1, 1, 1), t, hidden, added, guidance.guided, crops,
                                           [k in conditional for k in keys])
-        return unet(batch, t, encoder_hidden_states=hidden, added_cond_kwargs=added, **residuals).sample
+        return unet(batch, t, encoder_hidden_states=hidden, added_cond_kwargs=added, **residuals,
+                    **guidance.unet_kwargs(batch.shape[0])).sample
 
 
 def prepare(model, prompt: str, negative: str, regions: list[RegionParams], cfg_scale: float, clip_skip: int,

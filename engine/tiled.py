@@ -27,7 +27,7 @@ import numpy as np
 
 from engine import prompt_schedule, restore
 from engine.conditioning import encode_prompts
-from engine.denoiser import Denoiser, Guidance, guided_unet
+from engine.denoiser import Denoiser, Guidance, embed_guidance, guided_unet
 from engine.errors import JobCancelled
 from engine.models import LoadedModel, free_memory, is_out_of_memory
 from engine.params import CancelFlag
@@ -264,6 +264,7 @@ def tiled_img2img(
             tiles = torch.cat([model_input[:, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch])
             guidance = _tile_guidance(whole, batch, cfg.cfg_scale, (lh, lw), model.family)
             crops = [(v.y, v.x, v.size_h, v.size_w) for v in batch]
+            embed_guidance(guidance, unet)  # full LCM checkpoints: the scale as the UNet's timestep_cond
             if region_weights is not None:  # each tile's crop of the region weights (engine/regions.py)
                 weights = torch.cat([region_weights[:, :, :, v.y : v.y + v.size_h, v.x : v.x + v.size_w] for v in batch], 1)
                 out = regions.blend(unet, tiles, t, guidance, None, weights, control, crops)

@@ -151,3 +151,51 @@ def test_cli_few_step_settings(server, tmp_path):
     assert steps.returncode == 0 and "Steps: 2," in Image.open(out).info["parameters"]
     auto = run_cli("generate", "--server", server.url, "--prompt", "a cat", "--few-step", "--out", str(out))
     assert auto.returncode == 1 and "recognises no" in auto.stderr and "[invalid_request]" in auto.stderr
+
+
+def _tiny_lcm_unet(proj_dim: int | None = 16):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8, time_cond_proj_dim=proj_dim).eval()
+
+
+def test_full_lcm_checkpoints_get_the_guidance_embedding_as_diffusers_lcm_pipeline_gives_it():
+    """A UNet with time_cond_proj_dim (LCM-Dreamshaper's kind): the denoiser path passes the
+    CFG scale as `timestep_cond`, exactly as LatentConsistencyModelPipeline's own UNet call does,
+    with no unconditional pass; the result follows the guidance scale."""
+    import torch
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+    from engine.denoiser import Guidance, embed_guidance, guided_unet
+
+    unet = _tiny_lcm_unet()
+    pipe = LatentConsistencyModelPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, scheduler=LCMScheduler(),
+                                          safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    hook = unet.register_forward_hook(lambda _m, args, kwargs, out: calls.append((args, kwargs, out[0])), with_kwargs=True)
+    cond = torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        pipe(prompt_embeds=cond, num_inference_steps=1, guidance_scale=8.0, output_type="latent", height=64, width=64)
+    hook.remove()
+    (x, t), kwargs, expected = calls[0]
+    assert kwargs["timestep_cond"] is not None
+
+    def ours(scale: float):
+        g = Guidance(cond, torch.zeros_like(cond), scale)
+        embed_guidance(g, unet)
+        assert not g.guided  # the guidance is distilled in: one UNet entry per image
+        with torch.inference_mode():
+            return guided_unet(unet, x, t, g)
+
+    assert torch.allclose(ours(8.0), expected, atol=1e-5)
+    assert (ours(2.0) - expected).abs().mean() > 1e-3  # the scale reaches the UNet
+    # An ordinary UNet (LCM-LoRA's) takes no embedding: nothing is added.
+    plain = Guidance(cond, cond, 8.0)
+    embed_guidance(plain, _tiny_lcm_unet(None))
+    assert plain.timestep_cond is None and plain.guided

@@ -170,3 +170,84 @@ def test_history_docker_undo_upscale_history_and_presets_in_real_krita(server, t
     drawer = steps["options drawer"]  # the Options tab is usable at 1280x800: a drawer over the docker
     assert drawer["open"] and drawer["height"] >= 400 and drawer["back_in_docker"] and drawer["closed"], drawer
     assert drawer["steps"]["visible"] and drawer["steps"]["on_screen"] and drawer["negative"]["visible"], drawer
+
+
+@pytest.mark.skipif(bool(missing), reason=f"needs {' and '.join(missing)} (apt-get install krita xvfb)")
+def test_live_mode_and_region_layers_in_real_krita(server, tmp_path):
+    """Live mode: a stroke leads to a new picture; Apply is one layer and one undo step;
+    leaving Live leaves the undo stack as it was. A region layer's prompt goes with Generate."""
+    report = run_krita(server.url, tmp_path, scenario="live.py")
+    steps = {s["step"]: s for s in report["steps"]}
+
+    picture = steps["live picture"]
+    assert picture["live_visible"] and picture["button"] == "Apply live picture", picture
+    assert picture["differs"] and picture["results"] >= 2, picture  # the stroke made a new picture
+    request = picture["request"]
+    assert request["live"] and not request["preview"] and request["kind"] == "img2img", request
+    assert request["strength"] == 0.5 and request["seed"] == 4321 and picture["seeds"] == [4321], picture
+
+    undo = steps["apply and undo"]
+    applied = undo["applied"]
+    assert len(applied["new"]) == 1 and applied["new"][0].startswith("Live: a lighthouse at dusk (seed 4321)"), applied
+    assert applied["layer"] == [256, 256] and applied["opaque"] == 256 * 256, applied
+    start, before, after = undo["undo_start"], applied["undo_before"], applied["undo_after"]
+    assert before == start, undo  # Live mode itself added nothing to the undo stack
+    assert before["redo"] == after["redo"] == "Redo", applied  # nothing to redo
+    assert after["rows"] == before["rows"] + 1 and after["undo"] == "Undo Add Layer", applied  # one command
+    undone = undo["after_undo"]
+    assert undone["layers"] == undo["layers_start"], undo  # one undo removes the layer
+    assert undone["undo"]["redo"] == "Redo Add Layer" and undone["undo"]["rows"] == after["rows"], undo
+    # Leaving Live: the stack as the painter left it (the undone Apply redo-able, nothing added).
+    assert undo["undo_end"] == undone["undo"], undo
+    assert not undo["live_active"] and not undo["live_visible"] and undo["layers_end"] == undo["layers_start"]
+
+    region = steps["region"]
+    assert region["items"] == ["Umbrella: a red umbrella"], region
+    assert '"a red umbrella"' in region["annotation"], region  # saved with the document
+    assert region["request_regions"] == [{"prompt": "a red umbrella", "weight": 1.5, "mask": [256, 256],
+                                          "covered": 128 * 128}], region
+    assert "Region 1 prompt: a red umbrella" in region["infotext"], region
+
+    if "measure" in steps:  # PAINTBRIDGE_LIVE_STROKES=20 PAINTBRIDGE_LIVE_SIDE=512: the latency figures
+        figures = live_latency(steps["measure"], server.log())
+        out = Path(os.environ.get("PAINTBRIDGE_ARTIFACTS", ROOT / "build" / "test-artifacts")) / "live-latency.json"
+        out.write_text(json.dumps(figures, indent=1))
+        print("live latency:", json.dumps(figures["summary"], indent=1))
+
+
+def live_latency(measure: dict, server_log: str) -> dict:
+    """Each stroke's clock (the plugin's perf_counter) and its job's engine time (the server's log):
+    stroke-to-picture, the waits by design (poll, debounce) and what the plugin and server add."""
+    import re
+
+    engine = {m[1]: float(m[2]) for m in re.finditer(r"job (\S+) engine ([\d.]+) ms", server_log)}
+    rows = []
+    for s in measure["strokes"]:
+        if s["job_id"] not in engine:
+            continue
+        ms = {
+            "stroke_to_picture": 1000 * (s["shown"] - s["stroke"]),
+            "poll_wait": 1000 * (s["changed"] - s["stroke"]),  # until the next poll saw it
+            "debounce_wait": 1000 * (s["sent"] - s["changed"]) - s["read_ms"],  # quiet time, by design
+            "plugin_ui": s["read_ms"] + s["show_ms"],  # UI thread: read, hash, hand over; show
+            "round_trip": 1000 * (s["received"] - s["sent"]),  # network thread, socket, server, model
+            "engine": engine[s["job_id"]],
+        }
+        ms["server_and_transfer"] = ms["round_trip"] - ms["engine"]
+        ms["added"] = ms["plugin_ui"] + ms["server_and_transfer"]  # the goal: < 50 ms
+        rows.append(ms)
+
+    summary: dict = {key: spread_of([r[key] for r in rows]) for key in rows[0]} if rows else {}
+    summary["n"] = len(rows)
+    summary["side"] = measure["side"]
+    summary["poll_ms"] = spread_of(measure["poll_ms"])
+    summary["poll_interval_ms"] = measure["poll_interval_ms"]
+    return {"summary": summary, "rows": rows}
+
+
+def spread_of(values: list[float]) -> dict:
+    import statistics
+
+    values = sorted(values)
+    cut = statistics.quantiles(values, n=10) if len(values) > 1 else values * 9
+    return {"median": round(statistics.median(values), 2), "p10": round(cut[0], 2), "p90": round(cut[-1], 2)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from bridge_server.convert import plot_result, to_params, to_result
@@ -49,7 +50,12 @@ def execute(engine, job_id: str, request: JobRequest, report: ReportFn, flags: S
         if request.plot is not None:
             outcome: Message = _run_plot(engine, job_id, request, report, flags)
         else:
-            outcome = to_result(job_id, engine.run(to_params(request), _progress(report), flags))
+            started = time.perf_counter()
+            output = engine.run(to_params(request), _progress(report), flags)
+            # The model's own time, apart from the queue, the encoding and the socket
+            # (the live latency figures in BENCHMARKS.md subtract it from the round trip).
+            log.info("job %s engine %.1f ms", job_id, (time.perf_counter() - started) * 1000)
+            outcome = to_result(job_id, output)
         state = FINISHED
     except JobCancelled:
         if flags.interrupt.is_set() and not flags.cancel.is_set():

@@ -60,7 +60,10 @@ from .drawer import Drawer
 from .history import Entry, History
 from .history_docker import HISTORY_DOCKER_ID, HistoryPanel, PaintBridgeHistoryDocker, history_docker, link
 from .kritadoc import UserError
+from .live_ui import LivePanel
 from .presets_ui import PresetEditor
+from .region_layers import with_regions
+from .region_ui import RegionsTab
 from .regions import SIDES, Rect, expand, strip_mask, work_area
 from .requests import LAYER, SERVER_MASKS, VISIBLE, Settings, generate_request, plan_sizes, upscale_request
 from .worker import Worker
@@ -169,14 +172,13 @@ class PaintBridgeDocker(DockWidget):
         for index, (key, text, tip) in enumerate((
             ("generate", "Generate", "Generate, refine or inpaint: the strength and the selection decide"),
             ("upscale", "Upscale", "Make the whole image bigger"),
-            ("live", "Live", "Live painting (coming)"),
+            ("live", "Live", "Live painting: the picture follows your strokes; Apply keeps it"),
         )):
             button = QToolButton()
             button.setText(text)
             button.setToolTip(tip)
             button.setCheckable(True)
             button.setAutoRaise(True)
-            button.setEnabled(key != "live")
             self.mode_group.addButton(button, index)
             self.mode_buttons[key] = button
             modes.addWidget(button)
@@ -219,6 +221,8 @@ class PaintBridgeDocker(DockWidget):
         row.addWidget(self.upscaler_combo, 1)
         self.mode_stack.addWidget(strength_page)
         self.mode_stack.addWidget(upscale_page)
+        self.live = LivePanel(self)  # live_ui.py: its row here, its picture above the tabs
+        self.mode_stack.addWidget(self.live.strength_page)
         self.mode_stack.setFixedHeight(max(strength_page.sizeHint().height(), upscale_page.sizeHint().height()))
         layout.addWidget(self.mode_stack)
 
@@ -257,8 +261,11 @@ class PaintBridgeDocker(DockWidget):
         layout.addWidget(self.message)
         self.history_panel = HistoryPanel(self)  # hosted by the PaintBridge History docker
 
+        layout.addWidget(self.live.panel, 4)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
+        self.regions_ui = RegionsTab(self)  # region_ui.py: layers with a prompt of their own
+        self.tabs.addTab(_scrolled(self.regions_ui), "Regions")
         self.tabs.addTab(_scrolled(self._options_tab()), "Options")
         self.tabs.addTab(_scrolled(self._connection_tab()), "Server")
         self.tabs.setMinimumHeight(self.tabs.tabBar().sizeHint().height() + 8)
@@ -398,10 +405,11 @@ class PaintBridgeDocker(DockWidget):
 
     # -- labels that follow the state -------------------------------------------------------
     def _mode(self) -> str:
-        return "upscale" if self.mode_buttons["upscale"].isChecked() else "generate"
+        return next((k for k in ("upscale", "live") if self.mode_buttons[k].isChecked()), "generate")
 
     def _mode_changed(self) -> None:
-        self.mode_stack.setCurrentIndex(1 if self._mode() == "upscale" else 0)
+        self.mode_stack.setCurrentIndex({"upscale": 1, "live": 2}.get(self._mode(), 0))
+        self.live.set_active(self._mode() == "live")
         self._update_labels()
 
     def _has_selection(self) -> bool:
@@ -533,6 +541,8 @@ class PaintBridgeDocker(DockWidget):
         return tag
 
     def run_mode(self) -> str:
+        if self._mode() == "live":
+            return self.live.apply()
         return self.upscale_document() if self._mode() == "upscale" else self.generate()
 
     def generate(self) -> str:
@@ -552,10 +562,12 @@ class PaintBridgeDocker(DockWidget):
         read_ms = (time.perf_counter() - t0) * 1000
         native, settings = self._native(), Settings(**asdict(s))
         soft = RawImage(area.width, area.height, 1, mask) if mask is not None else None
+        region_layers = self.regions_ui.layers(document, area)
 
         def build():  # on the network thread: the RGBA conversion stays off the UI thread
             image = raw.to_rgba() if raw is not None else None
-            return generate_request(settings, area.width, area.height, image, soft, native=native)
+            request = generate_request(settings, area.width, area.height, image, soft, native=native)
+            return with_regions(request, region_layers, area.width, area.height)
 
         mode = "inpaint" if mask is not None and s.strength >= 1.0 else "refine" if s.strength < 1.0 else "generate"
         kind = "inpaint" if mask is not None else "img2img" if s.strength < 1.0 else "txt2img"
@@ -672,6 +684,8 @@ class PaintBridgeDocker(DockWidget):
             self._refresh_queue()
 
     def _on_event(self, event) -> None:
+        if self.live.on_event(event):  # live jobs are the live panel's
+            return
         if event.kind == "state":
             state, text = event.data
             self.connection = (state, text or "")

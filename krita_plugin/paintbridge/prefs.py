@@ -293,6 +293,8 @@ def strength_label(strength: float, selection: bool, mode: str = "generate") -> 
 def button_label(strength: float, selection: bool, mode: str = "generate") -> str:
     if mode == "upscale":
         return "Upscale"
+    if mode == "live":
+        return "Apply live picture"
     if selection:
         return "Fill" if strength >= 1.0 else "Refine"
     return "Generate" if strength >= 1.0 else "Refine"

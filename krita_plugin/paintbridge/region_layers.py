@@ -63,3 +63,68 @@ def with_regions(request: JobRequest, layers: list[RegionLayer], width: int, hei
     its multiple-of-8 size, the same way the result is fitted back)."""
     found = regions(layers, width, height)
     return replace(request, regions=found) if found else request
+
+
+# -- which layers are regions, saved with the document ---------------------------------------------
+# Where the prompts live: a document annotation (as the history does, kritadoc.py), keyed by
+# the layer's unique id, which Krita saves in the .kra. The layers themselves stay ordinary
+# layers (a renamed or moved region keeps its prompt; a region layer exported or opened by
+# another program is just a layer), and nothing is written into layer names.
+REGIONS_ANNOTATION = "paintbridge/regions"
+
+
+@dataclass
+class RegionPrompt:
+    prompt: str = ""
+    negative_prompt: str | None = None  # None = the docker's negative prompt
+    weight: float = 1.0
+
+
+class RegionStore:
+    """Layer unique id -> its region prompt, for one document."""
+
+    def __init__(self, prompts: dict[str, RegionPrompt] | None = None) -> None:
+        self.prompts: dict[str, RegionPrompt] = dict(prompts or {})
+
+    def set(self, node_id: str, prompt: RegionPrompt) -> None:
+        self.prompts[node_id] = prompt
+
+    def get(self, node_id: str) -> RegionPrompt | None:
+        return self.prompts.get(node_id)
+
+    def remove(self, node_id: str) -> None:
+        self.prompts.pop(node_id, None)
+
+    def prune(self, existing: set[str]) -> bool:
+        """Forget layers that were deleted; True if any were."""
+        gone = [k for k in self.prompts if k not in existing]
+        for key in gone:
+            del self.prompts[key]
+        return bool(gone)
+
+    def to_bytes(self) -> bytes:
+        import json
+
+        return json.dumps({"version": 1, "regions": {k: {"prompt": p.prompt, "negative_prompt": p.negative_prompt,
+                                                           "weight": p.weight} for k, p in self.prompts.items()}}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RegionStore:
+        """A damaged or foreign annotation reads as no regions, never an error."""
+        import json
+
+        try:
+            raw = json.loads(data.decode()) if data else {}
+            entries = raw.get("regions", {}) if isinstance(raw, dict) else {}
+            prompts = {}
+            for key, value in entries.items():
+                if not isinstance(value, dict):
+                    continue
+                negative = value.get("negative_prompt")
+                weight = float(value.get("weight", 1.0))
+                prompts[str(key)] = RegionPrompt(str(value.get("prompt", "")),
+                                                 str(negative) if negative is not None else None,
+                                                 min(10.0, max(0.0, weight)))
+            return cls(prompts)
+        except (ValueError, AttributeError, TypeError, UnicodeDecodeError):
+            return cls()

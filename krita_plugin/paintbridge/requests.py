@@ -49,6 +49,7 @@ class Settings:
     expand_pixels: int = 128
     mode: str = "generate"  # the docker's mode: generate | upscale
     remember_token: bool = False
+    live_strength: float = 0.5  # Live mode's refine strength (live.py)
 
 
 def _common(settings: Settings) -> dict:

@@ -57,6 +57,9 @@ class Worker(threading.Thread):
         self._pending: dict[str, str] = {}  # submit ref -> tag
         self._tags: dict[str, str] = {}  # job id -> tag, jobs in flight
         self._stop = threading.Event()
+        # How long a socket read waits before the thread looks at its commands again: what a
+        # submit may wait to be sent. Live mode shortens it (live_ui.py); 50 ms otherwise.
+        self.poll_s = POLL_S
 
     # -- commands from the UI thread (thread-safe) -------------------------------
     def configure(self, url: str, token: str) -> None:
@@ -84,7 +87,7 @@ class Worker(threading.Thread):
                     time.sleep(POLL_S)
                 continue
             try:
-                message = self._client.poll(POLL_S)
+                message = self._client.poll(self.poll_s)
             except ClientError as exc:
                 self._drop(exc.code, exc.message)
                 continue

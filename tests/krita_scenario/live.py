@@ -1,0 +1,381 @@
+"""Runs inside the real Krita (loaded by the plugin's test hook): Live mode and region layers.
+
+Steps on Qt timers, as a painter would: Live mode on a small painting; the
+first picture; a "stroke" (pixels set on the painter's layer, the way a brush
+stroke changes the canvas) leads to a new picture; Apply adds one layer; Krita's
+undo removes it in one step; leaving Live mode leaves the undo stack as it was.
+Then a region layer with its own prompt goes with Generate. With
+PAINTBRIDGE_LIVE_STROKES=N (and PAINTBRIDGE_LIVE_SIDE=512) it also paints N
+strokes one after another and records each one's clock for the latency figures.
+Writes a JSON report and screenshots, then quits Krita.
+"""
+
+import json
+import os
+import statistics
+import time
+import traceback
+
+from krita import Krita
+from PyQt5.QtCore import QTimer
+from PyQt5.QtWidgets import QAbstractItemView, QApplication
+
+REPORT = os.environ["PAINTBRIDGE_REPORT"]
+SERVER = os.environ["PAINTBRIDGE_SERVER"]
+SHOT = os.environ.get("PAINTBRIDGE_SCREENSHOT", "")
+WORK = os.environ.get("PAINTBRIDGE_WORKDIR", os.path.dirname(REPORT))
+STROKES = int(os.environ.get("PAINTBRIDGE_LIVE_STROKES", "0") or 0)
+SIDE = int(os.environ.get("PAINTBRIDGE_LIVE_SIDE", "512") or 512)
+report = {"steps": [], "errors": []}
+state = {"step": 0, "since": time.monotonic()}
+ctx = {}
+
+
+def log(name, **data):
+    report["steps"].append({"step": name, **data})
+    write()
+
+
+def write():
+    with open(REPORT, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+def docker():
+    from paintbridge.docker import DOCKERS
+
+    return DOCKERS[0] if DOCKERS else None
+
+
+def shot_path(name):
+    return os.path.join(os.path.dirname(SHOT) or WORK, name)
+
+
+def screenshot(path):
+    window = Krita.instance().activeWindow()
+    if window is not None:
+        window.qwindow().grab().save(path)
+
+
+def names(doc):
+    return [n.name() for n in doc.topLevelNodes() if not n.type().endswith("mask")]
+
+
+def undo_state():
+    """The undo stack as the painter sees it: the Undo History docker's rows and the Undo action's text."""
+    rows = None
+    for dock in Krita.instance().dockers():
+        for view in dock.findChildren(QAbstractItemView):
+            model = view.model()
+            if model is not None and "Undo" in model.metaObject().className():
+                rows = model.rowCount()  # the commands (done and undone), plus "<empty>"
+    undo, redo = Krita.instance().action("edit_undo"), Krita.instance().action("edit_redo")
+    # Krita keeps the actions enabled and says "Redo " when there is nothing to redo.
+    return {"rows": rows, "undo": undo.text().strip(), "redo": redo.text().strip()}
+
+
+def stripes(width, height):
+    row = bytearray()
+    for x in range(width):
+        row += bytes(((x * 7) % 256, (x * 3) % 256, 128, 255))  # BGRA
+    return b"".join(bytes(row[4 * (y % 7):] + row[: 4 * (y % 7)]) for y in range(height))
+
+
+def new_document(width, height, name):
+    app = Krita.instance()
+    doc = app.createDocument(width, height, name, "RGBA", "U8", "", 72.0)
+    app.activeWindow().addView(doc)
+    paint = doc.createNode("Painted", "paintlayer")
+    paint.setPixelData(stripes(width, height), 0, 0, width, height)
+    doc.rootNode().addChildNode(paint, None)
+    doc.setActiveNode(paint)
+    doc.refreshProjection()
+    return doc, paint
+
+
+def stroke(doc, node, i):
+    """A stroke's effect on the canvas: a bar of colour on the painter's layer."""
+    w, h = doc.width(), doc.height()
+    bar_h = max(4, h // 24)
+    y = (i * 2 * bar_h + bar_h) % (h - bar_h)
+    colour = bytes(((40 * i) % 256, 200, (90 + 60 * i) % 256, 255))
+    node.setPixelData(colour * (w // 2 * bar_h), w // 4, y, w // 2, bar_h)
+    doc.refreshProjection()
+    return time.perf_counter()
+
+
+def finish():
+    try:
+        if SHOT:
+            screenshot(SHOT)
+            report["screenshot"] = SHOT
+    except Exception:
+        report["errors"].append(traceback.format_exc())
+    report["done"] = True
+    write()
+    QApplication.quit()
+
+
+def step():
+    try:
+        limit = STEPS[state["step"]][1] if state["step"] < len(STEPS) else 120
+        if time.monotonic() - state["since"] > limit:
+            report["errors"].append(f"timeout in step {STEPS[state['step']][0].__name__}")
+            finish()
+            return
+        if STEPS[state["step"]][0]():
+            state["step"] += 1
+            state["since"] = time.monotonic()
+        if state["step"] >= len(STEPS):
+            finish()
+            return
+    except Exception:
+        report["errors"].append(traceback.format_exc())
+        finish()
+        return
+    QTimer.singleShot(50, step)
+
+
+# -- steps ---------------------------------------------------------------------------------
+def s_docker():
+    d = docker()
+    window = Krita.instance().activeWindow()
+    if d is None or window is None:
+        return False
+    window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())
+    d.show()
+    d.raise_()
+    d.server_edit.setText(SERVER)
+    d._reconfigure()
+    return True
+
+
+def s_connected():
+    d = docker()
+    if d.capabilities is None:
+        return False
+    sent = ctx["sent"] = []
+    submit = d.worker.submit
+
+    def recording(tag, request):  # what the server receives, as built on the network thread
+        def build(make=request):
+            made = make() if callable(make) else make
+            sent.append((tag, made))
+            return made
+
+        submit(tag, build)
+
+    d.worker.submit = recording
+    ctx["doc"], ctx["paint"] = new_document(256, 256, "Live")
+    d.prompt_edit.setPlainText("a lighthouse at dusk")
+    d.steps_spin.setValue(2)
+    d.random_check.setChecked(False)
+    d.seed_spin.setValue(4321)
+    ctx["settle"] = time.monotonic()
+    return True
+
+
+def s_live_on():
+    d = docker()
+    if time.monotonic() - ctx["settle"] < 1.5:  # let Krita finish adding the document
+        return False
+    ctx["undo_start"] = undo_state()
+    ctx["layers_start"] = names(ctx["doc"])
+    d.live.strength_slider.setValue(50)
+    d.mode_buttons["live"].click()
+    ctx["live_visible"] = d.live.panel.isVisible()
+    ctx["button"] = d.generate_button.text()
+    return True
+
+
+def s_first_picture():
+    d = docker()
+    if d.live.state.results < 1 or d.live.state.tags or d.live.debounce.pending:
+        return False  # the first picture, and nothing else on its way
+    ctx["first"] = d.live.image.copy()
+    ctx["results_before"] = d.live.state.results
+    ctx["t_stroke"] = stroke(ctx["doc"], ctx["paint"], 1)
+    return True
+
+
+def s_stroke_picture():
+    d = docker()
+    if d.live.state.results <= ctx["results_before"] or d.live.log[-1]["changed"] < ctx["t_stroke"]:
+        return False
+    newest = d.live.image
+    first = ctx["first"]
+    differs = newest.size() != first.size() or newest.convertToFormat(first.format()) != first
+    live_requests = [r for t, r in ctx["sent"] if t.startswith("live")]
+    last = live_requests[-1]
+    shot = shot_path("krita-live-picture.png")
+    screenshot(shot)
+    report["live_screenshot"] = shot
+    log("live picture", differs=differs, results=d.live.state.results, live_visible=ctx["live_visible"],
+        button=ctx["button"], latency_ms=1000 * (d.live.log[-1]["shown"] - ctx["t_stroke"]),
+        request={"kind": last.kind, "live": last.live, "preview": last.preview, "strength": last.strength,
+                 "seed": last.seed, "steps": last.steps, "size": [last.image.width, last.image.height]},
+        seeds=sorted({r.seed for r in live_requests}), sent=len(live_requests), line=d.live.line.text(),
+        poll_ms=statistics.median(d.live.poll_ms) if d.live.poll_ms else None)
+    return True
+
+
+def s_apply():
+    d, doc = docker(), ctx["doc"]
+    before = names(doc)
+    undo_before = undo_state()
+    name = d.run_mode()  # the big button reads "Apply live picture" in Live mode
+    doc.waitForDone()
+    new = [n for n in doc.topLevelNodes() if n.name() not in before]
+    bounds = new[0].bounds() if new else None
+    opaque = sum(1 for a in bytes(new[0].pixelData(0, 0, 256, 256))[3::4] if a == 255) if new else 0
+    ctx["applied"] = {"name": name, "new": [n.name() for n in new], "undo_before": undo_before,
+                      "undo_after": undo_state(), "layer": [bounds.width(), bounds.height()] if bounds else None,
+                      "opaque": opaque}
+    Krita.instance().action("edit_undo").trigger()
+    ctx["undo_at"] = time.monotonic()
+    return True
+
+
+def s_undone():
+    d, doc = docker(), ctx["doc"]
+    if time.monotonic() - ctx["undo_at"] < 0.5:
+        return False
+    doc.waitForDone()
+    ctx["after_undo"] = {"layers": names(doc), "undo": undo_state()}
+    d.mode_buttons["generate"].click()
+    ctx["left_at"] = time.monotonic()
+    return True
+
+
+def s_left():
+    d, doc = docker(), ctx["doc"]
+    if time.monotonic() - ctx["left_at"] < 0.5:
+        return False
+    log("apply and undo", applied=ctx["applied"], after_undo=ctx["after_undo"], layers_start=ctx["layers_start"],
+        undo_start=ctx["undo_start"], undo_end=undo_state(), live_active=d.live.active,
+        live_visible=d.live.panel.isVisible(), layers_end=names(doc))
+    return True
+
+
+def s_region():
+    docker()
+    doc, _paint = new_document(256, 256, "Regions")
+    ctx["rdoc"] = doc
+    umbrella = doc.createNode("Umbrella", "paintlayer")
+    umbrella.setPixelData(bytes((30, 30, 220, 255)) * (128 * 128), 0, 0, 128, 128)  # the top-left quarter
+    doc.rootNode().addChildNode(umbrella, None)
+    doc.setActiveNode(umbrella)
+    doc.refreshProjection()
+    ctx["umbrella"] = umbrella
+    ctx["settle"] = time.monotonic()
+    return True
+
+
+def s_region_generate():
+    d, doc = docker(), ctx["rdoc"]
+    if time.monotonic() - ctx["settle"] < 1.0:
+        return False
+    d.tabs.setCurrentIndex(next(i for i in range(d.tabs.count()) if d.tabs.tabText(i) == "Regions"))
+    node_id = d.regions_ui.add_active()
+    d.regions_ui.prompt_edit.setPlainText("a red umbrella")  # typed, as the painter would
+    d.regions_ui.weight_spin.setValue(1.5)
+    ctx["region_items"] = [d.regions_ui.list.item(i).text() for i in range(d.regions_ui.list.count())]
+    ctx["annotation"] = bytes(doc.annotation("paintbridge/regions")).decode() if "paintbridge/regions" in doc.annotationTypes() else ""
+    ctx["node_id"] = node_id
+    d.prompt_edit.setPlainText("a beach in summer")
+    d.strength_slider.setValue(100)
+    d.resolution_combo.setCurrentIndex(1)  # exact: the area as is, one pass
+    shot = shot_path("krita-regions.png")
+    screenshot(shot)
+    report["regions_screenshot"] = shot
+    ctx["tag"] = d.generate()
+    return True
+
+
+def s_region_done():
+    d, doc = docker(), ctx["rdoc"]
+    if d.jobs or d.background.busy or d.queue.active():
+        return False
+    history = d._history(doc)
+    entry = history.entries[-1] if history.entries else None
+    request = next(r for t, r in reversed(ctx["sent"]) if t == ctx["tag"])
+    log("region", items=ctx["region_items"], annotation=ctx["annotation"], infotext=entry.infotext if entry else "",
+        request_regions=[{"prompt": r.prompt, "weight": r.weight, "mask": [r.mask.width, r.mask.height],
+                          "covered": sum(1 for v in r.mask.data if v)} for r in request.regions],
+        message=d.message.text())
+    return True
+
+
+def s_measure_start():
+    """N strokes, each after the previous picture: stroke-to-picture, as the painter waits for it."""
+    d = docker()
+    if not STROKES:
+        return True
+    doc, paint = new_document(SIDE, SIDE, "Live latency")
+    ctx.update(mdoc=doc, mpaint=paint, strokes=[], settle=time.perf_counter(), phase="settle")
+    d.prompt_edit.setPlainText("a lighthouse at dusk")
+    d.mode_buttons["live"].click()
+    return True
+
+
+def s_measure():
+    d = docker()
+    if not STROKES:
+        return True
+    live = d.live
+    if ctx["phase"] == "settle":  # the first picture of this canvas, then quiet
+        if live.state.tags or live.debounce.pending or live.state.results == 0 or live.log[-1]["changed"] < ctx["settle"]:
+            return False
+        ctx["phase"] = "stroke"
+    if ctx["phase"] == "stroke":
+        i = len(ctx["strokes"])
+        if i >= STROKES:
+            log("measure", side=SIDE, strokes=ctx["strokes"], poll_ms=live.poll_ms[-400:],
+                poll_interval_ms=live.poller.interval_s * 1000)
+            d.mode_buttons["generate"].click()
+            return True
+        ctx["results"] = live.state.results
+        ctx["t_stroke"] = stroke(ctx["mdoc"], ctx["mpaint"], i + 2)
+        ctx["phase"] = "wait"
+        return False
+    if live.state.results > ctx["results"] and live.log[-1]["changed"] >= ctx["t_stroke"]:
+        ctx["strokes"].append({"stroke": ctx["t_stroke"], **live.log[-1]})
+        ctx["phase"] = "stroke"
+    return False
+
+
+def s_poll_cost():
+    """What one poll costs the UI thread on bigger canvases (read the projection + hash), no job sent."""
+    if not STROKES:
+        return True
+    from paintbridge import kritadoc, live
+    from paintbridge.regions import Rect
+
+    costs = {}
+    for side_w, side_h in ((1024, 1024), (2048, 1536), (4096, 4096)):
+        doc, _paint = new_document(side_w, side_h, f"Poll {side_w}")
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            raw = kritadoc.read_raw(doc, Rect(0, 0, side_w, side_h), "visible")
+            live.fingerprint(bytes(raw.data))
+            times.append(1000 * (time.perf_counter() - t0))
+        costs[f"{side_w}x{side_h}"] = round(statistics.median(times), 1)
+        doc.setModified(False)  # closed without a save prompt
+        doc.close()
+    log("poll cost", ms=costs)
+    return True
+
+
+STEPS = [
+    (s_docker, 120), (s_connected, 120),
+    (s_live_on, 30), (s_first_picture, 120), (s_stroke_picture, 120),
+    (s_apply, 30), (s_undone, 30), (s_left, 30),
+    (s_region, 30), (s_region_generate, 30), (s_region_done, 180),
+    (s_measure_start, 30), (s_measure, 60 + 30 * STROKES), (s_poll_cost, 120),
+]
+
+
+def run():
+    write()
+    QTimer.singleShot(500, step)
