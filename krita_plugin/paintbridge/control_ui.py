@@ -1,8 +1,9 @@
 """Control layers in the docker: the Qt side of controls.py.
 
-A compact panel under the prompt: a kind, "From layer" (the active layer steers
-the job) and "From canvas" (the server's preprocessor turns the visible image
-into a NEW layer, "[Control] canny" say, that the painter may paint over).
+A "Control" menu in the docker's mode row: use the active layer as a control of
+a kind, or make one "from the canvas" (the server's preprocessor turns the
+visible image into a NEW layer, "[Control] canny" say, that the painter may
+paint over). The controls are rows under the prompt.
 Each control is a row: on/off and the layer's name, its kind, its strength,
 and behind the gear its ControlNet (the server's, of the checkpoint's family),
 its range of steps and its mode. Every enabled control goes with Generate,
@@ -23,7 +24,7 @@ import contextlib
 import dataclasses
 from typing import Any
 
-from PyQt5.QtCore import QByteArray, QTimer
+from PyQt5.QtCore import QByteArray, Qt, QTimer
 from PyQt5.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -31,7 +32,8 @@ from PyQt5.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
-    QPushButton,
+    QMenu,
+    QScrollArea,
     QSizePolicy,
     QToolButton,
     QVBoxLayout,
@@ -68,7 +70,7 @@ class ControlRow(QFrame):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(3, 2, 3, 2)
         outer.setSpacing(2)
-        top = QHBoxLayout()
+        top = self.top = QHBoxLayout()
         self.enabled = QCheckBox(name)
         self.enabled.setChecked(layer.enabled)
         self.enabled.setToolTip(f"Control layer '{name}' (read only: PaintBridge never changes it). "
@@ -142,11 +144,16 @@ class ControlRow(QFrame):
         row.addWidget(self.mode, 1)
         more.addLayout(row)
         outer.addWidget(self.details)
-        self.gear.toggled.connect(self.details.setVisible)
+        self.gear.toggled.connect(self._details)
         self.gear.setChecked(self.missing)  # a control without a ControlNet opens to say so
         self.details.setVisible(self.missing)
         if self.missing:
             self.model.setStyleSheet("color: #d66;")
+
+
+    def _details(self, shown: bool) -> None:
+        self.details.setVisible(shown)
+        self.panel.fit()
 
 
 def _percent(value: float, tip: str) -> QDoubleSpinBox:
@@ -171,33 +178,49 @@ class ControlsPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
-        header = QHBoxLayout()
-        header.setSpacing(3)
-        self.kind_combo = QComboBox()
+        # "Control ▾" sits in the docker's mode row (no height of its own): a menu of
+        # "use the active layer as <kind>" and "<kind> from the canvas (new layer)".
+        self.menu_button = QToolButton()
+        self.menu_button.setText("Control")
+        self.menu_button.setToolTip("Steer the composition with a layer: a sketch, line art, edges, depth...")
+        self.menu_button.setPopupMode(QToolButton.InstantPopup)
+        self.menu_button.setAutoRaise(True)
+        menu = QMenu(self.menu_button)
+        menu.addSection("Use the active layer as")
+        self.layer_actions = {}
         for key in KINDS:
-            self.kind_combo.addItem(KIND_LABELS[key], key)
-        self.kind_combo.setToolTip("Kind of the next control")
-        self.from_layer_button = QPushButton("From layer")
-        self.from_layer_button.setToolTip("Use the active layer as a control of this kind (the layer is never changed)")
-        self.from_layer_button.clicked.connect(lambda: docker._guard(self.add_from_layer))
-        self.from_canvas_button = QPushButton("From canvas")
-        self.from_canvas_button.setToolTip("The server turns the visible image into a control of this kind, "
-                                           "as a new layer you can paint over")
-        self.from_canvas_button.clicked.connect(lambda: docker._guard(self.add_from_canvas))
-        title = QLabel("Control")
-        header.addWidget(title)
-        header.addWidget(self.kind_combo, 1)
-        header.addWidget(self.from_layer_button)
-        header.addWidget(self.from_canvas_button)
-        layout.addLayout(header)
-        self.rows_box = QVBoxLayout()
+            action = menu.addAction(KIND_LABELS[key])
+            action.setToolTip(f"The active layer steers the next jobs as {KIND_LABELS[key]} (it is never changed)")
+            action.triggered.connect(lambda _c=False, k=key: docker._guard(lambda: self.add_from_layer(k)))
+            self.layer_actions[key] = action
+        menu.addSection("From the canvas, as a new layer")
+        self.canvas_actions = {}
+        for key in KINDS:
+            action = menu.addAction(f"{KIND_LABELS[key]} from the canvas")
+            action.setToolTip("The server's preprocessor turns the visible image into a new layer you can paint over")
+            action.triggered.connect(lambda _c=False, k=key: docker._guard(lambda: self.add_from_canvas(k)))
+            self.canvas_actions[key] = action
+        menu.setToolTipsVisible(True)
+        self.menu_button.setMenu(menu)
+        # The rows scroll, and the area may shrink to nothing: on a 1280x800 screen the docker's
+        # minimum height must stay that of its essentials (prompt, Generate, progress, status).
+        holder = QWidget()
+        self.rows_box = QVBoxLayout(holder)
+        self.rows_box.setContentsMargins(0, 0, 0, 0)
         self.rows_box.setSpacing(2)
-        layout.addLayout(self.rows_box)
+        self.rows_box.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.scroll.setWidget(holder)
+        layout.addWidget(self.scroll)
         self.rows: list[ControlRow] = []
         # Documents switch and layers get deleted without a signal the docker sees: look twice a second.
         self.timer = QTimer(self)
         self.timer.timeout.connect(self.refresh)
         self.timer.start(500)  # the checkpoint's family too: its change rebuilds the ControlNet lists
+        self.setVisible(False)
 
     # -- what the server has ----------------------------------------------------------------
     def controlnets(self) -> list[tuple[str, str]]:
@@ -254,25 +277,23 @@ class ControlsPanel(QWidget):
     def add(self, document, layer: ControlLayer) -> None:
         self._set(document, [*(c for c in self.current(document) if c.layer_id != layer.layer_id), layer])
 
-    def add_from_layer(self, kind: str = "") -> ControlLayer:
+    def add_from_layer(self, kind: str) -> ControlLayer:
         document = self.docker._document()
         node = document.activeNode()
         if node is None or node.type() not in ("paintlayer", "grouplayer", "filllayer", "vectorlayer", "filelayer"):
             raise UserError("Pick a paint layer (or group) to use as a control.")
         if node.name() == kritadoc.PREVIEW_NAME:
             raise UserError("The preview is not a layer to steer with: apply it first.")
-        kind = kind or self.kind_combo.currentData()
         layer = ControlLayer(node.uniqueId().toString(), kind, is_control_image=node.name().startswith(controls.MARK))
         self.add(document, layer)
         self.docker.show_message(f"'{node.name()}' steers the next jobs as {KIND_LABELS[kind]}")
         return layer
 
-    def add_from_canvas(self, kind: str = "") -> str:
+    def add_from_canvas(self, kind: str) -> str:
         """The server's preprocessor on the visible image -> a new control layer (on_result)."""
         from .docker import PendingJob  # the docker's own job record (docker imports this module)
 
         document = self.docker._document()
-        kind = kind or self.kind_combo.currentData()
         canvas = Rect(0, 0, document.width(), document.height())
         with self.hidden(document):
             raw = kritadoc.read_raw(document, canvas, VISIBLE)
@@ -370,9 +391,20 @@ class ControlsPanel(QWidget):
             row.deleteLater()
         self.rows = []
         if document is None:
+            self.fit()
             return
         every = self.current(document)
         for layer, name in names:
             row = ControlRow(self, every.index(layer), layer, name)
-            self.rows_box.addWidget(row)
+            self.rows_box.insertWidget(self.rows_box.count() - 1, row)
             self.rows.append(row)
+        self.fit()
+
+    def fit(self) -> None:
+        """The scroll area asks for its rows' height (up to three rows), and no more."""
+        self.setVisible(bool(self.rows))  # no controls: no height at all
+        wanted = sum(row.sizeHint().height() + 2 for row in self.rows[:3])
+        self.scroll.setMaximumHeight(max(wanted, 1))
+        # At least one row stays readable; more scroll (the docker is short on a 1280x800 screen).
+        # Its first line only: an open gear never raises the docker's minimum height.
+        self.scroll.setMinimumHeight(self.rows[0].top.sizeHint().height() + 6 if self.rows else 1)

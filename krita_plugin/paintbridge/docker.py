@@ -175,6 +175,8 @@ class PaintBridgeDocker(DockWidget):
             self.mode_buttons[key] = button
             modes.addWidget(button)
         modes.addStretch(1)
+        self.controls = control_ui.ControlsPanel(self)  # control layers (control_ui.py): menu here, rows below
+        modes.addWidget(self.controls.menu_button)
         self.mode_buttons["upscale" if s.mode == "upscale" else "generate"].setChecked(True)
         self.mode_group.buttonClicked.connect(lambda _b: self._mode_changed())
         layout.addLayout(modes)
@@ -183,7 +185,6 @@ class PaintBridgeDocker(DockWidget):
         self.prompt_edit.setPlaceholderText("Prompt, e.g. a lighthouse at dusk, (oil painting:1.2)")
         self.prompt_edit.setFixedHeight(54)
         layout.addWidget(self.prompt_edit)
-        self.controls = control_ui.ControlsPanel(self)  # control layers (control_ui.py)
         layout.addWidget(self.controls)
 
         # One row whose content changes with the mode; both pages have the same height.

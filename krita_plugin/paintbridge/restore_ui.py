@@ -93,7 +93,10 @@ class RestorePanel(QWidget):
     def _changed(self) -> None:
         s = self.docker.settings
         s.supir_on = self.check.isChecked()
-        s.supir, s.supir_checkpoint = self.model_combo.currentText(), self.checkpoint_combo.currentText()
+        if self.model_combo.count():  # before the server's list arrives, the remembered names stay
+            s.supir = self.model_combo.currentText()
+        if self.checkpoint_combo.count():
+            s.supir_checkpoint = self.checkpoint_combo.currentText()
         s.supir_detail = self.slider.value()
         self.value_label.setText(restore.describe(s.supir_detail))
         self.details.setEnabled(s.supir_on)
@@ -107,7 +110,7 @@ class RestorePanel(QWidget):
         """UI thread, before the job is sent: what the painter must fix first."""
         if not settings.supir:
             raise UserError("Choose a SUPIR model (or untick Restore).")
-        if not settings.supir_checkpoint:
+        if not settings.supir_checkpoint or not self.checkpoint_combo.count():
             raise UserError("SUPIR restores with an SDXL checkpoint and the server has none.")
 
     @staticmethod
