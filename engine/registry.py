@@ -28,7 +28,8 @@ from engine.fewstep import detect as detect_few_step
 
 CHECKPOINT, VAE, LORA, UPSCALER, EMBEDDING = "checkpoint", "vae", "lora", "upscaler", "embedding"
 CONTROLNET = "controlnet"
-KINDS = (CHECKPOINT, VAE, LORA, UPSCALER, EMBEDDING, CONTROLNET)
+SUPIR = "supir"  # SUPIR-v0Q / v0F restoration models (engine/supir.py), used with an SDXL checkpoint
+KINDS = (CHECKPOINT, VAE, LORA, UPSCALER, EMBEDDING, CONTROLNET, SUPIR)
 
 # Folder name (lower case) -> what it holds, for the WebUI and ComfyUI layouts.
 ROLE_FOLDERS = {
@@ -44,6 +45,7 @@ ROLE_FOLDERS = {
     "upscale_models": UPSCALER,
     "embeddings": EMBEDDING,
     "controlnet": CONTROLNET,  # the WebUI's ControlNet/ and ComfyUI's controlnet/
+    "supir": SUPIR,  # kijai's ComfyUI-SUPIR users keep them in SUPIR/ (or upscale_models/)
 }
 SAFE_EXTS = (".safetensors",)
 PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")  # loaded only with torch.load(weights_only=True)
@@ -186,8 +188,13 @@ class Registry:
             role = _kind_from_shapes(shapes)
             if role is None:
                 return None
-        if role == UPSCALER and _is_supir(path, shapes):
-            return None  # a SUPIR file beside the upscalers (ComfyUI users keep them there): engine/supir.py
+        if role in (UPSCALER, SUPIR):
+            if _is_supir(path, shapes):
+                # Listed (hello, `paintbridge models`) so clients can offer "Restore (SUPIR)"; loaded by
+                # engine/supir.py with the SDXL checkpoint the request names, never as an upscaler.
+                return ModelEntry(name=name, kind=SUPIR, path=path, format=fmt, family=FAMILIES["sdxl"])
+            if role == SUPIR:
+                return None
         if role == CHECKPOINT and name.endswith(".vae"):
             role = VAE  # the WebUI's `<checkpoint>.vae.safetensors` beside its checkpoint
         detected: Detected | None = detect(shapes) if (shapes is not None and role == CHECKPOINT) else None

@@ -370,14 +370,15 @@ def find_supir(root: Path, name: str) -> Path:
     """A SUPIR file by name (with or without its suffix) from the models folder's
     SUPIR/ or upscale_models/, by listing those folders: a name is never a path."""
     wanted = name.strip().lower()
-    found: list[Path] = []
+    found: list[tuple[Path, str]] = []
     for folder in FOLDERS:
         base = root / folder
         if base.is_dir():
-            found += [p for p in sorted(base.rglob("*")) if p.is_file() and p.suffix.lower() in SUFFIXES]
-    for path in found:
-        if wanted in (path.name.lower(), path.stem.lower()):
+            found += [(p, p.relative_to(base).with_suffix("").as_posix().lower()) for p in sorted(base.rglob("*"))
+                      if p.is_file() and p.suffix.lower() in SUFFIXES]
+    for path, listed in found:  # `listed`: the name the model list (engine/registry.py) gives it
+        if wanted in (path.name.lower(), path.stem.lower(), listed):
             return path
-    available = ", ".join(p.stem for p in found if p.stem.lower().startswith("supir")) or "none"
+    available = ", ".join(p.stem for p, _ in found if p.stem.lower().startswith("supir")) or "none"
     raise EngineError("unknown_model", f"no SUPIR model {name!r} in {'/ or '.join(FOLDERS)}/ (available: {available})",
                       field="restore.supir")

@@ -261,9 +261,14 @@ def supir_entry(engine: Any, params: Any, entry: Any) -> Any:
     if lookup(params.sampler).name != "Euler":
         raise EngineError("invalid_request", "SUPIR samples with Euler (the authors' EDM sampler with churn)",
                           field="sampler")
-    entry = entry or engine.registry.default_checkpoint()
+    if entry is None:  # no checkpoint named: the first SDXL one, not the default (which may be SD1.5)
+        from engine.registry import CHECKPOINT
+
+        entry = next((e for e in engine.registry.list(CHECKPOINT)
+                      if e.family is not None and e.family.name == "sdxl" and not e.inpainting), None)
     if entry is None:
-        raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint",
+        raise EngineError("unknown_model", f"SUPIR needs an SDXL checkpoint and the models folder "
+                          f"{engine.registry.root} has none: put one in Stable-diffusion/ or checkpoints/",
                           field="model")
     if entry.family is None or entry.family.name != "sdxl":
         family = entry.family.name if entry.family else "unknown"

@@ -69,3 +69,37 @@ def test_control_layer_from_the_canvas_then_generate_with_it(server):
                                                                    64, 64, None), units)
         result = client.run(request)
     assert 'ControlNet 0: "Module: none, Model: paintbridge-demo-control, Weight: 0.9' in result.infotext
+
+
+def test_resolve_names_the_controlnet_on_the_ui_thread_and_skips_disabled_ones():
+    layers = [controls.ControlLayer("a", "canny"), controls.ControlLayer("b", "depth", enabled=False),
+              controls.ControlLayer("c", "tile", model="control_v11f1e_sd15_tile", strength=0.4)]
+    chosen = controls.resolve(layers, SERVER_NETS, "sd15")
+    assert [(c.layer_id, c.model, c.strength) for c in chosen] == [
+        ("a", "control_v11p_sd15_canny", 1.0), ("c", "control_v11f1e_sd15_tile", 0.4)]
+    with pytest.raises(ValueError, match="no scribble ControlNet for sd15 on the server: choose one"):
+        controls.resolve([controls.ControlLayer("d", "scribble")], SERVER_NETS, "sd15")
+    with pytest.raises(ValueError, match="is for sdxl, the checkpoint is sd15"):
+        controls.resolve([controls.ControlLayer("e", "depth", model="controlnet-depth-sdxl-1.0")], SERVER_NETS, "sd15")
+    # The model combo: the kind's nets first, then the family's others; never another family's.
+    assert controls.choices("depth", SERVER_NETS, "sd15") == [
+        "control_v11f1p_sd15_depth", "control_v11p_sd15_canny", "control_v11f1e_sd15_tile"]
+    assert controls.choices("canny", SERVER_NETS, "sdxl") == ["controlnet-depth-sdxl-1.0"]
+
+
+def test_units_go_where_the_server_takes_them():
+    image = _raw(64, 64)
+    assert controls.applies(requests.upscale_request(requests.Settings(upscale_denoise=0.3), image))
+    assert not controls.applies(requests.upscale_request(requests.Settings(upscale_denoise=0.0), image))
+    assert controls.applies(requests.generate_request(requests.Settings(), 64, 64, None))
+
+
+def test_the_list_is_saved_with_the_document_and_read_back_tolerantly():
+    layers = [controls.ControlLayer("{1}", "lineart", model="m", strength=0.7, start=0.1, end=0.8, mode="prompt",
+                                    is_control_image=True, enabled=False)]
+    assert controls.from_json(controls.to_json(layers)) == layers
+    # A newer plugin's fields and unknown kinds are left out, broken data is no list at all.
+    data = b'{"version": 2, "controls": [{"layer_id": "x", "kind": "pose"}, {"layer_id": "y", "kind": "depth", "new": 1}]}'
+    assert controls.from_json(data) == [controls.ControlLayer("y", "depth")]
+    assert controls.from_json(b"\xff not json") == [] and controls.from_json(b"") == []
+    assert controls.layer_name("canny").startswith(controls.MARK)

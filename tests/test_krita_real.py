@@ -251,3 +251,46 @@ def spread_of(values: list[float]) -> dict:
     values = sorted(values)
     cut = statistics.quantiles(values, n=10) if len(values) > 1 else values * 9
     return {"median": round(statistics.median(values), 2), "p10": round(cut[0], 2), "p90": round(cut[-1], 2)}
+
+
+@pytest.mark.skipif(bool(missing), reason=f"needs {' and '.join(missing)} (apt-get install krita xvfb)")
+def test_control_layers_in_real_krita(server, tmp_path):
+    """A Canny control made from the canvas is a new layer of edges; Generate, refine and
+    upscale send it (the server's infotext says so); it is never changed; it is saved."""
+    report = run_krita(server.url, tmp_path, scenario="control.py")
+    steps = {s["step"]: s for s in report["steps"]}
+    assert ["paintbridge-demo-control", "sd15"] in steps["connected"]["controlnets"]
+    assert not steps["connected"]["restore_visible"]  # the demo server has no SUPIR model
+
+    layer = steps["control layer"]  # the preprocessor's output: the square's outline, white on black
+    assert layer["layer_name"] == "[Control] canny" and layer["layers"] == ["Background", "Drawing", "[Control] canny"], layer
+    assert layer["opaque"] == 256 * 256 and layer["painter_unchanged"]
+    assert layer["white"] >= layer["perimeter"] * 0.8 and layer["white_near_edge"] == layer["white"], layer
+    assert layer["list"] == [["canny", True, layer["node_id"]]] and layer["row_name"] == "[Control] canny"
+    # No ControlNet named "canny" on the demo server: the row opens and Generate says what to do.
+    assert layer["row_details_open"] and "choose" in layer["row_model"] and layer["queued"] == 0
+    assert "no canny ControlNet for sd15" in layer["no_net_message"], layer
+
+    generate = steps["generate"]
+    assert generate["kind"] == "txt2img" and generate["units"] == 1, generate
+    assert generate["unit"] == {"model": "paintbridge-demo-control", "strength": 0.8, "preprocess": "none",
+                                "size": [256, 256], "start": 0.0, "end": 1.0}
+    assert 'ControlNet 0: "Module: none, Model: paintbridge-demo-control, Weight: 0.8' in generate["infotext"]
+    assert generate["control_unchanged"] and generate["control_visible"]
+
+    refine = steps["refine"]
+    assert refine["kind"] == "img2img" and refine["units"] == 1 and "ControlNet 0:" in refine["infotext"], refine
+    assert refine["image_is_the_drawing"] and refine["visible_after_read"] and refine["control_unchanged"]
+
+    reopened = steps["reopened"]
+    assert reopened["saved"] and reopened["node_id"] == reopened["control_id"], reopened
+    assert reopened["list"] == [["canny", "paintbridge-demo-control", 0.8, reopened["control_id"]]]
+    assert reopened["rows"] == ["[Control] canny"]
+
+    upscale = steps["upscale"]
+    assert upscale["kind"] == "upscale" and upscale["units"] == 1 and upscale["size"] == [512, 512], upscale
+    assert "ControlNet 0:" in upscale["infotext"]
+
+    layout = steps["layout"]
+    for name, widget in layout["widgets"].items():
+        assert widget["visible"] and widget["on_screen"] and widget["in_docker"], (name, layout)

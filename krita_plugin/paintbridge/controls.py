@@ -10,8 +10,9 @@ Control layers are only ever read: results arrive as new layers.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 from protocol import ControlUnit, JobRequest, RawImage
 
@@ -42,6 +43,7 @@ class ControlLayer:
     end: float = 1.0
     mode: str = "balanced"  # balanced | prompt | control
     is_control_image: bool = False  # made by the server's preprocessor (a depth map...): used as it is
+    enabled: bool = True  # off: kept in the list, not sent
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -55,6 +57,40 @@ def pick_model(kind: str, controlnets: Sequence[tuple[str, str]], family: str) -
         if fam == family and any(w in name.lower() for w in words):
             return name
     return ""
+
+
+def choices(kind: str, controlnets: Sequence[tuple[str, str]], family: str) -> list[str]:
+    """The ControlNets a control of `kind` may use with a checkpoint of `family`:
+    those whose name says the kind first, then the family's others (a painter's
+    own files are not always named the way lllyasviel's are)."""
+    words = KINDS[kind][1]
+    same = [name for name, fam in controlnets if fam == family or not family]
+    return sorted(same, key=lambda name: not any(w in name.lower() for w in words))
+
+
+def resolve(layers: Sequence[ControlLayer], controlnets: Sequence[tuple[str, str]],
+            family: str) -> list[ControlLayer]:
+    """The enabled controls with their ControlNet named (the automatic choice made
+    here, on the UI thread, so a missing one is a message, not a failed job)."""
+    out = []
+    for layer in layers:
+        if not layer.enabled:
+            continue
+        model = layer.model or pick_model(layer.kind, controlnets, family)
+        if not model:
+            raise ValueError(f"no {layer.kind} ControlNet for {family or 'this model'} on the server: "
+                             "choose one in the control's settings")
+        known = dict(controlnets)
+        if model in known and family and known[model] and known[model] != family:
+            raise ValueError(f"the ControlNet {model} is for {known[model]}, the checkpoint is {family}")
+        out.append(dataclasses.replace(layer, model=model))
+    return out
+
+
+def applies(request: JobRequest) -> bool:
+    """Whether a request can carry units: an upscale by the upscaler alone
+    (no diffusion) has nothing to steer, and the server refuses units there."""
+    return not (request.kind == "upscale" and request.upscale is not None and request.upscale.denoise == 0)
 
 
 def control_units(layers: Sequence[ControlLayer], pixels: Callable[[ControlLayer], RawImage],
@@ -84,5 +120,37 @@ def preprocess_request(kind: str, image: RawImage) -> JobRequest:
     return JobRequest(kind="preprocess", image=image, controls=[ControlUnit(preprocess=KINDS[kind][0])])
 
 
+MARK = "[Control]"  # the name of a layer made "from the canvas" starts with it
+
+
 def layer_name(kind: str) -> str:
-    return f"[Control] {kind}"
+    return f"{MARK} {kind}"
+
+
+# -- saved with the document --------------------------------------------------------------
+# The list is a Krita document annotation (JSON, next to the history's): it travels in the
+# .kra and refers to layers by their uniqueId, which Krita saves with each layer.
+ANNOTATION = "paintbridge/controls"
+
+
+def to_json(layers: Sequence[ControlLayer]) -> bytes:
+    return json.dumps({"version": 1, "controls": [asdict(layer) for layer in layers]}).encode()
+
+
+def from_json(data: bytes) -> list[ControlLayer]:
+    """The saved list; entries this version cannot read are left out, never fatal."""
+    if not data:
+        return []
+    try:
+        saved = json.loads(data.decode())
+        entries = saved.get("controls", []) if isinstance(saved, dict) else []
+    except (ValueError, UnicodeDecodeError):
+        return []
+    names = {f.name for f in fields(ControlLayer)}
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        try:
+            out.append(ControlLayer(**{k: v for k, v in entry.items() if k in names}))
+        except (TypeError, ValueError, AttributeError):
+            continue
+    return out

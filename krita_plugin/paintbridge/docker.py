@@ -54,7 +54,7 @@ from PyQt5.QtWidgets import (
 
 from protocol import RawImage
 
-from . import jobqueue, kritadoc, pngio, prefs
+from . import control_ui, jobqueue, kritadoc, pngio, prefs, restore_ui
 from .connection import CONNECTED
 from .drawer import Drawer
 from .history import Entry, History
@@ -183,6 +183,8 @@ class PaintBridgeDocker(DockWidget):
             self.mode_buttons[key] = button
             modes.addWidget(button)
         modes.addStretch(1)
+        self.controls = control_ui.ControlsPanel(self)  # control layers (control_ui.py): menu here, rows below
+        modes.addWidget(self.controls.menu_button)
         self.mode_buttons["upscale" if s.mode == "upscale" else "generate"].setChecked(True)
         self.mode_group.buttonClicked.connect(lambda _b: self._mode_changed())
         layout.addLayout(modes)
@@ -191,6 +193,7 @@ class PaintBridgeDocker(DockWidget):
         self.prompt_edit.setPlaceholderText("Prompt, e.g. a lighthouse at dusk, (oil painting:1.2)")
         self.prompt_edit.setFixedHeight(54)
         layout.addWidget(self.prompt_edit)
+        layout.addWidget(self.controls)
 
         # One row whose content changes with the mode; both pages have the same height.
         self.mode_stack = QStackedWidget()
@@ -225,6 +228,8 @@ class PaintBridgeDocker(DockWidget):
         self.mode_stack.addWidget(self.live.strength_page)
         self.mode_stack.setFixedHeight(max(strength_page.sizeHint().height(), upscale_page.sizeHint().height()))
         layout.addWidget(self.mode_stack)
+        self.restore = restore_ui.RestorePanel(self)  # Upscale: "Restore (SUPIR)" (restore_ui.py)
+        layout.addWidget(self.restore)
 
         buttons = QHBoxLayout()
         self.generate_button = QPushButton("Generate")
@@ -410,6 +415,7 @@ class PaintBridgeDocker(DockWidget):
     def _mode_changed(self) -> None:
         self.mode_stack.setCurrentIndex({"upscale": 1, "live": 2}.get(self._mode(), 0))
         self.live.set_active(self._mode() == "live")
+        self.restore.update_visibility()
         self._update_labels()
 
     def _has_selection(self) -> bool:
@@ -558,7 +564,9 @@ class PaintBridgeDocker(DockWidget):
             mask = kritadoc.soft_mask(document, area, s.mask_grow, s.mask_feather)
         else:
             area = canvas
-        raw = kritadoc.read_raw(document, area, s.source) if (s.strength < 1.0 or mask is not None) else None
+        with self.controls.hidden(document, s.strength < 1.0 or mask is not None):
+            raw = kritadoc.read_raw(document, area, s.source) if (s.strength < 1.0 or mask is not None) else None
+        units = self.controls.units(document, area)
         read_ms = (time.perf_counter() - t0) * 1000
         native, settings = self._native(), Settings(**asdict(s))
         soft = RawImage(area.width, area.height, 1, mask) if mask is not None else None
@@ -566,7 +574,8 @@ class PaintBridgeDocker(DockWidget):
 
         def build():  # on the network thread: the RGBA conversion stays off the UI thread
             image = raw.to_rgba() if raw is not None else None
-            request = generate_request(settings, area.width, area.height, image, soft, native=native)
+            request = self.controls.attach(generate_request(settings, area.width, area.height, image, soft,
+                                                            native=native), units)
             return with_regions(request, region_layers, area.width, area.height)
 
         mode = "inpaint" if mask is not None and s.strength >= 1.0 else "refine" if s.strength < 1.0 else "generate"
@@ -599,12 +608,19 @@ class PaintBridgeDocker(DockWidget):
         s, document = self._read_settings(), self._document()
         canvas = Rect(0, 0, document.width(), document.height())
         t0 = time.perf_counter()
-        raw = kritadoc.read_raw(document, canvas, VISIBLE)
+        with self.controls.hidden(document):
+            raw = kritadoc.read_raw(document, canvas, VISIBLE)
         read_ms = (time.perf_counter() - t0) * 1000
         settings = Settings(**asdict(s))
+        supir = self.restore.active()
+        if supir:
+            self.restore.check(settings)
+        units = None if supir else self.controls.units(document, canvas)  # SUPIR's adaptor is its control
 
         def request():
-            return upscale_request(settings, raw.to_rgba())
+            if supir:
+                return self.restore.request(settings, raw.to_rgba())
+            return self.controls.attach(upscale_request(settings, raw.to_rgba()), units)
 
         new_size = (round(canvas.width * s.upscale_factor), round(canvas.height * s.upscale_factor))
         job = PendingJob("upscale", "upscale", document, canvas, s.prompt, asdict(s), scale_to=new_size)
@@ -743,6 +759,8 @@ class PaintBridgeDocker(DockWidget):
         self.lora_combo.addItems([m.name for m in caps.models if m.kind == "lora"])
         self._load_presets()
         self._update_labels()
+        self.controls.on_welcome()
+        self.restore.on_welcome()
 
     def _on_progress(self, tag: str, progress) -> None:
         total = max(progress.total, 1)
@@ -762,6 +780,9 @@ class PaintBridgeDocker(DockWidget):
 
     def _on_result(self, tag: str, job: PendingJob, result) -> None:
         """Hand the images to the background thread; they come back layer-ready."""
+        if job.kind == "preprocess":  # a new control layer "from the canvas"
+            self.controls.on_result(job, result)
+            return
         t0 = time.perf_counter()
         model, depth = job.color
         rect = Rect(0, 0, *job.scale_to) if job.scale_to is not None else job.rect

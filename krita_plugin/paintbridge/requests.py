@@ -50,6 +50,13 @@ class Settings:
     mode: str = "generate"  # the docker's mode: generate | upscale
     remember_token: bool = False
     live_strength: float = 0.5  # Live mode's refine strength (live.py)
+    # Upscale mode's "Restore (SUPIR)" (restore.py): on/off, the SUPIR model, the SDXL
+    # checkpoint it runs with ("" = the docker's model if SDXL, else the first SDXL one),
+    # and the fidelity (0) ... detail (100) slider mapped to tau_r.
+    supir_on: bool = False
+    supir: str = ""
+    supir_checkpoint: str = ""
+    supir_detail: int = 50
 
 
 def _common(settings: Settings) -> dict:
