@@ -58,16 +58,19 @@ def apply(mode: str, result: np.ndarray, reference: np.ndarray, device="cpu") ->
 
 
 def _low(image, levels: int = LEVELS):
-    """The a-trous wavelet's last low-frequency band of a 1 x 3 x H x W tensor.
-    The high band the authors sum level by level telescopes to image - low."""
-    import torch
+    """The a-trous wavelet's last low-frequency band of a 1 x 3 x H x W tensor:
+    `levels` blurs by the 3x3 binomial kernel [1 2 1]^T [1 2 1] / 16 dilated
+    1, 2, 4... pixels, edges replicated. The high band the authors sum level
+    by level telescopes to image - low. Applied as two 1-D passes of shifted
+    sums: the same numbers as the dilated 3x3 convolution, without PyTorch's
+    slow CPU path for dilated depthwise convolutions (about 15x faster here)."""
     import torch.nn.functional as F
 
-    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=image.dtype, device=image.device)
-    kernel = (kernel / 16.0)[None, None].repeat(3, 1, 1, 1)
     for i in range(levels):
-        radius = 2**i
-        image = F.conv2d(F.pad(image, (radius,) * 4, mode="replicate"), kernel, groups=3, dilation=radius)
+        r = 2**i
+        p = F.pad(image, (r, r, r, r), mode="replicate")
+        p = (p[..., :, : -2 * r] + 2.0 * p[..., :, r:-r] + p[..., :, 2 * r :]) * 0.25  # along x
+        image = (p[..., : -2 * r, :] + 2.0 * p[..., r:-r, :] + p[..., 2 * r :, :]) * 0.25  # along y
     return image
 
 

@@ -77,6 +77,14 @@ def test_strips_give_the_whole_image_result():
     ref = torch.from_numpy(reference).float().permute(2, 0, 1)[None]
     expected = (whole - colorfix._low(whole) + colorfix._low(ref))[0].permute(1, 2, 0).round().clamp(0, 255).numpy()
     assert colorfix.STRIP < 600  # several strips
+    # The separable passes are the dilated 3x3 binomial convolution of the authors' wavelet_blur.
+    kernel = (torch.tensor([1.0, 2.0, 1.0])[:, None] * torch.tensor([1.0, 2.0, 1.0])[None] / 16)[None, None]
+    conv = whole[:, :, :80]
+    for i in range(colorfix.LEVELS):
+        r = 2**i
+        conv = torch.nn.functional.conv2d(torch.nn.functional.pad(conv, (r,) * 4, mode="replicate"),
+                                          kernel.repeat(3, 1, 1, 1), groups=3, dilation=r)
+    assert torch.allclose(colorfix._low(whole[:, :, :80]), conv, atol=1e-3)
     assert np.abs(colorfix.wavelet(result, reference).astype(int) - expected).max() <= 1
 
 
