@@ -147,7 +147,7 @@ def bench_transfer(server, reps: int) -> dict:
             "msgpack_mb_s": megabytes / statistics.median(timed["ops"])}
 
 
-def bench_preview(server, reps: int) -> dict:
+def bench_preview(server, reps: int, steps: int = 12) -> dict:
     """Previews end to end: the engine's latent->RGB, the server's encoding and
     sending, the client's decoding; against the same job without previews."""
     from protocol import JobRequest
@@ -158,7 +158,7 @@ def bench_preview(server, reps: int) -> dict:
     seen = []
 
     def job(preview: bool):
-        request = JobRequest(prompt="x", width=512, height=512, steps=12, seed=1, preview=preview)
+        request = JobRequest(prompt="x", width=512, height=512, steps=steps, seed=1, preview=preview)
         return lambda: client.run(request, on_progress=lambda p: seen.append(p.preview is not None))
 
     with_preview, without = samples(job(True), job(False), reps)
@@ -173,8 +173,6 @@ def bench_engine_vs_diffusers(reps: int, size: int) -> dict:
     it through its own registry and loader; the baseline through diffusers' own
     `from_single_file` (the bundled config, offline) with its own scheduler
     object. Same prompt, size, steps, seed; interleaved."""
-    import tempfile
-
     import torch
     from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
@@ -183,11 +181,15 @@ def bench_engine_vs_diffusers(reps: int, size: int) -> dict:
     from engine.jobs import Engine
     from engine.models import ModelManager
     from engine.params import JobParams
+    from engine.paths import cache_dir
     from engine.registry import Registry
     from engine.tokenizers import clip_tokenizer
 
-    folder = Path(tempfile.mkdtemp(prefix="paintbridge-bench-"))
-    path = build_real_architecture_checkpoint(folder / "Stable-diffusion" / "sd15-architecture.safetensors", "sd15")
+    # Built once into the cache and reused by later runs (2.1 GB; building it is about a minute of a quick run).
+    folder = cache_dir() / "bench-models"
+    path = folder / "Stable-diffusion" / "sd15-architecture.safetensors"
+    if not path.is_file():
+        build_real_architecture_checkpoint(path, "sd15")
     engine = Engine(Registry(folder).scan(), ModelManager(device="cpu", keep_spare=False))
     plain = StableDiffusionPipeline.from_single_file(
         str(path), config=str(SD15.config_dir), local_files_only=True, tokenizer=clip_tokenizer(),
@@ -214,9 +216,6 @@ def bench_engine_vs_diffusers(reps: int, size: int) -> dict:
     engine.run(JobParams(prompt="x", width=64, height=64, steps=1))
     ea, da = samples(ours("Euler a"), diffusers_with(EulerAncestralDiscreteScheduler), reps)
     ee, de = samples(ours("Euler"), diffusers_with(EulerDiscreteScheduler), reps)
-    for file in folder.rglob("*"):
-        if file.is_file():
-            file.unlink()
     return {**ratio("engine_vs_diffusers_ratio", ea, da), **ratio("engine_euler_vs_diffusers_ratio", ee, de),
             f"sd15_{size}_{steps}steps_s": statistics.median(da)}
 
@@ -272,7 +271,7 @@ def main() -> None:
     groups = [
         ("overhead", lambda: bench_server_overhead(engine, server, reps)),
         ("transfer", lambda: bench_transfer(server, 3 if args.quick else 5)),
-        ("preview", lambda: bench_preview(server, reps)),
+        ("preview", lambda: bench_preview(server, reps, 6 if args.quick else 12)),
         ("diffusers", lambda: bench_engine_vs_diffusers(3, 256 if args.quick else 512)),
         ("upscale", lambda: bench_upscale(args.quick)),
         ("control", lambda: bench_control(args.quick)),
