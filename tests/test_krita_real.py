@@ -144,6 +144,9 @@ def test_history_docker_undo_upscale_history_and_presets_in_real_krita(server, t
     assert one["after_apply"][0] == one["start"] + ["Add Layer"], one  # the preview's step taken back, one added
     assert one["layers_after_apply"] == one["before_generate"] + [one["applied"][0]], one
     assert one["layers_after_undo"] == one["before_generate"] and one["painter_unchanged"], one
+    # and the canvas shows it all: the preview, the next clicked result, the applied layer, then the painting
+    assert one["canvas_preview"] and one["canvas_preview_clicked"] and one["canvas_applied"], one
+    assert one["canvas_after_undo"], one
 
     batch = steps["apply all"]  # Apply all: one group, one undo step
     assert len(batch["children"]) == 2 and batch["projection_later"], batch
@@ -157,6 +160,7 @@ def test_history_docker_undo_upscale_history_and_presets_in_real_krita(server, t
     # the painter acted in between: hidden (no undo step of ours), the painter's step stays on top
     assert leave["second_shown"] and leave["second_leave"] == "hidden" and leave["preview_hidden"], leave
     assert leave["second_after"][0] == leave["undo_mid"][0], leave
+    assert leave["canvas_painter"], leave
 
     up = steps["upscale history"]  # an upscale result kept with its pixels applies again
     assert up["first"]["entry"]["mode"] == "upscale" and up["first"]["entry"]["png_bytes"] > 100, up

@@ -64,6 +64,12 @@ def checksum(node, doc):
     return hashlib.sha256(bytes(node.pixelData(0, 0, doc.width(), doc.height()))).hexdigest()
 
 
+def canvas_shows(doc, node, x=100, y=100):
+    """The image's projection (what the canvas draws) has this node's pixels at (x, y)."""
+    doc.waitForDone()
+    return node is not None and bytes(doc.pixelData(x, y, 4, 4)) == bytes(node.pixelData(x, y, 4, 4))
+
+
 def undo_state():
     """(commands, how many are done): the Undo History docker's list and its current row."""
     for dock in Krita.instance().dockers():
@@ -221,13 +227,16 @@ def s_apply_one():
     d, doc = docker(), ctx["doc"]
     ctx["undo_results"] = undo_state()  # the preview layer is there now
     ctx["preview_after_results"] = kd().find_preview(doc) is not None
+    ctx["canvas_preview"] = canvas_shows(doc, kd().find_preview(doc))
     d.history_list.setCurrentRow(1)  # another result: the same preview layer, repainted
     ctx["undo_clicked"] = undo_state()
+    ctx["canvas_preview_clicked"] = canvas_shows(doc, kd().find_preview(doc))
     ctx["painter_sum"] = checksum(ctx["paint"], doc)
     before = names(doc)
     applied = d.apply_selected()
     after = names(doc)
     ctx.update(before_apply=before, after_apply=after, applied=applied)
+    ctx["canvas_applied"] = canvas_shows(doc, doc.topLevelNodes()[-1])
     ctx["undo_applied"] = undo_state()
     undo()
     ctx["after_undo"] = names(doc)
@@ -241,7 +250,9 @@ def s_apply_one_check():
     log("apply one", start=start, after_results=ctx["undo_results"], after_click=ctx["undo_clicked"],
         after_apply=ctx["undo_applied"], after_undo=[texts, done], preview_after_results=ctx["preview_after_results"],
         before_generate=ctx["before_generate"], before_apply=ctx["before_apply"], layers_after_apply=ctx["after_apply"],
-        layers_after_undo=ctx["after_undo"], applied=ctx["applied"],
+        layers_after_undo=ctx["after_undo"], applied=ctx["applied"], canvas_preview=ctx["canvas_preview"],
+        canvas_preview_clicked=ctx["canvas_preview_clicked"], canvas_applied=ctx["canvas_applied"],
+        canvas_after_undo=canvas_shows(doc, ctx["paint"]),
         painter_unchanged=checksum(ctx["paint"], doc) == ctx["painter_sum"])
     return True
 
@@ -313,6 +324,7 @@ def s_leave_preview_done():
     leave["second_after"] = undo_state()
     preview = kd().find_preview(doc)
     leave["preview_hidden"] = preview is not None and not preview.visible()
+    leave["canvas_painter"] = canvas_shows(doc, ctx["paint"])  # the hidden preview is off the canvas
     leave["preview_empty"] = preview is not None and preview.bounds().width() <= 0
     return True
 
