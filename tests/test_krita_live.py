@@ -31,8 +31,9 @@ def test_debounce_waits_for_quiet_and_fires_during_a_long_stroke():
     assert not d.due(0.1)
     d.changed(0.15)
     assert not d.due(0.3) and d.due(0.36)  # 0.2 s after the last change
+    assert abs(d.due_in(0.3) - 0.05) < 1e-9 and d.due_in(0.5) == 0.0
     d.fired()
-    assert not d.pending and not d.due(5.0)
+    assert not d.pending and not d.due(5.0) and d.due_in(5.0) is None
     for t in range(0, 12):  # a change every 0.1 s: never quiet, still due after max_wait
         d.changed(10 + t * 0.1)
     assert d.due(11.0) and d.due(11.1)
