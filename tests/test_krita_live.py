@@ -111,3 +111,14 @@ def test_region_prompts_are_saved_and_a_damaged_annotation_reads_as_none():
         assert RegionStore.from_bytes(bad).prompts == {}
     clamped = RegionStore.from_bytes(b'{"regions": {"x": {"prompt": "p", "weight": 99}}}')
     assert clamped.get("x") == RegionPrompt("p", None, 10.0)
+
+
+def test_the_big_button_applies_in_live_mode_and_the_live_strength_is_remembered():
+    from krita_plugin.paintbridge import prefs
+
+    assert prefs.button_label(0.5, False, "live") == prefs.button_label(1.0, True, "live") == "Apply live picture"
+    store = prefs.Store.memory()
+    prefs.save(store, Settings(live_strength=0.35), False)
+    loaded = Settings()
+    prefs.load(store, loaded)
+    assert loaded.live_strength == 0.35
