@@ -31,8 +31,9 @@ def test_debounce_waits_for_quiet_and_fires_during_a_long_stroke():
     assert not d.due(0.1)
     d.changed(0.15)
     assert not d.due(0.3) and d.due(0.36)  # 0.2 s after the last change
+    assert abs(d.due_in(0.3) - 0.05) < 1e-9 and d.due_in(0.5) == 0.0
     d.fired()
-    assert not d.pending and not d.due(5.0)
+    assert not d.pending and not d.due(5.0) and d.due_in(5.0) is None
     for t in range(0, 12):  # a change every 0.1 s: never quiet, still due after max_wait
         d.changed(10 + t * 0.1)
     assert d.due(11.0) and d.due(11.1)
@@ -110,3 +111,14 @@ def test_region_prompts_are_saved_and_a_damaged_annotation_reads_as_none():
         assert RegionStore.from_bytes(bad).prompts == {}
     clamped = RegionStore.from_bytes(b'{"regions": {"x": {"prompt": "p", "weight": 99}}}')
     assert clamped.get("x") == RegionPrompt("p", None, 10.0)
+
+
+def test_the_big_button_applies_in_live_mode_and_the_live_strength_is_remembered():
+    from krita_plugin.paintbridge import prefs
+
+    assert prefs.button_label(0.5, False, "live") == prefs.button_label(1.0, True, "live") == "Apply live picture"
+    store = prefs.Store.memory()
+    prefs.save(store, Settings(live_strength=0.35), False)
+    loaded = Settings()
+    prefs.load(store, loaded)
+    assert loaded.live_strength == 0.35

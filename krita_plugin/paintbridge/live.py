@@ -64,6 +64,12 @@ class Debounce:
             return False
         return now - self.last_change >= self.delay_s or now - self.first_change >= self.max_wait_s
 
+    def due_in(self, now: float) -> float | None:
+        """Seconds until `due`, None when nothing is pending: the next poll can be timed to it."""
+        if self.last_change is None or self.first_change is None:
+            return None
+        return max(0.0, min(self.last_change + self.delay_s, self.first_change + self.max_wait_s) - now)
+
     def fired(self) -> None:
         self.first_change = self.last_change = None
 

@@ -44,7 +44,9 @@ from .kritadoc import UserError
 from .regions import Rect, work_area
 from .requests import VISIBLE, Settings
 
-PREVIEW_MIN_HEIGHT = 180  # px: Live is about the picture; Krita's other dockers give way
+# px: what the docker's share of a 1280x800 screen (under Krita's default dockers) leaves it;
+# it grows with the docker, and Live hides the tabs to give it their room.
+PREVIEW_MIN_HEIGHT = 96
 IN_FLIGHT_TIMEOUT_S = 60.0
 # While Live is on, the network thread looks for a new request every 5 ms instead of 50 and the
 # docker's timer picks up results every 10 ms instead of 30: about 40 ms less per round, for
@@ -170,6 +172,9 @@ class LivePanel:
         self.panel.setVisible(active)
         if active:
             self._timer_ms = self.docker.timer.interval()
+        tabs = getattr(self.docker, "tabs", None)
+        if tabs is not None:
+            tabs.setVisible(not active)
         self.docker.worker.poll_s = LIVE_WORKER_POLL_S if active else worker.POLL_S
         self.docker.timer.setInterval(LIVE_TIMER_MS if active else self._timer_ms)
         if active:
@@ -192,8 +197,14 @@ class LivePanel:
         self._show_line(f"Seed {self.state.seed}")
 
     def _schedule(self, delay_s: float | None = None) -> None:
-        if self.active:
-            self.timer.start(round(1000 * (self.poller.interval_s if delay_s is None else delay_s)))
+        if not self.active:
+            return
+        if delay_s is None:  # the next poll at the polling rate, or when the debounce is due if sooner
+            delay_s = self.poller.interval_s
+            due_in = self.debounce.due_in(time.perf_counter())
+            if due_in is not None and not self.state.tags:
+                delay_s = min(delay_s, due_in)
+        self.timer.start(round(1000 * delay_s))
 
     # -- the poll ------------------------------------------------------------------------------
     def _area(self, document) -> tuple[Rect, Rect | None]:

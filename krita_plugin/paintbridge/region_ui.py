@@ -62,9 +62,11 @@ class RegionsTab(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 2, 0, 0)
         self.list = QListWidget()
-        self.list.setMinimumHeight(3 * self.list.fontMetrics().height() + 8)  # three regions without scrolling
+        rows = self.list.fontMetrics().height() + 4
+        self.list.setMinimumHeight(2 * rows + 6)  # two regions without scrolling; the editor stays in view
+        self.list.setMaximumHeight(6 * rows + 6)
         self.list.currentItemChanged.connect(lambda _item, _prev: self._show_selected())
-        layout.addWidget(self.list, 1)
+        layout.addWidget(self.list)
         row = QHBoxLayout()
         self.add_button = QPushButton("Active layer → region")
         self.add_button.setToolTip("Give the active layer (or group) its own prompt; its painted pixels are the area")
@@ -93,6 +95,7 @@ class RegionsTab(QWidget):
         self.hint = QLabel("Paint the region's area on its layer: the alpha is the mask.")
         self.hint.setWordWrap(True)
         layout.addWidget(self.hint)
+        layout.addStretch(1)
         self.prompt_edit.textChanged.connect(self._edited)
         self.negative_edit.textChanged.connect(self._edited)
         self.weight_spin.valueChanged.connect(self._edited)

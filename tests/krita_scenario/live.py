@@ -17,7 +17,7 @@ import time
 import traceback
 
 from krita import Krita
-from PyQt5.QtCore import QTimer
+from PyQt5.QtCore import QPoint, QRect, QTimer
 from PyQt5.QtWidgets import QAbstractItemView, QApplication
 
 REPORT = os.environ["PAINTBRIDGE_REPORT"]
@@ -207,6 +207,14 @@ def s_stroke_picture():
     differs = newest.size() != first.size() or newest.convertToFormat(first.format()) != first
     live_requests = [r for t, r in ctx["sent"] if t.startswith("live")]
     last = live_requests[-1]
+    screen = QApplication.primaryScreen().geometry()
+    qwin = Krita.instance().activeWindow().qwindow()
+    preview = d.live.preview
+    rect = QRect(preview.mapToGlobal(QPoint(0, 0)), preview.size())
+    ctx["layout"] = {"screen": [screen.width(), screen.height()], "window": [qwin.width(), qwin.height()],
+                     "preview": [rect.x(), rect.y(), rect.width(), rect.height()],
+                     "preview_on_screen": screen.contains(rect) and preview.isVisible(),
+                     "tabs_visible": d.tabs.isVisible()}
     shot = shot_path("krita-live-picture.png")
     screenshot(shot)
     report["live_screenshot"] = shot
@@ -215,6 +223,7 @@ def s_stroke_picture():
         request={"kind": last.kind, "live": last.live, "preview": last.preview, "strength": last.strength,
                  "seed": last.seed, "steps": last.steps, "size": [last.image.width, last.image.height]},
         seeds=sorted({r.seed for r in live_requests}), sent=len(live_requests), line=d.live.line.text(),
+        layout=ctx["layout"],
         poll_ms=statistics.median(d.live.poll_ms) if d.live.poll_ms else None)
     return True
 
