@@ -301,3 +301,37 @@ def test_control_layers_in_real_krita(server, tmp_path):
     layout = steps["layout"]
     for name, widget in layout["widgets"].items():
         assert widget["visible"] and widget["on_screen"] and widget["in_docker"], (name, layout)
+
+
+@pytest.mark.skipif(bool(missing), reason=f"needs {' and '.join(missing)} (apt-get install krita xvfb)")
+def test_supir_restore_in_real_krita(tmp_path):
+    """Upscale mode offers Restore (SUPIR) when the server lists a SUPIR model; its upscale
+    runs SUPIR with the SDXL checkpoint, at the slider's tau_r."""
+    import json as json_
+
+    from engine.demo.builder import build_checkpoint, build_sdxl_folder
+    from engine.demo.supir import build_supir_file
+    from tests.conftest import ServerProcess
+
+    models = tmp_path / "models"
+    build_checkpoint(models / "checkpoints" / "a-sd15.safetensors")
+    folder = build_sdxl_folder(models / "checkpoints" / "tiny-xl")
+    unet = json_.loads((folder / "unet" / "config.json").read_text())
+    vae = json_.loads((folder / "vae" / "config.json").read_text())
+    build_supir_file(models / "SUPIR" / "SUPIR-v0Q.safetensors", unet, vae, seed=1)
+    server = ServerProcess("--models", str(models), "--no-preload")
+    try:
+        report = run_krita(server.url, tmp_path, scenario="supir.py")
+    finally:
+        server.stop()
+    steps = {s["step"]: s for s in report["steps"]}
+    assert steps["connected"]["model"] == "a-sd15" and steps["connected"]["supir"] == ["SUPIR-v0Q"]
+    assert steps["connected"]["sdxl"] == "tiny-xl"  # the docker's SD1.5 model cannot restore: the SDXL one
+    panel = steps["panel"]
+    assert panel["visible"] and not panel["generate_mode_visible"], panel
+    assert not panel["details_before"] and panel["details_after"] and panel["label"] == "fidelity (τ 2)"
+    done = steps["upscaled"]
+    assert done["size"] == [96, 80] and done["panel_on_screen"], done
+    assert done["request"] == {"model": "tiny-xl", "sampler": "Euler", "steps": 1, "cfg": 7.5, "supir": "SUPIR-v0Q",
+                               "guidance": 2.0, "s_churn": 5.0, "cfg_start": 4.0, "units": 0}
+    assert "SUPIR: SUPIR-v0Q, Restore guidance: 2" in done["infotext"], done

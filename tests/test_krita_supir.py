@@ -104,8 +104,7 @@ def test_the_plugins_supir_request_on_the_real_server(supir_models, tmp_path):
         checkpoint = restore.pick_checkpoint(models, "")
         assert checkpoint == "tiny-xl"
         settings = requests.Settings(prompt="a cat", upscale_factor=2.0, upscaler="Lanczos")
-        request = restore.supir_request(settings, _raw(24, 20), "SUPIR-v0Q", checkpoint, 50)
-        request.steps = 1  # the tiny model: one step is enough to see the path run
+        request = restore.supir_request(settings, _raw(24, 20), "SUPIR-v0Q", checkpoint, 50, steps=1)
         result = client.run(request)
         assert (result.images[0].width, result.images[0].height) == (48, 40)
         assert "SUPIR: SUPIR-v0Q, Restore guidance: 4" in result.infotext

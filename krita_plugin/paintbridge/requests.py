@@ -57,6 +57,7 @@ class Settings:
     supir: str = ""
     supir_checkpoint: str = ""
     supir_detail: int = 50
+    supir_steps: int = 50  # the authors' 50; fewer with Lightning / Turbo SDXL models
 
 
 def _common(settings: Settings) -> dict:

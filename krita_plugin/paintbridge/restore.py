@@ -67,8 +67,10 @@ def pick_checkpoint(models: Sequence, current: str, wanted: str = "") -> str:
     return names[0] if names else ""
 
 
-def supir_request(settings: Settings, image: RawImage, supir: str, checkpoint: str, detail: int) -> JobRequest:
-    """The upscale job restored by SUPIR, with the authors' sampling settings;
+def supir_request(settings: Settings, image: RawImage, supir: str, checkpoint: str, detail: int,
+                  steps: int = STEPS) -> JobRequest:
+    """The upscale job restored by SUPIR, with the authors' sampling settings
+    (the steps are the painter's: 50 by default, fewer for a few-step SDXL model);
     the prompt and negative prompt are the painter's (the server adds the
     authors' quality prompts). ControlNet units are not sent: SUPIR's own
     adaptor is the control here."""
@@ -80,5 +82,5 @@ def supir_request(settings: Settings, image: RawImage, supir: str, checkpoint: s
     upscale = Upscale(scale=settings.upscale_factor, upscaler=settings.upscaler, denoise=base.upscale.denoise
                       if base.upscale is not None else 0.0, tile=TILE, overlap=OVERLAP, tile_batch=TILE_BATCH)
     return dataclasses.replace(
-        base, model=checkpoint, sampler=SAMPLER, steps=STEPS, cfg_scale=CFG, upscale=upscale,
+        base, model=checkpoint, sampler=SAMPLER, steps=steps, cfg_scale=CFG, upscale=upscale,
         restore=Restore(guidance=tau(detail), s_churn=S_CHURN, s_noise=S_NOISE, cfg_start=CFG_START, supir=supir))

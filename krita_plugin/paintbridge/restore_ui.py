@@ -1,9 +1,8 @@
 """Upscale mode's "Restore (SUPIR)" row: the Qt side of restore.py.
 
 Shown in Upscale mode only, and only when the server lists a SUPIR model:
-[x] Restore (SUPIR) [SUPIR-v0Q]
-Fidelity ---o--- Detail  balanced (τ 4)
-SDXL [checkpoint]
+[x] Restore (SUPIR) [SUPIR-v0Q] [SDXL checkpoint]
+Fidelity ---o--- Detail  balanced (τ 4) [50]     (this row only when ticked)
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from PyQt5.QtCore import Qt
-from PyQt5.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSlider, QVBoxLayout, QWidget
+from PyQt5.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QSlider, QSpinBox, QVBoxLayout, QWidget
 
 from . import restore
 from .kritadoc import UserError
@@ -25,22 +24,26 @@ class RestorePanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
+        # Two rows at most (the docker is short on a 1280x800 screen); the second only when ticked.
         top = QHBoxLayout()
         self.check = QCheckBox("Restore (SUPIR)")
         self.check.setChecked(s.supir_on)
         self.check.setToolTip("After the upscaler, SUPIR restores the image with an SDXL checkpoint "
-                              "(50 steps with the authors' settings: slow on a CPU)")
+                              "and the authors' settings (Euler with churn, CFG 4 -> 7.5)")
         self.model_combo = QComboBox()
-        self.model_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.model_combo.setMinimumContentsLength(8)
+        self.model_combo.setToolTip("The SUPIR model (SUPIR-v0Q: quality, v0F: fidelity)")
+        self.checkpoint_combo = QComboBox()
+        self.checkpoint_combo.setToolTip("The SDXL checkpoint SUPIR restores with")
+        for combo in (self.model_combo, self.checkpoint_combo):
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)
         top.addWidget(self.check)
         top.addWidget(self.model_combo, 1)
+        top.addWidget(self.checkpoint_combo, 1)
         layout.addLayout(top)
         self.details = QWidget()
-        more = QVBoxLayout(self.details)
-        more.setContentsMargins(0, 0, 0, 0)
-        more.setSpacing(2)
-        row = QHBoxLayout()
+        row = QHBoxLayout(self.details)
+        row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(QLabel("Fidelity"))
         self.slider = QSlider(Qt.Horizontal)
         self.slider.setRange(0, 100)
@@ -48,22 +51,20 @@ class RestorePanel(QWidget):
         self.slider.setToolTip("Restore guidance τr: left keeps the picture, right lets the model add detail")
         row.addWidget(self.slider, 1)
         row.addWidget(QLabel("Detail"))
-        more.addLayout(row)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("SDXL"))
-        self.checkpoint_combo = QComboBox()
-        self.checkpoint_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-        self.checkpoint_combo.setMinimumContentsLength(8)
-        self.checkpoint_combo.setToolTip("The SDXL checkpoint SUPIR restores with")
-        row.addWidget(self.checkpoint_combo, 1)
         self.value_label = QLabel()
+        self.value_label.setMinimumWidth(self.value_label.fontMetrics().horizontalAdvance("balanced (τ 16)"))
         row.addWidget(self.value_label)
-        more.addLayout(row)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 150)
+        self.steps_spin.setValue(s.supir_steps)
+        self.steps_spin.setToolTip("Steps: the authors use 50; a Lightning or Turbo SDXL model needs far fewer")
+        row.addWidget(self.steps_spin)
         layout.addWidget(self.details)
         self.check.toggled.connect(lambda _on: self._changed())
         self.slider.valueChanged.connect(lambda _v: self._changed())
         self.model_combo.currentIndexChanged.connect(lambda _i: self._changed())
         self.checkpoint_combo.currentIndexChanged.connect(lambda _i: self._changed())
+        self.steps_spin.valueChanged.connect(lambda _v: self._changed())
         self._changed()
         self.setVisible(False)
 
@@ -97,9 +98,9 @@ class RestorePanel(QWidget):
             s.supir = self.model_combo.currentText()
         if self.checkpoint_combo.count():
             s.supir_checkpoint = self.checkpoint_combo.currentText()
-        s.supir_detail = self.slider.value()
+        s.supir_detail, s.supir_steps = self.slider.value(), self.steps_spin.value()
         self.value_label.setText(restore.describe(s.supir_detail))
-        self.details.setEnabled(s.supir_on)
+        self.details.setVisible(s.supir_on)
         if self.checkpoint_combo.count() == 0:
             self.checkpoint_combo.setToolTip("The server has no SDXL checkpoint: SUPIR cannot run")
 
@@ -116,4 +117,5 @@ class RestorePanel(QWidget):
     @staticmethod
     def request(settings, image):
         """The SUPIR upscale request (network thread: no widgets read here)."""
-        return restore.supir_request(settings, image, settings.supir, settings.supir_checkpoint, settings.supir_detail)
+        return restore.supir_request(settings, image, settings.supir, settings.supir_checkpoint, settings.supir_detail,
+                                     settings.supir_steps)

@@ -1,0 +1,203 @@
+"""Runs inside the real Krita (loaded by the plugin's test hook): Upscale's Restore (SUPIR).
+
+Against a server on tiny random-init models (an SD1.5 checkpoint, an SDXL one and a
+SUPIR file in SUPIR/): the option shows in Upscale mode only, picks the SDXL
+checkpoint, and an upscale with it restores through SUPIR (the infotext says so).
+"""
+
+import hashlib
+import json
+import os
+import time
+import traceback
+
+from krita import Krita
+from PyQt5.QtCore import QPoint, QRect, QTimer
+from PyQt5.QtWidgets import QApplication
+
+REPORT = os.environ["PAINTBRIDGE_REPORT"]
+SERVER = os.environ["PAINTBRIDGE_SERVER"]
+SHOT = os.environ.get("PAINTBRIDGE_SCREENSHOT", "")
+WORK = os.environ.get("PAINTBRIDGE_WORKDIR", os.path.dirname(REPORT))
+report = {"steps": [], "errors": []}
+state = {"step": 0, "since": time.monotonic()}
+ctx = {}
+
+
+def log(name, **data):
+    report["steps"].append({"step": name, **data})
+    write()
+
+
+def write():
+    with open(REPORT, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+def docker():
+    from paintbridge.docker import DOCKERS
+
+    return DOCKERS[0] if DOCKERS else None
+
+
+def idle(d):
+    return not d.jobs and not d.background.busy and not d.queue.active()
+
+
+def shot(name):
+    path = os.path.join(os.path.dirname(SHOT) or WORK, name)
+    window = Krita.instance().activeWindow()
+    if window is not None:
+        window.qwindow().grab().save(path)
+    return path
+
+
+def names(doc):
+    return [n.name() for n in doc.topLevelNodes() if not n.type().endswith("mask")]
+
+
+def checksum(node, doc):
+    return hashlib.sha256(bytes(node.pixelData(0, 0, doc.width(), doc.height()))).hexdigest()
+
+
+def control_node(doc):
+    return next((n for n in doc.topLevelNodes() if n.name().startswith("[Control]")), None)
+
+
+def finish():
+    try:
+        if SHOT:
+            shot(os.path.basename(SHOT))
+            report["screenshot"] = SHOT
+    except Exception:
+        report["errors"].append(traceback.format_exc())
+    report["done"] = True
+    write()
+    QApplication.quit()
+
+
+def step():
+    try:
+        limit = STEPS[state["step"]][1] if state["step"] < len(STEPS) else 120
+        if time.monotonic() - state["since"] > limit:
+            report["errors"].append(f"timeout in step {STEPS[state['step']][0].__name__}")
+            finish()
+            return
+        if STEPS[state["step"]][0]():
+            state["step"] += 1
+            state["since"] = time.monotonic()
+        if state["step"] >= len(STEPS):
+            finish()
+            return
+    except Exception:
+        report["errors"].append(traceback.format_exc())
+        finish()
+        return
+    QTimer.singleShot(100, step)
+
+
+def configure(d, prompt, steps=2, strength=100, seed=1234):
+    d.prompt_edit.setPlainText(prompt)
+    d.steps_spin.setValue(steps)
+    d.strength_slider.setValue(strength)
+    d.random_check.setChecked(False)
+    d.seed_spin.setValue(seed)
+    d.batch_spin.setValue(1)
+    d.mode_buttons["generate"].setChecked(True)
+    d._mode_changed()
+
+
+# -- steps ---------------------------------------------------------------------------------
+def s_docker():
+    d = docker()
+    window = Krita.instance().activeWindow()
+    if d is None or window is None:
+        return False
+    window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())  # no WM under Xvfb
+    d.show()
+    d.raise_()
+    d.server_edit.setText(SERVER)
+    d._reconfigure()
+    return True
+
+
+def s_connected():
+    d = docker()
+    if d.capabilities is None:
+        return False
+    sent = ctx["sent"] = []
+    submit = d.worker.submit
+
+    def recording(tag, request):
+        def build(make=request):
+            made = make() if callable(make) else make
+            sent.append(made)
+            return made
+
+        submit(tag, build)
+
+    d.worker.submit = recording
+    app = Krita.instance()
+    doc = app.createDocument(48, 40, "SUPIR", "RGBA", "U8", "", 72.0)
+    app.activeWindow().addView(doc)
+    paint = doc.createNode("Photo", "paintlayer")
+    data = bytearray()
+    for y in range(40):
+        for x in range(48):
+            data += bytes(((x * 5) % 256, (y * 6) % 256, 90, 255))
+    paint.setPixelData(bytes(data), 0, 0, 48, 40)
+    doc.rootNode().addChildNode(paint, None)
+    doc.setActiveNode(paint)
+    doc.refreshProjection()
+    ctx.update(doc=doc, paint=paint)
+    ctx["generate_mode_visible"] = d.restore.isVisible()
+    d.mode_buttons["upscale"].setChecked(True)
+    d._mode_changed()
+    log("connected", model=d.model_combo.currentText(), supir=[d.restore.model_combo.itemText(i)
+        for i in range(d.restore.model_combo.count())], sdxl=d.restore.checkpoint_combo.currentText(),
+        upscalers=d.capabilities.upscalers)
+    return True
+
+
+def s_upscale():
+    d = docker()
+    if time.monotonic() - state["since"] < 1:
+        return False
+    r = d.restore
+    visible, details_before = r.isVisible(), r.details.isVisible()
+    r.check.setChecked(True)
+    r.slider.setValue(25)
+    r.steps_spin.setValue(1)  # tiny random-init models: one step shows the path
+    d.factor_spin.setValue(2.0)
+    d.upscaler_combo.setCurrentIndex(max(0, d.upscaler_combo.findText("Lanczos")))
+    d.prompt_edit.setPlainText("a sharp photo")
+    log("panel", visible=visible, generate_mode_visible=ctx["generate_mode_visible"], details_before=details_before,
+        details_after=r.details.isVisible(), label=r.value_label.text())
+    report["panel_screenshot"] = shot("krita-supir-panel.png")
+    ctx["tag"] = d.upscale_document()
+    return True
+
+
+def s_upscaled():
+    d, doc = docker(), ctx["doc"]
+    if not idle(d):
+        return False
+    entry = d._history(doc).entries[-1] if d._history(doc).entries else None
+    request = ctx["sent"][-1]
+    r = request.restore
+    screen = QApplication.primaryScreen().geometry()
+    panel = QRect(d.restore.mapToGlobal(QPoint(0, 0)), d.restore.size())
+    log("upscaled", size=[doc.width(), doc.height()], layers=names(doc), infotext=entry.infotext if entry else "",
+        request={"model": request.model, "sampler": request.sampler, "steps": request.steps, "cfg": request.cfg_scale,
+                 "supir": r.supir, "guidance": r.guidance, "s_churn": r.s_churn, "cfg_start": r.cfg_start,
+                 "units": len(request.controls)},
+        message=d.message.text(), panel_on_screen=screen.contains(panel))
+    return True
+
+
+STEPS = [(s_docker, 120), (s_connected, 120), (s_upscale, 10), (s_upscaled, 300)]
+
+
+def run():
+    write()
+    QTimer.singleShot(500, step)
