@@ -30,6 +30,7 @@ from engine import (
     prompt_schedule,
     regions,
     restore,
+    taesd,
     tiled,
     vaes,
 )
@@ -151,6 +152,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint", field="model")
     if params.kind == "inpaint" and params.mask is not None and not params.mask.any():
         raise EngineError("invalid_request", NOTHING_TO_REPAINT, field="mask")
+    if params.kind == "upscale" and (params.upscale or UpscaleParams()).vae == "taesd" and entry.family is not None:
+        _taesd_files(engine, entry.family.name)  # refused before queueing, not mid-job
     if entry.inpainting and params.kind != "inpaint":
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
     if entry.depth:  # SD 2's depth model: img2img (depth-to-image), its depth from the annotators/ estimator
@@ -593,6 +596,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
             control.control_for(units, *work) if units else None,
             _regions(model, params, lambda mask: mask.resize(work, Image.BILINEAR)),
             params.restore,
+            approx_vaes(engine, model, options.vae),
         )
         if work != target:
             upscaled = np.asarray(Image.fromarray(upscaled).resize(target, Image.LANCZOS))
@@ -611,6 +615,25 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         **(extra if supir else restore.parameters(params.restore)),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
+
+
+def _taesd_files(engine: Engine, family: str) -> taesd.TaesdFiles:
+    files = taesd.find(engine.registry.root, family)
+    if files is None:
+        raise EngineError("invalid_request", f"upscale.vae 'taesd': no {taesd.PREFIX.get(family, 'taesd')}_decoder "
+                          f"in {engine.registry.root}/VAE-approx (or vae_approx/, taesd/)", field="upscale.vae")
+    return files
+
+
+def approx_vaes(engine: Engine, model: LoadedModel, which: str) -> tuple[Any, Any] | None:
+    """`upscale.vae: "taesd"`: TAESD from the models folder decodes (and encodes, where its
+    encoder is there too; else the checkpoint's VAE encodes)."""
+    if which != "taesd":
+        return None
+    files = _taesd_files(engine, model.family)
+    pipe = model.base
+    approx = taesd.load(files, pipe._execution_device, pipe.vae.dtype)
+    return (approx if files.can_encode else pipe.vae), approx
 
 
 def _default_upscaler(engine: Engine) -> str:

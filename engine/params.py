@@ -33,6 +33,7 @@ class UpscaleParams:
     tile_batch: int = 4
     vae_tile: int = 512  # image pixels
     keep_size: bool = True
+    vae: str = ""  # "" = the checkpoint's VAE; "taesd" = TAESD from the models folder (engine/taesd.py)
 
 
 @dataclass

@@ -8,6 +8,8 @@
 - CUDA: TF32 matmuls and convolutions (Ampere and later; the precision loss is
   below fp16's, which the UNet runs in anyway) and cuDNN's autotuner, which
   picks the fastest convolution for each shape once and reuses it.
+- Memory: glibc's mmap threshold fixed, so freed tensors leave the process
+  (engine/heap.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def configure(device: str, threads: int = 0) -> int:
     """Set the knobs for `device`; returns the CPU thread count in use."""
     import torch
 
+    from engine import heap
+
+    heap.cap_retention()  # freed tensors go back to the system (engine/heap.py)
     count = threads if threads > 0 else usable_cpus()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)

@@ -45,6 +45,9 @@ class HiresFix:
     resize_height: int = bounded(0, 0, MAX_GENERATE_SIDE)
 
 
+UPSCALE_VAES = ("", "taesd")  # upscale.vae
+
+
 @dataclass
 class Upscale:
     """The `upscale` job: upscaler model, then optional tiled diffusion (MultiDiffusion)."""
@@ -57,6 +60,9 @@ class Upscale:
     tile_batch: int = bounded(4, 1, 64)  # tiles through the UNet at once
     vae_tile: int = bounded(512, 128, 4096)  # VAE encoder/decoder tile, pixels; halved on out-of-memory
     keep_size: bool = True  # scale the input image's size (else width/height x scale)
+    # The tiled diffusion's VAE: "" = the checkpoint's (or the job's `vae`), "taesd" = TAESD from the
+    # models folder (VAE-approx/ or vae_approx/): much faster, slightly less faithful colours.
+    vae: str = choice("", UPSCALE_VAES)
 
 
 MAX_CONTROLS = 4  # ControlNet units per job (each may load a model of up to ~2.5 GB)
