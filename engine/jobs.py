@@ -40,7 +40,7 @@ from engine.kpipeline import KPipeline, NoiseOptions, decode_images
 from engine.models import LoadedModel, ModelManager, is_out_of_memory
 from engine.noise import DEFAULT_RNG, INFOTEXT_RNG, check_source, initial_noise
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
-from engine.preview import latent_preview
+from engine.preview import Previewer
 from engine.prompts import extract_loras
 from engine.registry import CHECKPOINT, LORA, VAE, ModelEntry, Registry
 from engine.samplers import lookup, make_scheduler, resolve
@@ -208,6 +208,7 @@ def run_job(
         model = load_checkpoint(engine, entry, by_default=not params.model)
         loras.activate(model, engine.registry, wanted_loras)
         vaes.activate(model, engine.models, engine.registry, params.vae)
+        model.approx_decoder = _preview_decoder(engine, model) if params.preview else None
         embeddings.activate(model, engine.registry, " ".join([params.prompt, *(r.prompt for r in params.regions)]),
                             " ".join([params.negative_prompt, *(r.negative_prompt or "" for r in params.regions)]))
         if params.batch_count == 1 or params.kind == "upscale":
@@ -308,9 +309,11 @@ def _to_rgba(images: np.ndarray) -> list[np.ndarray]:
 class _StepReporter:
     """diffusers `callback_on_step_end`: progress, cancel and cheap previews."""
 
-    def __init__(self, family: str, params: JobParams, progress: ProgressFn | None, cancel: CancelFlag | None):
+    def __init__(self, family: str, params: JobParams, progress: ProgressFn | None, cancel: CancelFlag | None,
+                 approx_decoder: Any = None):
         self.family = family
         self.want_preview = params.preview
+        self.previewer = Previewer(family, approx_decoder, PREVIEW_INTERVAL_S)  # TAESD where the models folder has it
         self.progress = progress
         self.cancel = cancel
         self.last_preview = 0.0
@@ -325,9 +328,9 @@ class _StepReporter:
             total = getattr(pipe, "num_timesteps", 0) or step + 1
             preview = None
             now = time.monotonic()
-            if self.want_preview and step + 1 < total and now - self.last_preview >= PREVIEW_INTERVAL_S:
+            if self.want_preview and step + 1 < total and self.previewer.due():
                 self.last_preview = now
-                preview = latent_preview(kwargs["latents"][0], self.family)
+                preview = self.previewer(kwargs["latents"][0])
             grand = max(self.grand_total, self.offset + total)
             self.progress(self.offset + step + 1, grand, self.stage, preview)
             if self.offset + step + 1 >= grand:
@@ -357,7 +360,7 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
         # Noise is drawn on the CPU, so a seed gives the same image on any device.
         "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
         "output_type": "np",
-        "callback_on_step_end": _StepReporter(model.family, params, progress, cancel),
+        "callback_on_step_end": _StepReporter(model.family, params, progress, cancel, model.approx_decoder),
         "callback_on_step_end_tensor_inputs": ["latents"],
     }
     if schedule is not None:
@@ -615,6 +618,18 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         **(extra if supir else restore.parameters(params.restore)),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
+
+
+def _preview_decoder(engine: Engine, model: LoadedModel) -> Any:
+    """TAESD for previews, where the models folder has one for the family (engine/preview.py)."""
+    files = taesd.find(engine.registry.root, model.family)
+    if files is None:
+        return None
+    try:
+        return taesd.load(files, model.base._execution_device, model.base.vae.dtype)
+    except EngineError as exc:  # a broken file costs the previews their detail, not the job
+        log.warning("TAESD previews off: %s", exc)
+        return None
 
 
 def _taesd_files(engine: Engine, family: str) -> taesd.TaesdFiles:

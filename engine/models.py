@@ -79,6 +79,7 @@ class LoadedModel:
     own_vae: Any = None  # the checkpoint's VAE, while another is swapped in
     native_size: int = 0  # 0 = the family's (an SD2 epsilon model is a 512 "base" model)
     depth: bool = False  # SD 2's depth-to-image model: its UNet takes the depth map as a fifth channel
+    approx_decoder: Any = None  # TAESD for this job's previews, where the models folder has one (engine/taesd.py)
 
     def __post_init__(self) -> None:
         self.native_size = self.native_size or self.entry.native_size

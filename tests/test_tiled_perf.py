@@ -132,3 +132,30 @@ def test_upscale_taesd_missing_is_a_clear_error(engine):
 def test_heap_controls_run_on_this_glibc():
     assert heap.cap_retention() is True
     heap.trim()
+
+
+def test_previews_use_taesd_from_the_models_folder(taesd_models, engine):
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.registry import Registry
+
+    def previews_of(eng) -> list[np.ndarray]:
+        seen = []
+        eng.run(JobParams(kind="txt2img", prompt="a cat", width=64, height=64, steps=3, seed=1),
+                lambda step, total, stage, preview, *tiles: seen.append(preview) if preview is not None else None)
+        return seen
+
+    with_taesd = previews_of(Engine(Registry(taesd_models).scan(), ModelManager(device="cpu")))
+    cheap = previews_of(engine)  # the demo folder has no TAESD: the linear map at latent size
+    assert with_taesd and with_taesd[0].shape == (64, 64, 4)  # decoded to image size
+    assert cheap and cheap[0].shape == (8, 8, 4)
+
+
+def test_previewer_spaces_costly_previews():
+    from engine.preview import Previewer
+
+    previewer = Previewer("sd15", None, interval=0.0)
+    assert previewer.due()
+    previewer(torch.zeros(4, 8, 8))
+    previewer.cost = 10.0  # a preview that took 10 s: the next waits 90 s
+    assert not previewer.due()
