@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     upscale.add_argument("--overlap", type=int, default=16, help="latent tile overlap")
     upscale.add_argument("--tile-batch", type=int, default=4, help="tiles per UNet batch")
     upscale.add_argument("--vae-tile", type=int, default=512, help="VAE tile size in pixels (halved on out-of-memory)")
+    upscale.add_argument("--fast-vae", action="store_true",
+                         help="encode/decode the tiled diffusion with TAESD from the models folder (VAE-approx/)")
     for guided in (img2img, upscale):
         restoring = guided.add_argument_group("restore guidance (SUPIR's restoration-guided sampling)")
         restoring.add_argument("--restore-guidance", type=float, default=0.0, metavar="TAU",
@@ -593,6 +595,8 @@ def build_request(args: argparse.Namespace, plot=None):
     if args.command == "upscale":
         wire["upscale"] = {"scale": args.scale, "upscaler": args.upscaler, "denoise": args.denoise, "tile": args.tile,
                            "overlap": args.overlap, "tile_batch": args.tile_batch, "vae_tile": args.vae_tile}
+        if args.fast_vae:
+            wire["upscale"]["vae"] = "taesd"
     supir_name = getattr(args, "supir", "")
     if args.command in ("img2img", "upscale") and (args.restore_guidance or args.s_churn or args.cfg_start is not None
                                                    or supir_name):
