@@ -45,13 +45,16 @@ def child(side: int, scale: float, steps: int, denoise: float) -> None:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
+    from engine import runtime
     from engine.demo.builder import demo_models_dir
     from engine.jobs import Engine
     from engine.models import ModelManager
     from engine.params import JobParams, UpscaleParams
     from engine.registry import Registry
 
-    engine = Engine(Registry(demo_models_dir()).scan(), ModelManager())
+    manager = ModelManager()
+    runtime.configure(manager.device)  # as `serve` does: threads, heap (engine/heap.py)
+    engine = Engine(Registry(demo_models_dir()).scan(), manager)
     image = np.random.default_rng(0).integers(0, 256, (side, side, 4), dtype=np.uint8)
     options = UpscaleParams(scale=scale, denoise=denoise, tile=64, overlap=16, tile_batch=4)
     # Warm-up on a small image: loads the models and the kernels.

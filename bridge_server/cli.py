@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="after the diffusion, keep the upscaled input's colours under the new detail: "
                               "wavelet (low frequencies from the input), adain (per-channel mean/spread) or none; "
                               "auto = wavelet with --supir (the authors' default), none otherwise")
+    upscale.add_argument("--fast-vae", action="store_true",
+                         help="encode/decode the tiled diffusion with TAESD from the models folder (VAE-approx/)")
     for guided in (img2img, upscale):
         restoring = guided.add_argument_group("restore guidance (SUPIR's restoration-guided sampling)")
         restoring.add_argument("--restore-guidance", type=float, default=0.0, metavar="TAU",
@@ -605,6 +607,8 @@ def build_request(args: argparse.Namespace, plot=None):
         wire["upscale"] = {"scale": args.scale, "upscaler": args.upscaler, "denoise": args.denoise, "tile": args.tile,
                            "overlap": args.overlap, "tile_batch": args.tile_batch, "vae_tile": args.vae_tile,
                            "color_fix": args.color_fix}
+        if args.fast_vae:
+            wire["upscale"]["vae"] = "taesd"
     supir_name = getattr(args, "supir", "")
     if args.command in ("img2img", "upscale") and (args.restore_guidance or args.s_churn or args.cfg_start is not None
                                                    or supir_name):

@@ -32,6 +32,7 @@ from engine import (
     regions,
     restore,
     schedules,
+    taesd,
     tiled,
     vaes,
 )
@@ -41,7 +42,7 @@ from engine.kpipeline import KPipeline, NoiseOptions, decode_images
 from engine.models import LoadedModel, ModelManager, is_out_of_memory
 from engine.noise import DEFAULT_RNG, INFOTEXT_RNG, check_source
 from engine.params import CancelFlag, JobOutput, JobParams, ProgressFn, UpscaleParams
-from engine.preview import latent_preview
+from engine.preview import Previewer
 from engine.prompts import extract_loras
 from engine.registry import CHECKPOINT, LORA, VAE, ModelEntry, Registry
 from engine.samplers import lookup, recorded_options, resolve
@@ -150,6 +151,8 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         raise EngineError("unknown_model", f"the models folder {engine.registry.root} has no checkpoint", field="model")
     if params.kind == "inpaint" and params.mask is not None and not params.mask.any():
         raise EngineError("invalid_request", NOTHING_TO_REPAINT, field="mask")
+    if params.kind == "upscale" and (params.upscale or UpscaleParams()).vae == "taesd" and entry.family is not None:
+        _taesd_files(engine, entry.family.name)  # refused before queueing, not mid-job
     if entry.inpainting and params.kind != "inpaint":
         raise EngineError("invalid_request", f"{entry.name} is an inpainting model; use it for inpaint jobs", field="model")
     if entry.depth:  # SD 2's depth model: img2img (depth-to-image), its depth from its own MiDaS (engine/midas.py)
@@ -202,6 +205,7 @@ def run_job(
         model = load_checkpoint(engine, entry, by_default=not params.model)
         loras.activate(model, engine.registry, wanted_loras)
         vaes.activate(model, engine.models, engine.registry, params.vae)
+        model.approx_decoder = _preview_decoder(engine, model) if params.preview else None
         embeddings.activate(model, engine.registry, " ".join([params.prompt, *(r.prompt for r in params.regions)]),
                             " ".join([params.negative_prompt, *(r.negative_prompt or "" for r in params.regions)]))
         if params.batch_count == 1 or params.kind == "upscale":
@@ -302,9 +306,11 @@ def _to_rgba(images: np.ndarray) -> list[np.ndarray]:
 class _StepReporter:
     """diffusers `callback_on_step_end`: progress, cancel and cheap previews."""
 
-    def __init__(self, family: str, params: JobParams, progress: ProgressFn | None, cancel: CancelFlag | None):
+    def __init__(self, family: str, params: JobParams, progress: ProgressFn | None, cancel: CancelFlag | None,
+                 approx_decoder: Any = None):
         self.family = family
         self.want_preview = params.preview
+        self.previewer = Previewer(family, approx_decoder, PREVIEW_INTERVAL_S)  # TAESD where the models folder has it
         self.progress = progress
         self.cancel = cancel
         self.last_preview = 0.0
@@ -319,9 +325,9 @@ class _StepReporter:
             total = getattr(pipe, "num_timesteps", 0) or step + 1
             preview = None
             now = time.monotonic()
-            if self.want_preview and step + 1 < total and now - self.last_preview >= PREVIEW_INTERVAL_S:
+            if self.want_preview and step + 1 < total and self.previewer.due():
                 self.last_preview = now
-                preview = latent_preview(kwargs["latents"][0], self.family)
+                preview = self.previewer(kwargs["latents"][0])
             grand = max(self.grand_total, self.offset + total)
             self.progress(self.offset + step + 1, grand, self.stage, preview)
             if self.offset + step + 1 >= grand:
@@ -349,7 +355,7 @@ def _common(model: LoadedModel, params: JobParams, seeds: list[int], progress, c
         # Noise is drawn on the CPU, so a seed gives the same image on any device.
         "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
         "output_type": "np",
-        "callback_on_step_end": _StepReporter(model.family, params, progress, cancel),
+        "callback_on_step_end": _StepReporter(model.family, params, progress, cancel, model.approx_decoder),
         "callback_on_step_end_tensor_inputs": ["latents"],
     }
     if schedule is not None:
@@ -542,6 +548,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
             control.control_for(units, *work) if units else None,
             _regions(model, params, lambda mask: mask.resize(work, Image.BILINEAR)),
             params.restore, params.sampler_options,
+            approx_vaes(engine, model, options.vae),
         )
         color_fix = colorfix.resolve(options.color_fix, supir=False)
         # The upscaler's colours under the new detail (engine/colorfix.py).
@@ -565,6 +572,37 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         **(_recorded_options(params, False) if options.denoise > 0 and not supir else {}),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
+
+
+def _preview_decoder(engine: Engine, model: LoadedModel) -> Any:
+    """TAESD for previews, where the models folder has one for the family (engine/preview.py)."""
+    files = taesd.find(engine.registry.root, model.family)
+    if files is None:
+        return None
+    try:
+        return taesd.load(files, model.base._execution_device, model.base.vae.dtype)
+    except EngineError as exc:  # a broken file costs the previews their detail, not the job
+        log.warning("TAESD previews off: %s", exc)
+        return None
+
+
+def _taesd_files(engine: Engine, family: str) -> taesd.TaesdFiles:
+    files = taesd.find(engine.registry.root, family)
+    if files is None:
+        raise EngineError("invalid_request", f"upscale.vae 'taesd': no {taesd.PREFIX.get(family, 'taesd')}_decoder "
+                          f"in {engine.registry.root}/VAE-approx (or vae_approx/, taesd/)", field="upscale.vae")
+    return files
+
+
+def approx_vaes(engine: Engine, model: LoadedModel, which: str) -> tuple[Any, Any] | None:
+    """`upscale.vae: "taesd"`: TAESD from the models folder decodes (and encodes, where its
+    encoder is there too; else the checkpoint's VAE encodes)."""
+    if which != "taesd":
+        return None
+    files = _taesd_files(engine, model.family)
+    pipe = model.base
+    approx = taesd.load(files, pipe._execution_device, pipe.vae.dtype)
+    return (approx if files.can_encode else pipe.vae), approx
 
 
 def _default_upscaler(engine: Engine) -> str:

@@ -82,6 +82,7 @@ class LoadedModel:
     # Models built for this checkpoint (a SUPIR adaptor, engine/supir_upscale.py): released with it, and
     # when it steps aside for another checkpoint (they are not worth keeping in the spare's RAM).
     attached: dict[str, Any] = field(default_factory=dict)
+    approx_decoder: Any = None  # TAESD for this job's previews, where the models folder has one (engine/taesd.py)
 
     def __post_init__(self) -> None:
         self.native_size = self.native_size or self.entry.native_size

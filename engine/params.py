@@ -36,6 +36,7 @@ class UpscaleParams:
     vae_tile: int = 512  # image pixels
     keep_size: bool = True
     color_fix: str = "auto"  # auto | wavelet | adain | none (engine/colorfix.py)
+    vae: str = ""  # "" = the checkpoint's VAE; "taesd" = TAESD from the models folder (engine/taesd.py)
 
 
 @dataclass

@@ -12,6 +12,8 @@
   matmuls and convolutions in bfloat16, its output back in the model's dtype.
   It pays only where the CPU computes bf16 natively (AVX512_BF16, AMX); see
   bench/cpu_knobs.py and BENCHMARKS.md for what it measured here.
+- Memory: glibc's mmap threshold fixed, so freed tensors leave the process
+  (engine/heap.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def configure(device: str, threads: int = 0) -> int:
     """Set the knobs for `device`; returns the CPU thread count in use."""
     import torch
 
+    from engine import heap
+
+    heap.cap_retention()  # freed tensors go back to the system (engine/heap.py)
     count = threads if threads > 0 else usable_cpus()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)

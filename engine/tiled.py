@@ -8,11 +8,8 @@ blended with smooth weights into one full-size prediction, and the
 scheduler takes one step on the whole latent. One global image emerges, with
 no seams, while peak memory depends on the tile size and batch only.
 
-The VAE encodes through diffusers' own tiling, with a colour fix: tiles
-normalise their statistics separately, so the tiled latent's per-channel
-mean and spread are matched to those of a small whole-image encode (the
-"fast encoder colour fix" idea, done on the latent). It decodes row by row
-of tiles into the uint8 result (see `decode`).
+The VAE runs in tiles too (engine/tiled_vae.py): fixed memory, equal tiles
+batched, overlaps sized to what hides seams.
 """
 
 from __future__ import annotations
@@ -29,13 +26,13 @@ from engine import prompt_schedule, restore
 from engine.conditioning import encode_prompts
 from engine.denoiser import Denoiser, Guidance, embed_guidance, guided_unet
 from engine.errors import JobCancelled
-from engine.models import LoadedModel, free_memory, is_out_of_memory
+from engine.models import LoadedModel
 from engine.params import CancelFlag
 from engine.prompts import extract_loras
 from engine.regions import RegionControl
 from engine.samplers import resolve
+from engine.tiled_vae import MIN_VAE_TILE, _with_vae_tiles, decode, encode, spread  # noqa: F401 (engine.tiled's API)
 
-MIN_VAE_TILE = 128
 Report = Callable[[int, int, int, int], None]  # step, steps, tile, tiles
 
 
@@ -61,6 +58,14 @@ def views(height: int, width: int, tile: int, overlap: int) -> list[View]:
     return [View(y, x, th, tw) for y in starts(height) for x in starts(width)]
 
 
+def even_views(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> list[View]:
+    """Equal tiles of at most `tile` with at least `overlap` between neighbours,
+    spread evenly (see `spread`): the UNet's tiles for tiled diffusion."""
+    th, ys = spread(height, tile, overlap, multiple)
+    tw, xs = spread(width, tile, overlap, multiple)
+    return [View(y, x, th, tw) for y in ys for x in xs]
+
+
 def tile_weights(h: int, w: int, device, dtype):
     """A smooth bump (Gaussian, as in Mixture of Diffusers) so tile edges count less."""
     import torch
@@ -70,122 +75,6 @@ def tile_weights(h: int, w: int, device, dtype):
         return torch.exp(-(x**2) / (2 * 0.5**2))
 
     return axis(h)[:, None] * axis(w)[None, :]
-
-
-# -- tiled VAE -------------------------------------------------------------------
-def _with_vae_tiles(vae, tile: int, fn):
-    """Run fn() with diffusers' VAE tiling at `tile` pixels; halve on OOM."""
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    while True:
-        vae.enable_tiling()
-        vae.tile_sample_min_size = tile
-        vae.tile_latent_min_size = tile // factor
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_out_of_memory(exc) or tile // 2 < MIN_VAE_TILE:
-                raise
-            free_memory()
-            tile //= 2
-        finally:
-            vae.disable_tiling()
-
-
-def encode(vae, image: np.ndarray, tile: int, generator, device, dtype):
-    """HxWx3 uint8 -> scaled latent (1x4xh/8xw/8), tiled, with the colour fix."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].to(device, dtype) / 127.5 - 1.0
-    vae_dtype = next(vae.parameters()).dtype
-    x = x.to(vae_dtype)
-    with torch.inference_mode():
-        latent = _with_vae_tiles(vae, tile, lambda: vae.encode(x).latent_dist.sample(generator))
-        if max(x.shape[2:]) > tile:
-            # Colour fix: a whole-image encode at tile size sets the statistics.
-            scale = tile / max(x.shape[2:])
-            small = F.interpolate(x, scale_factor=scale, mode="area")
-            reference = vae.encode(small).latent_dist.mean
-            mean, std = latent.mean(dim=(2, 3), keepdim=True), latent.std(dim=(2, 3), keepdim=True)
-            ref_mean, ref_std = reference.mean(dim=(2, 3), keepdim=True), reference.std(dim=(2, 3), keepdim=True)
-            latent = (latent - mean) / std.clamp_min(1e-6) * ref_std + ref_mean
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((latent - shift) * vae.config.scaling_factor).to(dtype)
-
-
-def decode(vae, latent, tile: int) -> np.ndarray:
-    """Scaled latent -> HxWx3 uint8, decoded in overlapping tiles.
-
-    Written here rather than using diffusers' tiled decode, which keeps every
-    decoded tile in float32 until the end (about 3x the image at 4096x4096):
-    rows of tiles are blended into a band one tile high and finished rows go
-    straight into the uint8 result, so the working memory is set by the tile
-    size, not the image size. The tile is halved on out-of-memory.
-    """
-    vae_dtype = next(vae.parameters()).dtype
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    z = (latent / vae.config.scaling_factor + shift).to(vae_dtype)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    while True:
-        try:
-            return _decode_rows(vae, z, max(1, tile // factor), factor)
-        except Exception as exc:
-            if not is_out_of_memory(exc) or tile // 2 < MIN_VAE_TILE:
-                raise
-            free_memory()
-            tile //= 2
-
-
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    count = math.ceil((length - tile) / stride) + 1
-    return sorted({min(i * stride, length - tile) for i in range(count)})
-
-
-def _ramp(size: int, ramp: int, first: bool, last: bool) -> np.ndarray:
-    """Blend weights along one side of a tile: rising over `ramp` pixels where a
-    neighbour overlaps, flat at the image's edges."""
-    w = np.ones(size, np.float32)
-    if ramp > 0:
-        up = (np.arange(ramp, dtype=np.float32) + 0.5) / ramp
-        if not first:
-            w[:ramp] = np.minimum(w[:ramp], up)
-        if not last:
-            w[-ramp:] = np.minimum(w[-ramp:], up[::-1])
-    return w
-
-
-def _decode_rows(vae, z, tile: int, factor: int) -> np.ndarray:
-    import torch
-
-    _, _, lh, lw = z.shape
-    overlap = tile // 4
-    ys, xs = _starts(lh, tile, tile - overlap), _starts(lw, tile, tile - overlap)
-    height, width, ramp = lh * factor, lw * factor, overlap * factor
-    out = np.empty((height, width, 3), np.uint8)
-    band = np.zeros((0, width, 3), np.float32)  # rows [top, top + len(band)) still being blended
-    weight = np.zeros((0, width), np.float32)
-    top = 0
-    for row, y in enumerate(ys):
-        y0, y1 = y * factor, min(lh, y + tile) * factor
-        grow = y1 - top - len(band)
-        if grow > 0:
-            band = np.concatenate([band, np.zeros((grow, width, 3), np.float32)])
-            weight = np.concatenate([weight, np.zeros((grow, width), np.float32)])
-        wy = _ramp(y1 - y0, ramp, row == 0, row == len(ys) - 1)
-        for col, x in enumerate(xs):
-            with torch.inference_mode():
-                pixels = vae.decode(z[:, :, y : y + tile, x : x + tile]).sample[0]
-                pixels = ((pixels.float().clamp(-1, 1) + 1.0) * 127.5).permute(1, 2, 0).cpu().numpy()
-            x0 = x * factor
-            w = wy[:, None] * _ramp(pixels.shape[1], ramp, col == 0, col == len(xs) - 1)[None, :]
-            band[y0 - top : y1 - top, x0 : x0 + pixels.shape[1]] += pixels * w[..., None]
-            weight[y0 - top : y1 - top, x0 : x0 + pixels.shape[1]] += w
-        done = (ys[row + 1] * factor if row + 1 < len(ys) else height) - top  # rows no later tile touches
-        out[top : top + done] = np.rint(band[:done] / weight[:done, :, None]).astype(np.uint8)
-        band, weight, top = band[done:], weight[done:], top + done
-    return out
 
 
 # -- tiled diffusion ---------------------------------------------------------------
@@ -212,6 +101,7 @@ def tiled_img2img(
     regions: RegionControl | None = None,
     restoring=None,
     options: Any = None,
+    vaes: tuple[Any, Any] | None = None,
 ) -> np.ndarray:
     """img2img of an image of any size (multiple of 8) by MultiDiffusion.
     `control` (engine.control.Control, at the image's size): each tile gets
@@ -221,17 +111,22 @@ def tiled_img2img(
     input (engine/restore.py) on the whole blended prediction. The prompt may
     be scheduled ([from:to:when], [a|b], AND: engine/prompt_schedule.py), its
     steps counted as the WebUI counts them; `options` are the WebUI's sampler
-    parameters (protocol/sampler_options.py)."""
+    parameters (protocol/sampler_options.py). `vaes`: the (encoder, decoder)
+    VAEs instead of the model's, e.g. TAESD (engine/taesd.py)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
     from engine.kpipeline import brownian_noise, plan_sigmas, sampler_settings
 
     pipe = model.pipeline("img2img")
-    unet, vae = pipe.unet, pipe.vae
+    unet = pipe.unet
+    encoder_vae, decoder_vae = vaes or (pipe.vae, pipe.vae)
     device, dtype = pipe._execution_device, unet.dtype
     generator = torch.Generator("cpu").manual_seed(seed)
-    latents = encode(vae, image, vae_tile, generator, device, dtype)
+    # VAE tiles run `tile_batch` at a time on CUDA, where a batch fills the device; on a CPU a batch
+    # costs its size in memory and saves nothing (measured: BENCHMARKS.md, tiled upscale).
+    vae_batch = tile_batch if torch.device(device).type == "cuda" else 1
+    latents = encode(encoder_vae, image, vae_tile, generator, device, dtype, vae_batch)
     text, _ = extract_loras(prompt)
     scheduled = None
     if not prompt_schedule.is_plain(text, negative):  # conditioning per step, each text encoded once
@@ -241,9 +136,10 @@ def tiled_img2img(
         conditioning = encode_prompts(model, text, negative if cfg_scale > 1 else None, clip_skip)  # CFG 1: no uncond
 
     _, _, lh, lw = latents.shape
-    grid = views(lh, lw, tile, overlap)
+    multiple = 2 ** (len(unet.config.block_out_channels) - 1)  # the UNet halves a tile this often
+    grid = even_views(lh, lw, tile, overlap, multiple)
     batches = [grid[i : i + tile_batch] for i in range(0, len(grid), tile_batch)]
-    weight = tile_weights(min(tile, lh), min(tile, lw), device, torch.float32)
+    weight = tile_weights(grid[0].size_h, grid[0].size_w, device, torch.float32)
     coverage = torch.zeros((lh, lw), device=device, dtype=torch.float32)
     for v in grid:
         coverage[v.y : v.y + v.size_h, v.x : v.x + v.size_w] += weight
@@ -309,7 +205,7 @@ def tiled_img2img(
         if spec.timesteps:
             x = x / math.sqrt(1 + sigmas[-1] ** 2)
         latents = x.to(dtype)
-    return decode(vae, latents, vae_tile)
+    return decode(decoder_vae, latents, vae_tile, vae_batch)
 
 
 def _tile_guidance(c: Guidance, batch: list[View], cfg_scale: float, latent_size: tuple[int, int],

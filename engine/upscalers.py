@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine import heap
 from engine.errors import EngineError, JobCancelled
 from engine.models import free_memory, is_out_of_memory, one_line
 from engine.params import CancelFlag
@@ -27,6 +28,10 @@ from engine.weights import load_weights, refused_pickle, unsafe_file
 
 BUILTIN = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
 MIN_TILE = 32
+# A tile's output edge, image pixels: the model's working memory follows the
+# output (its last convolutions run at the upscaled size), so a x4 model takes
+# 192-pixel input tiles (the WebUI's ESRGAN default) and a x2 model 384.
+OUTPUT_TILE = 768
 
 TileProgress = Callable[[int, int], None]  # (tiles done, tiles in all)
 
@@ -94,18 +99,20 @@ class Upscalers:
         image: np.ndarray,
         size: tuple[int, int],
         name: str = "",
-        tile: int = 256,
+        tile: int = 0,
         overlap: int = 16,
         progress: TileProgress | None = None,
         cancel: CancelFlag | None = None,
     ) -> np.ndarray:
         """HxWx3 uint8 -> exactly `size` (w, h): the model's native scale,
-        repeated until large enough, then a Lanczos resize to the target."""
+        repeated until large enough, then a Lanczos resize to the target.
+        `tile`: input pixels per tile; 0 = OUTPUT_TILE // the model's scale."""
         which = self.resolve(name)
         target_w, target_h = size
         if isinstance(which, str):
             return np.asarray(Image.fromarray(image).resize(size, BUILTIN[which]))
         upscaler = self.load(which)
+        tile = tile or max(MIN_TILE, OUTPUT_TILE // upscaler.scale)
         current = image
         while current.shape[1] < target_w or current.shape[0] < target_h:
             current = self._run_tiled(upscaler, current, tile, overlap, progress, cancel)
@@ -122,6 +129,8 @@ class Upscalers:
                     raise
                 free_memory()
                 tile //= 2  # fits in less memory; overlap keeps it seamless
+            finally:
+                heap.trim()
 
 
 def tile_starts(length: int, tile: int) -> list[int]:

@@ -47,6 +47,9 @@ class HiresFix:
     resize_height: int = bounded(0, 0, MAX_GENERATE_SIDE)
 
 
+UPSCALE_VAES = ("", "taesd")  # upscale.vae
+
+
 @dataclass
 class Upscale:
     """The `upscale` job: upscaler model, then optional tiled diffusion (MultiDiffusion)."""
@@ -62,6 +65,9 @@ class Upscale:
     # After the diffusion: the result's colours put back onto the upscaled input's (engine/colorfix.py).
     # auto = wavelet for SUPIR (the authors' default), none for the plain tiled upscale.
     color_fix: str = choice("auto", COLOR_FIXES)
+    # The tiled diffusion's VAE: "" = the checkpoint's (or the job's `vae`), "taesd" = TAESD from the
+    # models folder (VAE-approx/ or vae_approx/): much faster, slightly less faithful colours.
+    vae: str = choice("", UPSCALE_VAES)
 
 
 MAX_CONTROLS = 4  # ControlNet units per job (each may load a model of up to ~2.5 GB)

@@ -400,3 +400,29 @@ def build_hed(path: Path, seed: int = 0, widths: tuple[int, ...] = (4, 8, 8, 16,
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
+
+
+def build_taesd(folder: Path, prefix: str = "taesd", seed: int = 0, encoder: bool = True) -> Path:
+    """TAESD (engine/taesd.py) at its real size (~1 M parameters per half), random
+    init, as the original single files users keep in `VAE-approx/`: the state
+    dicts of the `nn.Sequential` stacks, the decoder's indices one above
+    diffusers' (its leading clamp has no parameters)."""
+    import torch
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    vae = AutoencoderTiny()
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def original(module, shift: int) -> dict:
+        out = {}
+        for key, value in module.state_dict().items():
+            index, _, rest = key.removeprefix("layers.").partition(".")
+            out[f"{int(index) + shift}.{rest}"] = value.contiguous()
+        return out
+
+    save_file(original(vae.decoder, 1), str(folder / f"{prefix}_decoder.safetensors"))
+    if encoder:
+        save_file(original(vae.encoder, 0), str(folder / f"{prefix}_encoder.safetensors"))
+    return folder
