@@ -40,7 +40,8 @@ SWITCHES: dict[str, tuple[str, str]] = {
 def add_args(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("sampler parameters (the WebUI's Settings > Sampler parameters)")
     for field, (flag, kind, text) in FLAGS.items():
-        group.add_argument(flag, dest=PREFIX + field, type=kind, default=None, help=text)
+        metavar = "NAME" if kind is str else "N"
+        group.add_argument(flag, dest=PREFIX + field, type=kind, default=None, metavar=metavar, help=text)
     for field, (flag, text) in SWITCHES.items():
         group.add_argument(flag, dest=PREFIX + field, action="store_const", const=True, default=None, help=text)
     group.add_argument("--unipc-lower-order-final", dest=PREFIX + "uni_pc_lower_order_final",

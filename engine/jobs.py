@@ -131,10 +131,10 @@ def check_job(engine: Engine, params: JobParams) -> ModelEntry | None:
         texts = [(extract_loras(params.prompt)[0], "prompt"), (params.negative_prompt, "negative_prompt")]
         texts += [(r.prompt, f"regions[{i}].prompt") for i, r in enumerate(params.regions)]
         texts += [(r.negative_prompt or "", f"regions[{i}].negative_prompt") for i, r in enumerate(params.regions)]
-        for text, where in texts:  # each region's conditioning is encoded once for the whole run
-            if not prompt_schedule.is_plain(text):
-                raise EngineError("invalid_request", "prompt editing, alternation and AND do not combine with regions "
-                                  "yet (each region's prompt is one conditioning for every step)", field=where)
+        for text, where in texts:  # a region is one weighted prompt already
+            if len(prompt_schedule.composable_parts(text)) > 1 or prompt_schedule.composable_parts(text)[0][1] != 1.0:
+                raise EngineError("invalid_request", "AND (composable prompts) does not combine with regions: give "
+                                  "each part its own region", field=where)
     entry = engine.registry.get(params.model, CHECKPOINT) if params.model else None
     if params.restore is not None:
         if params.restore.supir:
@@ -421,10 +421,12 @@ def _generate(engine: Engine, model: LoadedModel, params: JobParams, progress, c
     return _output(model, params, images, seeds, width, height)
 
 
-def _regions(model: LoadedModel, params: JobParams, fit: regions.Fit) -> regions.RegionControl | None:
-    """The job's regions, prompts encoded and masks fitted into the work area."""
+def _regions(model: LoadedModel, params: JobParams, fit: regions.Fit,
+             hires_steps: int | None = None) -> regions.RegionControl | None:
+    """The job's regions, prompts encoded (scheduled over the job's steps, or a
+    hires pass's) and masks fitted into the work area."""
     return regions.prepare(model, extract_loras(params.prompt)[0], params.negative_prompt, params.regions,
-                           params.cfg_scale, params.clip_skip, fit)
+                           params.cfg_scale, params.clip_skip, fit, params.steps, hires_steps)
 
 
 def _fit(source: Image.Image, mode: str, width: int, height: int, resample=Image.LANCZOS) -> Image.Image:
@@ -491,6 +493,9 @@ def _hires(engine: Engine, model: LoadedModel, params: JobParams, seeds: list[in
     if second == 0:  # denoise 0: the upscaled first pass is the result
         out = _to_rgba(decode_images(model.base.vae, init)) if latent else [np.asarray(im.convert("RGBA")) for im in init]
     else:
+        if region_control is not None and region_control.schedule is not None:  # the prompts over the hires steps
+            region_control = _regions(model, params, lambda mask: _fit(mask, params.resize_mode, width, height,
+                                                                       Image.BILINEAR), hires_steps)
         pipe = _prepare(model, "img2img", params, seeds[0], reporter.cancel, region_control)  # masks scale with the latent
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]  # the WebUI reuses the seed
         if units:  # the second pass sees the control image at the target size

@@ -24,6 +24,12 @@ MultiDiffusion over tiles: a tile uses its crop of the region weights. The
 cost is one UNet evaluation per distinct prompt per step, batched together
 (halved on out-of-memory), where attention masking needs one.
 
+Prompt editing and alternation ([from:to:when], [a|b]) work in the base and
+the region prompts: each distinct text is encoded once, and at every model
+call the blend takes each entry's conditioning for the step the WebUI would
+be at (counted as engine/prompt_schedule.py counts). Composable prompts
+(AND) are refused with regions: a region is already one weighted prompt.
+
 LoRAs stay global: a LoRA changes the UNet's weights for every image in the
 batch, so a per-region LoRA would need the UNet run once per LoRA set with the
 adapters switched between runs; that is not done, and a `<lora:...>` in a
@@ -33,7 +39,7 @@ region's prompt is refused (put it in the base prompt).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +50,8 @@ from engine.denoiser import Guidance, guided_unet
 from engine.errors import EngineError
 from engine.models import free_memory, is_out_of_memory
 from engine.params import RegionParams
+from engine.prompt_schedule import ScheduledGuidance, is_plain
+from engine.prompt_schedule import schedule as _schedule
 from engine.prompts import extract_loras
 
 Fit = Callable[[Image.Image], Image.Image]  # a full-size mask -> the work area's frame
@@ -74,9 +82,13 @@ class RegionControl:
     weights at that size (cropped for tiles)."""
 
     def __init__(self, prompts: list[_Prompt], pairs: list[tuple[int, int]], masks: list[np.ndarray],
-                 region_weights: list[float], cfg_scale: float) -> None:
+                 region_weights: list[float], cfg_scale: float,
+                 schedule: list[tuple[int, list[tuple[int, int]]]] | None = None) -> None:
         self.prompts = prompts  # distinct conditionings
         self.pairs = pairs  # per blend entry (0 = the base prompt): (cond index, uncond index) into prompts
+        # Scheduled prompts: [(last step, pairs)...] as engine/prompt_schedule.py counts steps; None = fixed.
+        self.schedule = schedule
+        self.calls = 0  # model calls of the current pass (reset by `predictor` / the tiled upscale)
         self.masks = masks  # per region: uint8 in the work area's frame, at latent resolution (1/8) once fitted
         self.region_weights = region_weights
         self.cfg_scale = cfg_scale
@@ -91,7 +103,15 @@ class RegionControl:
         for m in self.masks:  # one full-size mask at a time
             work = fit(Image.fromarray(m, "L")).convert("L")
             masks.append(np.asarray(work.resize((max(1, work.width // 8), max(1, work.height // 8)), Image.BOX)))
-        return RegionControl(self.prompts, self.pairs, masks, self.region_weights, self.cfg_scale)
+        return RegionControl(self.prompts, self.pairs, masks, self.region_weights, self.cfg_scale, self.schedule)
+
+    def advance(self) -> None:
+        """Before each model call: the entries' conditionings for this step."""
+        if self.schedule is not None:
+            from engine.prompt_schedule import ScheduledGuidance
+
+            self.pairs = ScheduledGuidance._at(self.schedule, self.calls)
+        self.calls += 1
 
     def weights(self, lh: int, lw: int, device) -> Any:
         """(1 + regions) x 1 x 1 x lh x lw blend weights summing to 1 per pixel:
@@ -122,8 +142,10 @@ class RegionControl:
         SDXL size conditioning and whether CFG runs; its texts are replaced.
         `control` (engine.control.Control): ControlNet units, whose residuals
         each prompt's batch entries get under that prompt's conditioning."""
+        self.calls = 0
 
         def predict(x, t):
+            self.advance()
             return self.blend(unet, x, t, guidance, extra, weights, control)
 
         return predict
@@ -135,8 +157,8 @@ class RegionControl:
 
         flat = weights.flatten(1)
         active = [i for i in range(len(self.pairs)) if bool(flat[i].max() > 0)]
-        if active == [0]:  # only the base prompt here: exactly the plain call
-            return guided_unet(unet, x, t, guidance, extra, control, crops)
+        if active == [0]:  # only the base prompt here: exactly the plain call, with this step's base prompt
+            return guided_unet(unet, x, t, self._base(guidance, x.shape[0]), extra, control, crops)
         guided = guidance.guided
         wanted = sorted({k for i in active for k in (self.pairs[i] if guided else self.pairs[i][:1])})
         # A ControlNet's residuals depend on the text it is given, so each entry gets its own; the
@@ -154,6 +176,16 @@ class RegionControl:
             result = part if result is None else result + part
         assert result is not None
         return result.to(x.dtype)
+
+    def _base(self, guidance: Guidance, n: int) -> Guidance:
+        """`guidance` with the base prompt's conditioning of this step (scheduled prompts)."""
+        if self.schedule is None:
+            return guidance
+        cond, uncond = self.prompts[self.pairs[0][0]], self.prompts[self.pairs[0][1]]
+        base = replace(guidance, cond=cond.hidden.expand(n, -1, -1), uncond=uncond.hidden.expand(n, -1, -1))
+        if guidance.pooled is not None:
+            base.pooled, base.uncond_pooled = cond.pooled.expand(n, -1), uncond.pooled.expand(n, -1)
+        return base
 
     def _run(self, unet, x, t, guidance: Guidance, extra: Any, wanted: list[int], control: Any = None,
              crops: Any = None, conditional: set[int] | None = None) -> dict[int, Any]:
@@ -206,9 +238,11 @@ class RegionControl:
 
 
 def prepare(model, prompt: str, negative: str, regions: list[RegionParams], cfg_scale: float, clip_skip: int,
-            fit: Fit | None = None) -> RegionControl | None:
+            fit: Fit | None = None, steps: int = 0, hires_steps: int | None = None) -> RegionControl | None:
     """Encode the base and region prompts (each distinct text once) and fit
-    the masks into the work area; None when the job has no regions."""
+    the masks into the work area; None when the job has no regions. With
+    `steps` (and a hires pass's `hires_steps`), prompt editing and alternation
+    are scheduled over them."""
     if not regions:
         return None
     check_regions(regions)
@@ -222,14 +256,27 @@ def prepare(model, prompt: str, negative: str, regions: list[RegionParams], cfg_
             prompts.append(_Prompt(hidden, pooled))
         return index[key]
 
-    pairs = []
-    for text, neg in [(prompt, negative)] + [(r.prompt, negative if r.negative_prompt is None else r.negative_prompt)
-                                             for r in regions]:
-        text = extract_loras(text)[0]
-        c = encode_prompts(model, text, neg if cfg_scale > 1 else None, clip_skip)  # CFG 1: no unconditional pass
-        pairs.append((add("+" + text, c.cond, c.pooled), add("-" + neg, c.uncond, c.uncond_pooled)))
+    encoded: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def pair(text: str, neg: str) -> tuple[int, int]:
+        if (text, neg) not in encoded:
+            c = encode_prompts(model, text, neg if cfg_scale > 1 else None, clip_skip)  # CFG 1: no unconditional pass
+            encoded[text, neg] = (add("+" + text, c.cond, c.pooled), add("-" + neg, c.uncond, c.uncond_pooled))
+        return encoded[text, neg]
+
+    entries = [(extract_loras(prompt)[0], negative)] + [
+        (extract_loras(r.prompt)[0], negative if r.negative_prompt is None else r.negative_prompt) for r in regions]
+    schedule = None
+    if steps and not all(is_plain(text, neg) for text, neg in entries):
+        texts = [(_schedule(text, steps, hires_steps), _schedule(neg, steps, hires_steps)) for text, neg in entries]
+        lasts = sorted({last for t, n in texts for last, _ in (*t, *n)})
+        schedule = [(last, [pair(ScheduledGuidance._at(t, last), ScheduledGuidance._at(n, last)) for t, n in texts])
+                    for last in lasts]
+        pairs = schedule[0][1]
+    else:
+        pairs = [pair(text, neg) for text, neg in entries]
     masks = [np.ascontiguousarray(r.mask) for r in regions]
-    control = RegionControl(prompts, pairs, masks, [r.weight for r in regions], cfg_scale)
+    control = RegionControl(prompts, pairs, masks, [r.weight for r in regions], cfg_scale, schedule)
     return control.fitted(fit) if fit is not None else control
 
 

@@ -153,6 +153,8 @@ def tiled_img2img(
         """The guided prediction of every tile, blended into one for the whole latent."""
         if scheduled is not None:  # this model call's conditioning, as KPipeline's predict takes it
             scheduled.apply(whole)
+        if regions is not None:  # and the regions' (engine/regions.py)
+            regions.advance()
         prediction = torch.zeros(model_input.shape, device=device, dtype=torch.float32)
         for b, batch in enumerate(batches):
             if cancel is not None and cancel.is_set():
@@ -181,6 +183,8 @@ def tiled_img2img(
         denoiser = Denoiser(dict(pipe.scheduler.config), blended, dtype, lcm=spec.lcm, vp_time=spec.unipc)
         sigmas, start = plan_sigmas(spec, schedule, denoiser, steps, strength, model.family == "sdxl", options=options)
         run[0] = max(1, len(sigmas) - 1)
+        if regions is not None:
+            regions.calls = 0
         if control:
             control.schedule([denoiser.timestep(s) for s in sigmas[:-1] if s > 0])
         r = restoring

@@ -152,12 +152,12 @@ def test_regions_in_the_tiled_upscale_each_tile_takes_its_crop(engine):
     assert "Region 1 prompt" in out.infotext
 
 
-def test_regions_refuse_scheduled_prompts_and_per_region_loras(engine):
-    for prompt, region, field in (("[a:b:2]", OTHER, "prompt"), (BASE["prompt"], "a [dog|cat]", "regions[0].prompt"),
-                                  (BASE["prompt"], "a dog AND a cat", "regions[0].prompt")):
+def test_regions_refuse_and_and_per_region_loras(engine):
+    for prompt, region, field in (("a AND b", OTHER, "prompt"), (BASE["prompt"], "a dog AND a cat", "regions[0].prompt"),
+                                  (BASE["prompt"], "a dog :0.5", "regions[0].prompt")):
         with pytest.raises(EngineError) as err:
             engine.check(JobParams(**{**BASE, "prompt": prompt}, regions=[RegionParams(LEFT, region)]))
-        assert err.value.code == "invalid_request" and err.value.field == field and "regions" in err.value.message
+        assert err.value.code == "invalid_request" and err.value.field == field and "AND" in err.value.message
     with pytest.raises(EngineError) as err:
         engine.check(JobParams(**BASE, regions=[RegionParams(LEFT, "a <lora:x:0.5> dog")]))
     assert err.value.field == "regions[0].prompt" and "base prompt" in str(err.value)
@@ -241,7 +241,7 @@ def test_cli_generate_with_regions_and_from_png(server, tmp_path):
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
     without = run_cli("generate", "--server", server.url, "--from-png", str(first), "--out", str(tmp_path / "w.png"))
     assert without.returncode == 0 and "cannot hold their masks" in without.stderr
-    bad = run_cli("generate", *args, "--region", f"{mask}=[x|y]", "--out", str(tmp_path / "b.png"))
+    bad = run_cli("generate", *args, "--region", f"{mask}=x AND y", "--out", str(tmp_path / "b.png"))
     assert bad.returncode == 1 and "[invalid_request]" in bad.stderr
 
 
@@ -280,3 +280,19 @@ def test_the_prompt_batch_halves_on_out_of_memory_with_the_same_result():
     assert torch.allclose(again.blend(small, x, 500, guidance, None, weights), expected)
     assert again.batch == 2 and small.batches == [2, 2]
     assert torch.allclose(weights.sum(0), torch.ones(1, 1, 1, 2, 2))  # the weights are a partition of unity
+
+
+def test_prompt_editing_in_regions_switches_at_its_step(engine):
+    """[from:to:when] in the base and in a region's prompt: each entry's
+    conditioning for the step the WebUI would be at; an edit after the last
+    step is the unedited prompt exactly."""
+    def run(prompt: str, region: str) -> np.ndarray:
+        return engine.run(JobParams(**{**BASE, "prompt": prompt}, regions=[RegionParams(LEFT, region)])).images[0]
+
+    plain = run("a cat", OTHER)
+    assert np.array_equal(run("[a cat:a fish:9]", f"[{OTHER}:a boat:9]"), plain)
+    edited = run("a cat", f"[{OTHER}:a boat:2]")
+    assert not np.array_equal(edited, plain) and not np.array_equal(edited, run("a cat", "a boat"))
+    inside, outside = _inside_outside(_change(edited.astype(np.int16), plain))
+    assert inside > outside  # the region's edit changes its half most
+    assert not np.array_equal(run("[a cat|a fish]", OTHER), plain)

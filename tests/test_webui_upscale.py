@@ -68,11 +68,12 @@ def test_alternation_and_and_in_a_tiled_upscale(engine):
         assert not np.array_equal(out.images[0], plain) and f"{prompt}\n" in out.infotext
 
 
-def test_regions_refuse_a_scheduled_prompt_in_an_upscale(engine):
-    from engine.errors import EngineError
-
+def test_regions_take_a_scheduled_prompt_in_an_upscale(engine):
     mask = np.zeros((64, 64), np.uint8)
     mask[:, :32] = 255
-    with pytest.raises(EngineError) as err:
-        engine.check(_upscale(3, 0.5, prompt="[a cat:a dog:1]", regions=[RegionParams(mask, "a hat")]))
-    assert err.value.code == "invalid_request" and err.value.field == "prompt"
+
+    def run(prompt: str) -> np.ndarray:
+        return engine.run(_upscale(3, 1.0, prompt=prompt, regions=[RegionParams(mask, "a hat")])).images[0]
+
+    assert np.array_equal(run("[a cat:a dog:9]"), run("a cat"))
+    assert not np.array_equal(run("[a cat:a dog:1]"), run("a cat"))
