@@ -106,6 +106,7 @@ def test_seam_guard_taesd_tiled_equals_untiled_on_a_smooth_gradient(taesd_models
     assert np.abs(plain - roundtrip).max() <= 1
 
 
+@pytest.mark.slow  # loads the demo models into a second engine: ~10 s quiet, a minute loaded
 def test_upscale_with_taesd_through_the_engine(taesd_models):
     from engine.jobs import Engine
     from engine.models import ModelManager
@@ -134,6 +135,7 @@ def test_heap_controls_run_on_this_glibc():
     heap.trim()
 
 
+@pytest.mark.slow  # loads the demo models into a second engine: ~10 s quiet, a minute loaded
 def test_previews_use_taesd_from_the_models_folder(taesd_models, engine):
     from engine.jobs import Engine
     from engine.models import ModelManager
