@@ -44,9 +44,10 @@ from .kritadoc import UserError
 from .regions import Rect, work_area
 from .requests import VISIBLE, Settings
 
-# px: what the docker's share of a 1280x800 screen (under Krita's default dockers) leaves it;
-# it grows with the docker, and Live hides the tabs to give it their room.
-PREVIEW_MIN_HEIGHT = 96
+# px: at 1280x800 under Krita's default dockers the docker has little height; the picture takes
+# what is left (Live hides the tabs, the progress bar and the message line, which live jobs do
+# not use) and grows with the docker, so Live never makes Krita's window taller than the screen.
+PREVIEW_MIN_HEIGHT = 48
 IN_FLIGHT_TIMEOUT_S = 60.0
 # While Live is on, the network thread looks for a new request every 5 ms instead of 50 and the
 # docker's timer picks up results every 10 ms instead of 30: about 40 ms less per round, for
@@ -172,9 +173,10 @@ class LivePanel:
         self.panel.setVisible(active)
         if active:
             self._timer_ms = self.docker.timer.interval()
-        tabs = getattr(self.docker, "tabs", None)
-        if tabs is not None:
-            tabs.setVisible(not active)
+        for name in ("tabs", "progress", "message"):  # the queue's widgets: their room goes to the picture
+            widget = getattr(self.docker, name, None)
+            if widget is not None:
+                widget.setVisible(not active)
         self.docker.worker.poll_s = LIVE_WORKER_POLL_S if active else worker.POLL_S
         self.docker.timer.setInterval(LIVE_TIMER_MS if active else self._timer_ms)
         if active:
@@ -373,6 +375,7 @@ class LivePanel:
         name = f"Live: {prompt[:40] or '(no prompt)'} (seed {seed})"
         kritadoc.add_layer(document, name, pixels, area.x, area.y)
         self.docker.show_message(f"Applied: {name}")
+        self._show_line(f"Applied: {name}")
         return name
 
     def _show_line(self, text: str) -> None:
