@@ -614,7 +614,7 @@ class PaintBridgeDocker(DockWidget):
         settings = Settings(**asdict(s))
         supir = self.restore.active()
         if supir:
-            self.restore.check(settings)
+            self.restore.validate(settings)
         units = None if supir else self.controls.units(document, canvas)  # SUPIR's adaptor is its control
 
         def request():

@@ -107,7 +107,7 @@ class RestorePanel(QWidget):
     def active(self) -> bool:
         return self.isVisible() and self.check.isChecked()
 
-    def check(self, settings) -> None:
+    def validate(self, settings) -> None:
         """UI thread, before the job is sent: what the painter must fix first."""
         if not settings.supir:
             raise UserError("Choose a SUPIR model (or untick Restore).")
