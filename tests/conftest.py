@@ -96,7 +96,7 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 @pytest.fixture(scope="session")
 def server(demo_models):
     proc = ServerProcess("--demo")
-    proc.wait_for_log(r"loaded paintbridge-demo")
+    proc.wait_for_log(r"loaded paintbridge-demo", timeout=180.0)  # a loaded 2-core machine takes over a minute
     yield proc
     proc.stop()
 
