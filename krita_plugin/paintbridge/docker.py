@@ -904,7 +904,10 @@ class PaintBridgeDocker(DockWidget):
         self.history_list.clear()
         if document is not None:
             for entry in self._history(document).search(self.history_search.text()):
-                item = QListWidgetItem(f"{' '.join(entry.prompt.split()) or '(no prompt)'}\n{entry.describe()}")
+                first_line = (f"Upscaled ×{float(entry.settings.get('upscale_factor', 2)):g} "
+                              f"{entry.settings.get('upscaler') or ''}".strip() if entry.mode == "upscale"
+                              else " ".join(entry.prompt.split()) or "(no prompt)")
+                item = QListWidgetItem(f"{first_line}\n{entry.describe()}")
                 item.setData(Qt.UserRole, entry.id)
                 item.setToolTip(entry.infotext or entry.prompt)
                 if entry.thumbnail:

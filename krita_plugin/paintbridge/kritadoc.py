@@ -286,13 +286,18 @@ def leave_preview(document) -> str:
     if node is None:
         return "none"
     active = Krita.instance().activeDocument()
-    if (mark is not None and active is not None and document_key(active) == document_key(document)
-            and undo_texts() == mark[0] and _node_ids(document) == mark[1]):
+    if mark is not None and active is not None and document_key(active) == document_key(document):
+        # Actions still running (a Deselect the painter just clicked) push their undo command
+        # when they end: wait for them before looking at the stack (measured: a Deselect
+        # undone in place of the preview, when this wait came after the comparison).
         document.waitForDone()
-        Krita.instance().action("edit_undo").trigger()
-        document.waitForDone()
-        if find_preview(document) is None:
-            return "undone"
+        if undo_texts() == mark[0] and _node_ids(document) == mark[1]:
+            Krita.instance().action("edit_undo").trigger()
+            document.waitForDone()
+            if find_preview(document) is None:
+                return "undone"
+            Krita.instance().action("edit_redo").trigger()  # not ours after all: put it back
+            document.waitForDone()
     _clear(node)
     node.setVisible(False)
     document.refreshProjection()  # hiding requests no update either
