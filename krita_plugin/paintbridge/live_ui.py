@@ -23,8 +23,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from PyQt5.QtCore import QRectF, Qt, QTimer
-from PyQt5.QtGui import QImage, QPainter, QPixmap
+from PyQt5.QtCore import QRectF, QSize, Qt, QTimer
+from PyQt5.QtGui import QImage, QPainter
 from PyQt5.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -56,32 +56,42 @@ LIVE_WORKER_POLL_S = 0.005
 LIVE_TIMER_MS = 10  # a live job that never answered is forgotten after this
 
 
-class PreviewLabel(QLabel):
-    """The live picture, scaled to the space the docker gives it (aspect kept)."""
+class PreviewLabel(QWidget):
+    """The live picture, drawn scaled into whatever room the docker gives it (aspect kept).
+
+    A plain widget that paints itself rather than a QLabel with a pixmap: a label's
+    pixmap and wrapped text feed into the layout's size hints, and at 1280x800 under
+    Krita's default dockers that made Krita's window taller than the screen."""
 
     def __init__(self) -> None:
         super().__init__()
         self.image: QImage | None = None
-        self.setAlignment(Qt.AlignCenter)
-        self.setMinimumSize(64, 64)
+        self.placeholder = ""
+        self.setMinimumSize(48, PREVIEW_MIN_HEIGHT)
         self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Ignored)
-        self.setStyleSheet("QLabel { background: palette(base); }")
+
+    def setText(self, text: str) -> None:  # Qt's spelling, as QLabel's
+        self.placeholder = text
+        self.update()
 
     def set_image(self, image: QImage | None) -> None:
         self.image = image
-        self._rescale()
+        self.update()
 
-    def resizeEvent(self, event) -> None:  # Qt's name
-        super().resizeEvent(event)
-        self._rescale()
+    def sizeHint(self) -> QSize:  # Qt's name
+        return QSize(48, PREVIEW_MIN_HEIGHT)
 
-    def _rescale(self) -> None:
-        if self.image is None:
-            self.setPixmap(QPixmap())
-            return
-        size = self.contentsRect().size()
-        scaled = self.image.scaled(size, Qt.KeepAspectRatio, Qt.SmoothTransformation)
-        self.setPixmap(QPixmap.fromImage(scaled))
+    def paintEvent(self, _event) -> None:  # Qt's name
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), self.palette().base())
+        if self.image is not None and not self.image.isNull():
+            scaled = self.image.size().scaled(self.size(), Qt.KeepAspectRatio)
+            x, y = (self.width() - scaled.width()) // 2, (self.height() - scaled.height()) // 2
+            painter.setRenderHint(QPainter.SmoothPixmapTransform)
+            painter.drawImage(QRectF(x, y, scaled.width(), scaled.height()), self.image)
+        elif self.placeholder:
+            painter.drawText(self.rect(), Qt.AlignCenter | Qt.TextWordWrap, self.placeholder)
+        painter.end()
 
 
 class LivePanel:
@@ -137,9 +147,7 @@ class LivePanel:
         layout.setSpacing(3)
         self.preview = PreviewLabel()
         self.preview.setText("Paint: the picture follows your strokes")
-        self.preview.setWordWrap(True)
         self.preview.setToolTip("The newest live picture; Apply keeps it as a layer")
-        self.preview.setMinimumHeight(PREVIEW_MIN_HEIGHT)
         layout.addWidget(self.preview, 1)
         buttons = QHBoxLayout()
         self.pause_button = QPushButton("Pause")

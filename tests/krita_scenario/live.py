@@ -179,6 +179,7 @@ def s_live_on():
     d = docker()
     if time.monotonic() - ctx["settle"] < 1.5:  # let Krita finish adding the document
         return False
+    ctx["window_before"] = Krita.instance().activeWindow().qwindow().height()
     ctx["undo_start"] = undo_state()
     ctx["layers_start"] = names(ctx["doc"])
     d.live.strength_slider.setValue(50)
@@ -214,7 +215,8 @@ def s_stroke_picture():
     ctx["layout"] = {"screen": [screen.width(), screen.height()], "window": [qwin.width(), qwin.height()],
                      "preview": [rect.x(), rect.y(), rect.width(), rect.height()],
                      "preview_on_screen": screen.contains(rect) and preview.isVisible(),
-                     "tabs_visible": d.tabs.isVisible()}
+                     "tabs_visible": d.tabs.isVisible(), "window_before_live": ctx["window_before"],
+                     "docker_min": d.widget().minimumSizeHint().height()}
     shot = shot_path("krita-live-picture.png")
     screenshot(shot)
     report["live_screenshot"] = shot
