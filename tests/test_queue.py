@@ -15,7 +15,7 @@ import pytest
 
 from bridge_server.queue.fair import ClientQueueFull, Entry, FairScheduler
 from bridge_server.queue.sqlite_store import Retention, SqliteStore, StateDirBusy
-from protocol import Accepted, Cancelled, JobRequest, JobStatus, Progress, Restarting, Result, Submit
+from protocol import Accepted, Cancelled, JobRequest, JobStatus, Progress, RawImage, Restarting, Result, Submit
 from protocol.shell.client import Client, ClientError
 from tests.conftest import ServerProcess, running_server
 
@@ -322,3 +322,23 @@ def test_plugin_worker_receives_its_result_after_kill9_and_sigterm_restarts(demo
         worker.stop()
         for server in servers:
             server.stop()
+
+
+def test_images_held_by_unfinished_jobs_are_bounded(engine, tmp_path):
+    """config.max_queue_bytes: a request whose images would take the unfinished jobs' pixels over the
+    bound is refused (queue_full) before anything is written; room comes back when a job ends."""
+    layer = np.full((64, 64, 4), 200, np.uint8)
+    request = JobRequest(kind="img2img", image=RawImage(64, 64, 4, layer.tobytes()), strength=0.5, steps=40)
+    with running_server(engine, tmp_path, max_queue_bytes=int(1.5 * layer.nbytes)) as (server, url), \
+            Client(url) as client:
+        first = client.submit(request).job_id
+        with pytest.raises(ClientError) as caught:
+            client.submit(request)
+        assert caught.value.code == "queue_full" and "MiB" in caught.value.message
+        assert len(list((tmp_path / "state").rglob("*.pixels"))) == 1  # the refused one wrote nothing
+        client.submit(JobRequest(width=64, height=64, steps=1))  # no images: not counted
+        client.cancel(first)
+        deadline = time.monotonic() + 60
+        while server.queue.pixel_bytes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.submit(JobRequest(kind="img2img", image=RawImage(64, 64, 4, layer.tobytes()), strength=0.5, steps=1))

@@ -40,6 +40,6 @@ def embedded_queue(engine, config) -> JobQueue:
     state_dir = config.state_dir or default_state_dir(config.port)
     retention = Retention(config.result_retention, config.result_retention_bytes, config.result_max_age_s)
     queue = EmbeddedQueue(engine, state_dir, max_queue=config.max_queue, per_client=config.max_queued_per_client,
-                          retention=retention)
+                          retention=retention, max_bytes=config.max_queue_bytes)
     log.info("queue: embedded, state in %s", state_dir)
     return queue

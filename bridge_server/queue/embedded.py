@@ -46,12 +46,16 @@ HELD_PIXELS = 256 * 1024 * 1024
 
 class EmbeddedQueue(JobQueue):
     def __init__(self, engine, state_dir: Path, *, max_queue: int = 256, per_client: int = 32,
-                 retention: Retention | None = None) -> None:
+                 retention: Retention | None = None, max_bytes: int = 1024**3) -> None:
         self.engine = engine
         self.catalog = EngineCatalog(engine)
         self.store = SqliteStore(state_dir, retention or Retention())
         self.queue_id = self.store.queue_id
         self.max_queue = max_queue
+        # Pixel bytes of the unfinished (queued or running) jobs, on disk and partly in memory: bounded
+        # (config.max_queue_bytes) so a flood of big requests is refused instead of filling the disk.
+        self.max_bytes = max_bytes
+        self.pixel_bytes: dict[str, int] = {}
         self.per_client = per_client
         self.scheduler = FairScheduler(per_client)
         self.live: dict[str, JobRecord] = {}  # live jobs (queued or running), memory only
@@ -79,6 +83,7 @@ class EmbeddedQueue(JobQueue):
                 log.info("job %s was running when the server stopped: it runs again from its start", record.id)
                 self.store.requeue(record.id)
             self.scheduler.add(Entry(record.id, record.owner, False, record.model), restored=True)
+            self.pixel_bytes[record.id] = self.store.pixel_bytes(record.id)
         if restored:
             log.info("%d jobs restored from %s", len(restored), self.store.dir)
         self._task = asyncio.create_task(self._run())
@@ -134,6 +139,11 @@ class EmbeddedQueue(JobQueue):
         if not request.live:
             # The pixels to their file on the I/O thread (the loop keeps serving), before the row names them.
             head, *pixels = split_request(request)
+            size = sum(len(p) for p in pixels)
+            held = sum(self.pixel_bytes.values())
+            if size and held + size > self.max_bytes:
+                raise EngineError("queue_full", f"the queued jobs' images would hold {(held + size) / 2**20:.0f} MiB, "
+                                                f"more than {self.max_bytes / 2**20:.0f} MiB; try again when one is done")
             if pixels:
                 await asyncio.get_running_loop().run_in_executor(self.io, self.store.write_pixels, job_id_, pixels)
         try:
@@ -154,7 +164,7 @@ class EmbeddedQueue(JobQueue):
                     gone.append(running.id)
         else:
             self.store.insert(record, head)
-            size = sum(len(p) for p in pixels)
+            self.pixel_bytes[record.id] = size
             if self._held + size <= HELD_PIXELS:
                 self.requests[record.id] = (request, size)
                 self._held += size
@@ -267,6 +277,7 @@ class EmbeddedQueue(JobQueue):
         """The job's one final frame: delivered, then stored (unless live) in the background."""
         if self.live.pop(job_id_, None) is None:
             self._held -= self.requests.pop(job_id_, (None, 0))[1]
+            self.pixel_bytes.pop(job_id_, None)
             row = self.store.get(job_id_)
             self.finishing[job_id_] = (row[0] if row else "", state, frame)
             self._in_background(self._store_result(job_id_, state, frame))

@@ -161,6 +161,13 @@ class SqliteStore:
         with contextlib.suppress(FileNotFoundError), open(self._pixels(job_id), "rb") as f:
             os.fsync(f.fileno())
 
+    def pixel_bytes(self, job_id: str) -> int:
+        """The size of a stored request's pixel file (0 when it has none)."""
+        try:
+            return self._pixels(job_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def drop_pixels(self, job_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._pixels(job_id).unlink()
