@@ -16,7 +16,7 @@ whose colorfix module theirs is) correct this after decoding:
 Written here on plain torch ops because no maintained library ships it (the
 authors' and StableSR's copies are script modules, not packages). Both work
 on horizontal strips so a 16-megapixel upscale needs a few strips' worth of
-float memory, not the whole picture's: the wavelet's reach is 31 pixels
+float memory (STRIP_PIXELS), not the whole picture's: the wavelet's reach is 31 pixels
 (1 + 2 + 4 + 8 + 16), so a strip read with 32 rows of context either side is
 exact, and AdaIN's statistics are sums gathered strip by strip.
 """
@@ -29,7 +29,13 @@ MODES = ("wavelet", "adain", "none")
 LABELS = {"wavelet": "Wavelet", "adain": "AdaIN", "none": "None"}  # the authors' spelling, for infotext
 LEVELS = 5
 REACH = sum(2**i for i in range(LEVELS))  # 31 pixels: how far the low frequencies look
-STRIP = 256  # rows per strip
+STRIP_PIXELS = 128 * 128  # pixels per strip: its float working set is a few of these, whatever the image
+MIN_ROWS = 32
+
+
+def rows(width: int) -> int:
+    """Rows per strip for an image this wide."""
+    return max(MIN_ROWS, STRIP_PIXELS // max(1, width))
 _EPS = 1e-5  # the authors' calc_mean_std, on [-1, 1] pixels
 
 
@@ -87,13 +93,14 @@ def wavelet(result: np.ndarray, reference: np.ndarray, device="cpu") -> np.ndarr
         return torch.from_numpy(np.array(a, dtype=np.float32)).to(device).permute(2, 0, 1)[None]
 
     with torch.inference_mode():
-        for top in range(0, h, STRIP):
-            bottom = min(h, top + STRIP)
+        step = rows(result.shape[1])
+        for top in range(0, h, step):
+            bottom = min(h, top + step)
             a, b = max(0, top - pad), min(h, bottom + pad)
             x, ref = tensor(result[a:b]), tensor(reference[a:b])
             fixed = x - _low(x) + _low(ref)
-            rows = fixed[0, :, top - a : bottom - a].permute(1, 2, 0)
-            out[top:bottom] = rows.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+            kept = fixed[0, :, top - a : bottom - a].permute(1, 2, 0)
+            out[top:bottom] = kept.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
     return out
 
 
@@ -102,8 +109,9 @@ def _stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     of an HxWx3 uint8 image in [-1, 1] units, gathered strip by strip."""
     total = np.zeros(3)
     squares = np.zeros(3)
-    for top in range(0, image.shape[0], STRIP):
-        strip = image[top : top + STRIP].reshape(-1, 3).astype(np.float64) / 127.5 - 1.0
+    step = rows(image.shape[1])
+    for top in range(0, image.shape[0], step):
+        strip = image[top : top + step].reshape(-1, 3).astype(np.float64) / 127.5 - 1.0
         total += strip.sum(0)
         squares += (strip * strip).sum(0)
     n = image.shape[0] * image.shape[1]
@@ -117,8 +125,9 @@ def adain(result: np.ndarray, reference: np.ndarray) -> np.ndarray:
     mean, std = _stats(result)
     ref_mean, ref_std = _stats(reference)
     out = np.empty_like(result)
-    for top in range(0, result.shape[0], STRIP):
-        strip = result[top : top + STRIP].astype(np.float32) / 127.5 - 1.0
+    step = rows(result.shape[1])
+    for top in range(0, result.shape[0], step):
+        strip = result[top : top + step].astype(np.float32) / 127.5 - 1.0
         fixed = (strip - mean) / std * ref_std + ref_mean
-        out[top : top + STRIP] = np.clip(np.round((fixed + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        out[top : top + step] = np.clip(np.round((fixed + 1.0) * 127.5), 0, 255).astype(np.uint8)
     return out
