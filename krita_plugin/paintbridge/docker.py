@@ -122,6 +122,8 @@ class PaintBridgeDocker(DockWidget):
         self.queue = jobqueue.JobQueue()
         self.histories: dict[str, History] = {}
         self._pixels: dict[str, QImage] = {}  # entry id -> layer-ready image, this session
+        self._prefilled: dict[str, Any] = {}  # entry id -> its preview layer, filled off the UI thread
+        self._previewing: tuple[str, str] = ("", "")  # (document, entry) the preview layer shows
         self._dirty: set[str] = set()  # documents whose history annotation needs writing
         self._documents: dict[str, Any] = {}
         self._tags = (f"t{i}" for i in itertools.count(1))
@@ -789,14 +791,20 @@ class PaintBridgeDocker(DockWidget):
         rect = Rect(0, 0, *job.scale_to) if job.scale_to is not None else job.rect
         mask = None if SERVER_MASKS else job.mask  # the server's RGBA already has the blend mask as alpha
         upscale = job.scale_to is not None  # applied at once; no PNG copy for the history
+        # Layers made here (cheap) and filled on the background thread, outside the stack: the
+        # UI thread later only puts them in (the upscale's layers, the first result's preview).
+        layers = [kritadoc.new_layer(job.document, kritadoc.PREVIEW_NAME) for _ in result.images[: None if upscale else 1]]
 
         def prepare():
             out = []
-            for image in result.images:
+            for index, image in enumerate(result.images):
                 ready = kritadoc.layer_ready(image, rect, mask)
                 rgba = b"" if upscale else kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))
-                out.append((kritadoc.Ready.make(ready, model, depth), kritadoc.thumbnail_png(ready),
-                            ready.width(), ready.height(), rgba))
+                pixels = kritadoc.Ready.make(ready, model, depth)
+                if index < len(layers) and layers[index] is not None:
+                    kritadoc.fill_layer(layers[index], pixels, rect.x, rect.y)
+                    pixels.layer = layers[index]
+                out.append((pixels, kritadoc.thumbnail_png(ready), ready.width(), ready.height(), rgba))
             return out
 
         self.background.submit(prepare, lambda prepared: self._place(tag, job, result, prepared))
@@ -848,7 +856,10 @@ class PaintBridgeDocker(DockWidget):
                           infotext=infotexts[index] if index < len(infotexts) else "", batch=batch, thumbnail=thumbnail)
             for dropped in history.add(entry):
                 self._pixels.pop(dropped.id, None)
+                self._prefilled.pop(dropped.id, None)
             self._pixels[entry.id] = ready
+            if ready.layer is not None:  # filled off the UI thread: the preview goes in as it is
+                self._prefilled[entry.id], ready.layer = ready.layer, None
 
             def encode(entry=entry, width=width, height=height, rgba=rgba):
                 entry.png = pngio.encode_rgba(width, height, rgba)  # lossless, for the .kra
@@ -878,7 +889,9 @@ class PaintBridgeDocker(DockWidget):
         layers = [n for n in document.topLevelNodes() if not n.type().endswith("mask")]
         top = layers[-1] if layers else None
         for image, seed in zip(ready, result.seeds, strict=False):
-            top = kritadoc.add_layer(document, f"Upscaled ×{job.settings['upscale_factor']:g} (seed {seed})", image, 0, 0, top)
+            top = kritadoc.add_layer(document, f"Upscaled ×{job.settings['upscale_factor']:g} (seed {seed})", image, 0, 0, top,
+                                     filled=image.layer, timings=job.timings)
+            image.layer = None
         self.show_message(f"Upscaled to {width}x{height}")
 
     def _save_histories(self) -> None:
@@ -945,7 +958,10 @@ class PaintBridgeDocker(DockWidget):
         if entry is None or entry.mode == "upscale":
             return
         try:
-            kritadoc.show_preview(document, self._pixels_of(entry, document), entry.x, entry.y)
+            filled = self._prefilled.pop(entry.id, None)
+            kritadoc.show_preview(document, None if filled else self._pixels_of(entry, document), entry.x, entry.y,
+                                  filled=filled)
+            self._previewing = (kritadoc.document_key(document), entry.id)
         except UserError as exc:
             self.show_message(str(exc))
 
@@ -958,15 +974,25 @@ class PaintBridgeDocker(DockWidget):
         return self._apply_entries(document, self._history(document).batch_of(entry.id))
 
     def _apply_entries(self, document, entries: list[Entry]) -> list[str]:
-        kritadoc.remove_preview(document)
         t0 = time.perf_counter()
+        entries = [e for e in entries if e.mode != "upscale"]
+        label = {"generate": "Generated", "refine": "Refined", "inpaint": "Inpainted", "expand": "Expanded"}
+        layer_names = [f"{label.get(e.mode, 'PaintBridge')}: {e.title()}" for e in entries]
+        # The previewed result's pixels are in the preview layer already: it becomes the layer
+        # (renamed in place), or else a copy-on-write duplicate of it is added.
+        previewing = self._previewing[1] if self._previewing[0] == kritadoc.document_key(document) else ""
+        kept = kritadoc.keep_preview(document, layer_names[0]) if entries and entries[0].id == previewing else None
+        shown = kritadoc.copy_of_preview(document) if kept is None and previewing else None
+        kritadoc.remove_preview(document)
+        self._previewing = ("", "")
         names, above = [], None
-        for entry in entries:
-            if entry.mode == "upscale":
-                continue
-            label = {"generate": "Generated", "refine": "Refined", "inpaint": "Inpainted", "expand": "Expanded"}.get(entry.mode, "PaintBridge")
-            name = f"{label}: {entry.title()}"
-            above = kritadoc.add_layer(document, name, self._pixels_of(entry, document), entry.x, entry.y, above)
+        for entry, name in zip(entries, layer_names, strict=True):
+            if kept is not None and entry is entries[0]:
+                above = kept
+            else:
+                filled = shown if shown is not None and entry.id == previewing else None
+                above = kritadoc.add_layer(document, name, None if filled else self._pixels_of(entry, document),
+                                           entry.x, entry.y, above, filled=filled)
             names.append(name)
         self.last_apply_ms = (time.perf_counter() - t0) * 1000
         self.show_message(f"Applied {len(names)} layer(s)" + (f": {names[0]}" if names else ""))
@@ -978,6 +1004,7 @@ class PaintBridgeDocker(DockWidget):
         row = self.history_list.currentRow()
         history.discard(entry.id)
         self._pixels.pop(entry.id, None)
+        self._prefilled.pop(entry.id, None)
         kritadoc.remove_preview(document)
         self._dirty.add(kritadoc.document_key(document))
         self._refresh_history()

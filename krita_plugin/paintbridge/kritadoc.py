@@ -9,6 +9,7 @@ Format_ARGB32 on little-endian machines: the zero-copy bridge between the two.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from PyQt5.QtGui import QImage, QPainter
 
 from protocol import RawImage
 
-from . import colors
+from . import colors, strips
 from .regions import Rect
 from .requests import LAYER
 
@@ -44,31 +45,50 @@ def is_fast(document) -> bool:
     return FAST and (document.colorModel(), document.colorDepth()) == ("RGBA", "U8")
 
 
+PIXEL_SIZE = {("RGBA", "U8"): 4, ("RGBA", "U16"): 8, ("GRAYA", "U8"): 2, ("GRAYA", "U16"): 4}
+
+
 @dataclass
 class RawPixels:
-    """Pixels as Krita gave them, to be converted to RGBA8 on another thread."""
+    """Where to read pixels, read and converted to RGBA8 on another thread.
+
+    `read(x, y, w, h)` is Krita's own pixelData (the active layer's or the visible
+    image's), called there a strip at a time (strips.py): the UI thread only takes
+    the node at the click, and never waits for Krita's 64 MiB readBytes.
+    """
 
     rect: Rect
-    data: Any  # QByteArray (Krita's layout) or a QImage (a rendered projection)
+    read: Any  # Krita's pixelData(x, y, w, h) -> QByteArray, in the document's layout
     model: str
     depth: str
+    image: QImage | None = None  # a rendered projection (colour spaces we do not read)
 
     def to_rgba(self) -> RawImage:
-        """Any thread: QImage's conversions run in C++ with the GIL released."""
-        w, h = self.rect.width, self.rect.height
-        if isinstance(self.data, QImage):
-            return RawImage(w, h, 4, image_bytes(self.data.convertToFormat(QImage.Format_RGBA8888)))
-        if FAST and (self.model, self.depth) == ("RGBA", "U8"):
-            image = QImage(self.data, w, h, w * 4, QImage.Format_ARGB32)
-            return RawImage(w, h, 4, image_bytes(image.convertToFormat(QImage.Format_RGBA8888)))
+        """Any thread: Krita's reads a strip at a time, QImage's conversions in C++."""
+        r = self.rect
+        w, h = r.width, r.height
+        if self.image is not None:
+            return RawImage(w, h, 4, image_bytes(self.image.convertToFormat(QImage.Format_RGBA8888)))
+
+        def read(y: int, rows: int):
+            return self.read(r.x, r.y + y, w, rows)
+
         try:
-            return RawImage(w, h, 4, colors.to_rgba8(bytes(self.data), self.model, self.depth))
+            if FAST and (self.model, self.depth) == ("RGBA", "U8"):
+                def convert(part, rows: int) -> bytes:  # Krita's BGRA is ARGB32: Qt swaps it, strip by strip
+                    return image_bytes(QImage(part, w, rows, w * 4, QImage.Format_ARGB32).convertToFormat(QImage.Format_RGBA8888))
+
+                return RawImage(w, h, 4, strips.read_strips(read, w, h, 4, convert, 4))
+            data = strips.read_strips(read, w, h, PIXEL_SIZE[(self.model, self.depth)])
+            return RawImage(w, h, 4, colors.to_rgba8(bytes(data), self.model, self.depth))
+        except strips.ShortRead:
+            raise UserError("The document was closed while PaintBridge was reading it.") from None
         except colors.UnsupportedColorSpace as exc:
             raise UserError(str(exc)) from None
 
 
 def read_raw(document, rect: Rect, source: str) -> RawPixels:
-    """UI thread, Krita's own copy only: the visible image or the active layer."""
+    """UI thread, no pixels yet: what to read (the visible image or the active layer)."""
     model, depth = document.colorModel(), document.colorDepth()
     if source == LAYER:
         node = document.activeNode()
@@ -77,11 +97,11 @@ def read_raw(document, rect: Rect, source: str) -> RawPixels:
         if (model, depth) not in colors.SUPPORTED:
             raise UserError(f"PaintBridge reads 8- or 16-bit RGB or grayscale layers; this one is {model}/{depth}. "
                             "Use the 'Visible image' source or convert the image.")
-        return RawPixels(rect, node.pixelData(rect.x, rect.y, rect.width, rect.height), model, depth)
+        return RawPixels(rect, node.pixelData, model, depth)
     if (model, depth) in colors.SUPPORTED:
-        return RawPixels(rect, document.pixelData(rect.x, rect.y, rect.width, rect.height), model, depth)
+        return RawPixels(rect, document.pixelData, model, depth)
     # Any other colour space: Krita renders the projection to sRGB for us.
-    return RawPixels(rect, document.projection(rect.x, rect.y, rect.width, rect.height), model, depth)
+    return RawPixels(rect, None, model, depth, document.projection(rect.x, rect.y, rect.width, rect.height))
 
 
 def read_rgba(document, rect: Rect, source: str) -> RawImage:
@@ -154,12 +174,18 @@ class Ready:
 
     width: int
     height: int
-    pixels: bytes  # for Node.setPixelData
+    pixels: Any  # bytes-like, for Node.setPixelData
+    layer: Any = None  # a layer outside the stack already filled with these pixels (fill_layer)
+    image: QImage | None = None  # owns `pixels` when they are a view of its bits
 
     @classmethod
     def make(cls, image: QImage, model: str, depth: str) -> Ready:
         if FAST and (model, depth) == ("RGBA", "U8"):
-            return cls(image.width(), image.height(), image_bytes(image))  # ARGB32 is Krita's BGRA
+            # ARGB32 is Krita's BGRA: a view of the QImage's own bits, not a 64 MiB copy made
+            # while holding the GIL (which Krita's UI thread would wait for).
+            bits = image.constBits()
+            bits.setsize(image.sizeInBytes())
+            return cls(image.width(), image.height(), memoryview(bits), image=image)
         rgba = image_bytes(image.convertToFormat(QImage.Format_RGBA8888))
         return cls(image.width(), image.height(), colors.from_rgba8(rgba, model, depth))
 
@@ -175,14 +201,44 @@ def _anchor(document, below=None):
     return node.parentNode(), node
 
 
-def add_layer(document, name: str, ready: Ready, x: int, y: int, below=None):
-    """A normal paint layer above the painter's active layer; nothing else changes."""
-    parent, above = _anchor(document, below)
-    node = document.createNode(name, "paintlayer")
-    # Empty into the stack first, pixels after: Krita then updates the projection once,
-    # asynchronously (no refreshProjection(), which would recomposite while we wait).
+def new_layer(document, name: str):
+    """UI thread: a paint layer outside the stack, to be filled on another thread."""
+    return document.createNode(name, "paintlayer")
+
+
+def fill_layer(node, ready: Ready, x: int, y: int) -> None:
+    """Any thread, while `node` is outside the stack: Krita's setPixelData a strip at a time."""
+    size = len(ready.pixels) // max(1, ready.width * ready.height)
+    strips.write_strips(lambda part, top, rows: node.setPixelData(part, x, y + top, ready.width, rows),
+                        ready.pixels, ready.width, ready.height, size)
+
+
+def _place(parent, node, above, timings: dict | None) -> None:
+    # Pixels first, then into the stack: Node.addChildNode (one "Add Layer" undo step)
+    # marks the whole image dirty and waits (waitForDone) until Krita has recomposited
+    # it, our pixels included. The other order (add, then setPixelData) left the canvas
+    # without the new pixels: setPixelData marks nothing dirty (measured, Krita 5.1.5).
+    t0 = time.perf_counter()
     parent.addChildNode(node, above)
-    node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
+    if timings is not None:
+        timings["krita_add_ms"] = timings.get("krita_add_ms", 0.0) + (time.perf_counter() - t0) * 1000
+
+
+def add_layer(document, name: str, ready: Ready | None, x: int, y: int, below=None, filled=None,
+              timings: dict | None = None):
+    """A normal paint layer above the painter's active layer; nothing else changes.
+
+    `filled`: a layer from new_layer() that fill_layer() already filled off the UI
+    thread (or a copy of the preview); otherwise `ready` is written here.
+    """
+    parent, above = _anchor(document, below)
+    node = filled
+    if node is None:
+        node = new_layer(document, name)
+        fill_layer(node, ready, x, y)
+    else:
+        node.setName(name)
+    _place(parent, node, above, timings)
     return node
 
 
@@ -195,14 +251,41 @@ def remove_preview(document) -> None:
         node.remove()
 
 
-def show_preview(document, ready: Ready, x: int, y: int):
+def keep_preview(document, name: str):
+    """Apply without moving pixels: the preview becomes the layer, if it sits where the layer goes.
+
+    Renaming is instant; a new layer would cost Krita a recomposite of the whole image
+    that addChildNode waits for. The preview's own "Add Layer" step is the one undo step.
+    """
+    preview = find_preview(document)
+    if preview is None:
+        return None
+    parent, above = _anchor(document)
+    ids = [n.uniqueId() for n in document.topLevelNodes()]
+    at = ids.index(preview.uniqueId())
+    below = ids[at - 1] if at > 0 else None
+    if parent.uniqueId() != document.rootNode().uniqueId() or below != (above.uniqueId() if above is not None else None):
+        return None
+    preview.setName(name)
+    return preview
+
+
+def copy_of_preview(document):
+    """The preview's pixels as a new layer outside the stack: Krita copies tiles on write."""
+    preview = find_preview(document)
+    return preview.duplicate() if preview is not None else None
+
+
+def show_preview(document, ready: Ready | None, x: int, y: int, filled=None, timings: dict | None = None):
     """ONE temporary layer, replaced as the painter clicks through results."""
     remove_preview(document)
     parent, above = _anchor(document)
-    node = document.createNode(PREVIEW_NAME, "paintlayer")
+    node = filled
+    if node is None:
+        node = new_layer(document, PREVIEW_NAME)
+        fill_layer(node, ready, x, y)
     # Top level, so that finding and removing it never depends on where the painter was.
-    document.rootNode().addChildNode(node, above if parent == document.rootNode() else None)
-    node.setPixelData(ready.pixels, x, y, ready.width, ready.height)
+    _place(document.rootNode(), node, above if parent == document.rootNode() else None, timings)
     return node
 
 
