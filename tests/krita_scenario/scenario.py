@@ -475,20 +475,25 @@ def big_done(size):
     d, doc = docker(), ctx["doc"]
     if not idle(d):
         return False
-    gaps = d.timer_gaps[-(d.ticks - ctx["gaps_from"]):] if d.ticks > ctx["gaps_from"] else []
-    timings = dict(getattr(d, "last_timings", {}))
+    if "big_snap" not in ctx:  # what the job cost, taken before this step's own reads and checksums
+        gaps = d.timer_gaps[-(d.ticks - ctx["gaps_from"]):] if d.ticks > ctx["gaps_from"] else []
+        ctx["big_snap"] = {"timings": dict(getattr(d, "last_timings", {})), "gaps": gaps, "stalls": list(ctx["stalls"]),
+                           "marks": [m for m in ctx["marks"] if not m[0].startswith("event progress")],
+                           "wall_s": time.perf_counter() - ctx["t0"]}
+        return False
+    snap = ctx.pop("big_snap")
+    timings, gaps = snap["timings"], snap["gaps"]
     top = [n for n in doc.topLevelNodes()][-1]
     painted = next(n for n in doc.topLevelNodes() if n.name() == "Painted")
     same = checksum(top, doc) == checksum(painted, doc)  # Lanczos x1 gives the painter's pixels back
-    log("big" if size == 4096 else f"big {size}", size=size, timings=timings,
-        ui_total_ms=sum(timings.get(k, 0.0) for k in PHASES), wall_s=time.perf_counter() - ctx["t0"],
+    ui_total = sum(timings.get(k, 0.0) for k in PHASES)
+    log("big" if size == 4096 else f"big {size}", size=size, timings=timings, ui_total_ms=ui_total,
+        ours_ms=ui_total - timings.get("krita_add_ms", 0.0), wall_s=snap["wall_s"],
         max_timer_gap_ms=max(gaps, default=0), timer_gaps_over_100ms=sum(1 for g in gaps if g > 100),
         ticks=len(gaps), top=top.name(), rows=[r.text() for r in d.queue.rows], all_log=d.log[-10:],
         top_size=[top.bounds().width(), top.bounds().height()], pixels_right=same, message=d.message.text(),
-        marks=[m for m in ctx["marks"] if not m[0].startswith("event progress")], stalls_over_40ms=ctx["stalls"])
+        marks=snap["marks"], stalls_over_40ms=snap["stalls"])
     report["log"] = d.log[-30:]
-    if size != 4096:
-        return True
     parts = {}
     from PyQt5.QtGui import QImage
 
@@ -498,12 +503,23 @@ def big_done(size):
         parts[name] = round((time.perf_counter() - t0) * 1000, 1)
         return out
 
+    # The previous plugin's UI-thread path, side by side in this session on the same document:
+    # the whole read on the UI thread, then an empty layer added and filled in the stack.
+    raw = timed("before: read (document.pixelData, UI thread)", lambda: doc.pixelData(0, 0, size, size))
+    data = bytes(raw)
+    old = doc.createNode("before", "paintlayer")
+    timed("before: addChildNode (empty)", lambda: doc.rootNode().addChildNode(old, None))
+    timed("before: setPixelData (in the stack)", lambda: old.setPixelData(data, 0, 0, size, size))
+    parts["before: UI total"] = round(sum(v for k, v in parts.items() if k.startswith("before: ")), 1)
+    old.remove()
+    doc.waitForDone()
+    if size != 4096:
+        log(f"big {size} parts", parts=parts)
+        return True
     node = top
-    raw = timed("document.pixelData", lambda: doc.pixelData(0, 0, 4096, 4096))
     timed("node.pixelData", lambda: node.pixelData(0, 0, 4096, 4096))
     timed("document.pixelData, one 2 MiB strip", lambda: doc.pixelData(0, 0, 4096, 128))
     timed("projection()", lambda: doc.projection(0, 0, 4096, 4096))
-    data = timed("bytes(QByteArray)", lambda: bytes(raw))
     image = timed("QImage wrap", lambda: QImage(data, 4096, 4096, 4096 * 4, QImage.Format_ARGB32))
     rgba = timed("convert to RGBA8888", lambda: image.convertToFormat(QImage.Format_RGBA8888))
     timed("constBits asstring", lambda: kd().image_bytes(rgba))
