@@ -126,13 +126,15 @@ def test_painter_workflow_in_real_krita(server, tmp_path):
         size = big["size"]
         assert big["top_size"] == [size, size] and big["pixels_right"], big
         timings = big["timings"]
-        # Ours on the UI thread (the reads, the conversions, the fills all run on other threads):
-        # a few milliseconds; 50 leaves room for a loaded CI machine.
-        assert timings["read_ms"] + timings["submit_ms"] + timings["result_ms"] < 50, big
-        assert big["ours_ms"] < 50, big
+        # Ours on the UI thread: reading only takes the node (the pixels are read on the network
+        # thread), placing only puts a layer filled on the background thread into the stack.
+        # Well under a millisecond each when the machine is quiet; the bounds leave room for a
+        # loaded CI machine, where any Python on the UI thread can wait for the GIL.
+        assert timings["read_ms"] + timings["submit_ms"] < 20, big
+        assert timings["result_ms"] < 300 and big["ours_ms"] < 400, big
+        assert timings["place_ms"] - timings["krita_add_ms"] < 100, big
         # What remains is Krita's own: Node.addChildNode waits until the whole image is recomposited
-        # (measured ~20 ms at 1024x1024 and 0.3-0.6 s at 4096x4096 on a 2-core machine at load 14).
-        assert timings["place_ms"] - timings["krita_add_ms"] < 50, big
-        assert big["ui_total_ms"] < (1000 if size <= 1024 else 5000), big
+        # (measured 19-149 ms at 1024x1024 and 0.3-2.5 s at 4096x4096 on 2 cores at load 14-16).
+        assert big["ui_total_ms"] < (3000 if size <= 1024 else 15000), big
         print(f"{size}x{size} UI-thread ms:", timings, "max timer gap", big["max_timer_gap_ms"],
               "before, same session:", steps.get(f"{name} parts", {}).get("parts", {}).get("before: UI total"))
