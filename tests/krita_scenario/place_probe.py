@@ -71,6 +71,95 @@ def strips_in_thread(fn, rows):
     return thread, times
 
 
+def transfers(doc, painted):
+    """Reads and writes: on the UI thread, on a Python thread whole and in strips."""
+    data = ours(SIZE * SIZE)
+    strip = SIZE * 4
+    r = {}
+    mark = len(beat["gaps"])
+    timed(r, "node.pixelData", lambda: painted.pixelData(0, 0, SIZE, SIZE))
+    timed(r, "document.pixelData", lambda: doc.pixelData(0, 0, SIZE, SIZE))
+    timed(r, "document.pixelData 256-row strip", lambda: doc.pixelData(0, 0, SIZE, 256))
+    report["steps"].append({"step": "read UI", **r, "max_gap": gaps_since(mark)})
+    yield 1.0
+    for rows in (256, 64):  # a Python thread reading in strips: does the UI heartbeat stall?
+        mark = len(beat["gaps"])
+        t0 = time.perf_counter()
+        chunks = []
+        thread, times = strips_in_thread(lambda y, h, chunks=chunks: chunks.append(bytes(doc.pixelData(0, y, SIZE, h))), rows)
+        while thread.is_alive():
+            yield 0.005
+        report["steps"].append({"step": f"read thread {rows} rows", "wall_ms": round((time.perf_counter() - t0) * 1000, 1),
+                                "strip_max_ms": round(max(times), 1), "strip_sum_ms": round(sum(times), 1),
+                                "max_gap": gaps_since(mark)})
+        yield 1.0
+    node = doc.createNode("bg whole", "paintlayer")  # one whole setPixelData on a Python thread
+    mark = len(beat["gaps"])
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=lambda: node.setPixelData(data, 0, 0, SIZE, SIZE))
+    thread.start()
+    while thread.is_alive():
+        yield 0.005
+    report["steps"].append({"step": "write thread whole (detached)", "wall_ms": round((time.perf_counter() - t0) * 1000, 1),
+                            "max_gap": gaps_since(mark)})
+    yield 1.0
+    node = doc.createNode("bg strips", "paintlayer")  # strips on a thread, then into the stack
+    mark = len(beat["gaps"])
+    t0 = time.perf_counter()
+    thread, times = strips_in_thread(lambda y, h: node.setPixelData(data[y * strip:(y + h) * strip], 0, y, SIZE, h), 128)
+    while thread.is_alive():
+        yield 0.005
+    r = {"wall_ms": round((time.perf_counter() - t0) * 1000, 1), "strip_max_ms": round(max(times), 1),
+         "strip_sum_ms": round(sum(times), 1), "max_gap_fill": gaps_since(mark)}
+    yield 0.5
+    timed(r, "addChildNode (filled)", lambda: doc.rootNode().addChildNode(node, None))
+    r["projection_right_after"] = pixel(doc, 10, 10) == list(OURS)
+    report["steps"].append({"step": "detached strips then add", **r})
+    yield 1.0
+    node.remove()
+    yield 1.0
+    r = {}  # the previous plugin's order: an empty layer into the stack, then its pixels
+    node = doc.createNode("in stack", "paintlayer")
+    timed(r, "addChildNode (empty)", lambda: doc.rootNode().addChildNode(node, None))
+    timed(r, "setPixelData (in the stack)", lambda: node.setPixelData(data, 0, 0, SIZE, SIZE))
+    yield 2.0
+    r["projection_after_2s"] = pixel(doc, 10, 10) == list(OURS)
+    timed(r, "refreshProjection", doc.refreshProjection)
+    r["projection_after_refresh"] = pixel(doc, 10, 10) == list(OURS)
+    report["steps"].append({"step": "add then fill (previous order)", **r})
+    yield 1.0
+    node.remove()
+    yield 1.0
+    r = {}  # a hidden layer filled, added, then shown
+    node = doc.createNode("hidden", "paintlayer")
+    node.setVisible(False)
+    node.setPixelData(data, 0, 0, SIZE, SIZE)
+    timed(r, "addChildNode (hidden, filled)", lambda: doc.rootNode().addChildNode(node, None))
+    timed(r, "setVisible(True)", lambda: node.setVisible(True))
+    yield 2.0
+    r["projection_after_show_2s"] = pixel(doc, 10, 10) == list(OURS)
+    report["steps"].append({"step": "hidden then shown", **r})
+    node.remove()
+    yield 1.0
+    r = {}  # Krita's own action adds a layer without waiting
+    doc.setActiveNode(painted)
+    before = doc.activeNode().uniqueId()
+    mark = len(beat["gaps"])
+    timed(r, "action add_new_paint_layer", Krita.instance().action("add_new_paint_layer").trigger)
+    t0 = time.perf_counter()
+    while doc.activeNode() is None or doc.activeNode().uniqueId() == before:
+        if time.perf_counter() - t0 > 5:
+            break
+        yield 0.005
+    r["until_active_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    r["max_gap"] = gaps_since(mark)
+    report["steps"].append({"step": "action add layer", **r})
+    if doc.activeNode().uniqueId() != before:
+        doc.activeNode().remove()
+    doc.setActiveNode(painted)
+    yield 1.0
+
+
 # -- experiments: generators yield between phases so the event loop runs -------------------
 def experiments():
     app = Krita.instance()
@@ -84,6 +173,7 @@ def experiments():
     doc.setActiveNode(painted)
     doc.waitForDone()
     yield 2.0
+    yield from transfers(doc, painted)
     colours = iter(range(1, 250, 7))
 
     def trigger_test(name, fn):
