@@ -119,10 +119,25 @@ def test_painter_workflow_in_real_krita(server, tmp_path):
         assert len(queue["rows_then"]) == 2 and "queued" in queue["rows_then"][1], queue
         assert queue["final"] == ["finished", "cancelled"], queue
 
-    if "big" in steps:
-        big = steps["big"]
-        assert big["top_size"] == [4096, 4096], big
-        print("4096x4096 UI-thread ms:", big["timings"], "max timer gap", big["max_timer_gap_ms"])
+    for name in ("big 1024", "big"):  # an upscale x1 of a 1024x1024, then a 4096x4096 canvas
+        if name not in steps:
+            continue
+        big = steps[name]
+        size = big["size"]
+        assert big["top_size"] == [size, size] and big["pixels_right"], big
+        timings = big["timings"]
+        # Ours on the UI thread: reading only takes the node (the pixels are read on the network
+        # thread), placing only puts a layer filled on the background thread into the stack.
+        # Well under a millisecond each when the machine is quiet; the bounds leave room for a
+        # loaded CI machine, where any Python on the UI thread can wait for the GIL.
+        assert timings["read_ms"] + timings["submit_ms"] < 20, big
+        assert timings["result_ms"] < 300 and big["ours_ms"] < 400, big
+        assert timings["place_ms"] - timings["krita_add_ms"] < 100, big
+        # What remains is Krita's own: Node.addChildNode waits until the whole image is recomposited
+        # (measured 19-149 ms at 1024x1024 and 0.3-2.5 s at 4096x4096 on 2 cores at load 14-16).
+        assert big["ui_total_ms"] < (3000 if size <= 1024 else 15000), big
+        print(f"{size}x{size} UI-thread ms:", timings, "max timer gap", big["max_timer_gap_ms"],
+              "before, same session:", steps.get(f"{name} parts", {}).get("parts", {}).get("before: UI total"))
 
 
 @pytest.mark.skipif(bool(missing), reason=f"needs {' and '.join(missing)} (apt-get install krita xvfb)")

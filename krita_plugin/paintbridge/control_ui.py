@@ -333,14 +333,15 @@ class ControlsPanel(QWidget):
     @contextlib.contextmanager
     def hidden(self, document, reading: bool = True):
         """Visible control layers hidden while the visible image is read (then shown again);
-        nothing happens when the job reads no image."""
+        nothing happens when the job reads no image. Yields the layers hidden: a read that
+        must not see them happens inside (kritadoc.read_raw without `later`)."""
         shown = [node for layer, node in self._live(document) if layer.enabled and node.visible()] if reading else []
         for node in shown:
             node.setVisible(False)
         if shown:
             document.refreshProjection()  # synchronous: the projection without them
         try:
-            yield
+            yield shown
         finally:
             for node in shown:
                 node.setVisible(True)

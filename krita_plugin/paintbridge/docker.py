@@ -127,6 +127,7 @@ class PaintBridgeDocker(DockWidget):
         self.queue = jobqueue.JobQueue()
         self.histories: dict[str, History] = {}
         self._pixels: dict[str, QImage] = {}  # entry id -> layer-ready image, this session
+        self._prefilled: dict[str, Any] = {}  # entry id -> its preview layer, filled off the UI thread
         self._dirty: set[str] = set()  # documents whose history annotation needs writing
         self._documents: dict[str, Any] = {}
         self._tags = (f"t{i}" for i in itertools.count(1))
@@ -564,8 +565,10 @@ class PaintBridgeDocker(DockWidget):
             mask = kritadoc.soft_mask(document, area, s.mask_grow, s.mask_feather)
         else:
             area = canvas
-        with self.controls.hidden(document, s.strength < 1.0 or mask is not None):
-            raw = kritadoc.read_raw(document, area, s.source) if (s.strength < 1.0 or mask is not None) else None
+        with self.controls.hidden(document, s.strength < 1.0 or mask is not None) as hidden:
+            # Read on the network thread, a strip at a time, unless control layers are hidden for it
+            raw = (kritadoc.read_raw(document, area, s.source, later=not hidden)
+                   if (s.strength < 1.0 or mask is not None) else None)
         units = self.controls.units(document, area)
         read_ms = (time.perf_counter() - t0) * 1000
         native, settings = self._native(), Settings(**asdict(s))
@@ -595,7 +598,7 @@ class PaintBridgeDocker(DockWidget):
         document.waitForDone()
         document.refreshProjection()
         mask = strip_mask(plan.area, plan.strip, min(s.mask_feather, 16))
-        raw = kritadoc.read_raw(document, plan.area, VISIBLE)
+        raw = kritadoc.read_raw(document, plan.area, VISIBLE, later=True)
         settings = Settings(**{**asdict(s), "strength": 1.0})
 
         def build():
@@ -608,8 +611,8 @@ class PaintBridgeDocker(DockWidget):
         s, document = self._read_settings(), self._document()
         canvas = Rect(0, 0, document.width(), document.height())
         t0 = time.perf_counter()
-        with self.controls.hidden(document):
-            raw = kritadoc.read_raw(document, canvas, VISIBLE)
+        with self.controls.hidden(document) as hidden:
+            raw = kritadoc.read_raw(document, canvas, VISIBLE, later=not hidden)
         read_ms = (time.perf_counter() - t0) * 1000
         settings = Settings(**asdict(s))
         supir = self.restore.active()
@@ -787,14 +790,23 @@ class PaintBridgeDocker(DockWidget):
         model, depth = job.color
         rect = Rect(0, 0, *job.scale_to) if job.scale_to is not None else job.rect
         mask = None if SERVER_MASKS else job.mask  # the server's RGBA already has the blend mask as alpha
+        upscale = job.scale_to is not None
+        # Layers made here (cheap) and filled on the background thread, outside the stack: the
+        # UI thread later only puts them in (the upscale's layers; the first result's preview,
+        # unless a preview is there already: that one is repainted, no new undo step).
+        wanted = len(result.images) if upscale else int(kritadoc.find_preview(job.document) is None)
+        layers = [kritadoc.new_layer(job.document, kritadoc.PREVIEW_NAME) for _ in result.images[:wanted]]
 
         def prepare():
             out = []
-            for image in result.images:
+            for index, image in enumerate(result.images):
                 ready = kritadoc.layer_ready(image, rect, mask)
                 rgba = kritadoc.image_bytes(ready.convertToFormat(QImage.Format_RGBA8888))  # for the PNG
-                out.append((kritadoc.Ready.make(ready, model, depth), kritadoc.thumbnail_png(ready),
-                            ready.width(), ready.height(), rgba))
+                pixels = kritadoc.Ready.make(ready, model, depth)
+                if index < len(layers):
+                    kritadoc.fill_layer(layers[index], pixels, rect.x, rect.y)
+                    pixels.layer = layers[index]
+                out.append((pixels, kritadoc.thumbnail_png(ready), ready.width(), ready.height(), rgba))
             return out
 
         self.background.submit(prepare, lambda prepared: self._place(tag, job, result, prepared))
@@ -836,7 +848,10 @@ class PaintBridgeDocker(DockWidget):
                           infotext=infotexts[index] if index < len(infotexts) else "", batch=batch, thumbnail=thumbnail)
             for dropped in history.add(entry):
                 self._pixels.pop(dropped.id, None)
+                self._prefilled.pop(dropped.id, None)
             self._pixels[entry.id] = ready
+            if ready.layer is not None:  # filled off the UI thread: the preview goes in as it is
+                self._prefilled[entry.id], ready.layer = ready.layer, None
 
             def encode(entry=entry, width=pixel_width, height=pixel_height, rgba=rgba):
                 entry.png = pngio.encode_rgba(width, height, rgba)  # lossless, for the .kra
@@ -874,7 +889,9 @@ class PaintBridgeDocker(DockWidget):
         layers = [n for n in document.topLevelNodes() if not n.type().endswith("mask")]
         top = layers[-1] if layers else None
         for image, seed in zip(ready, result.seeds, strict=False):
-            top = kritadoc.add_layer(document, _upscale_name(job.settings, seed), image, 0, 0, top)
+            top = kritadoc.add_layer(document, _upscale_name(job.settings, seed), image, 0, 0, top,
+                                     filled=image.layer, timings=job.timings)
+            image.layer = None
         self.show_message(f"Upscaled to {width}x{height}")
 
     def _save_histories(self) -> None:
@@ -948,7 +965,11 @@ class PaintBridgeDocker(DockWidget):
         if entry is None or (entry.mode == "upscale" and (entry.width, entry.height) != (document.width(), document.height())):
             return  # an upscale previews only on a document of its size
         try:
-            kritadoc.show_preview(document, self._pixels_of(entry, document), entry.x, entry.y)
+            # Filled off the UI thread: it goes in as it is, unless a preview is there to repaint.
+            filled = self._prefilled.pop(entry.id, None)
+            fresh = filled is not None and kritadoc.find_preview(document) is None
+            kritadoc.show_preview(document, None if fresh else self._pixels_of(entry, document), entry.x, entry.y,
+                                  filled=filled if fresh else None, shows=entry.id)
         except UserError as exc:
             self.show_message(str(exc))
 
@@ -961,25 +982,38 @@ class PaintBridgeDocker(DockWidget):
         return self._apply_entries(document, self._history(document).batch_of(entry.id))
 
     def _apply_entries(self, document, entries: list[Entry]) -> list[str]:
-        """New layers above the active one, as ONE undo step (a batch goes in one group)."""
-        kritadoc.leave_preview(document)  # its own undo step is taken back where it can be
+        """New layers above the active one, as ONE undo step (a batch goes in one group), with no
+        image-sized copy on the UI thread for the result the preview shows.
+
+        The shown result applied alone, while the preview's "Add Layer" is still the last undo
+        step: the preview is renamed in place and that step is the apply's (kritadoc.keep_preview).
+        Otherwise the preview is copied copy-on-write, left (its step undone where it can be, else
+        hidden), and the copy goes in with the other layers in one add.
+        """
         t0 = time.perf_counter()
         labels = {"generate": "Generated", "refine": "Refined", "inpaint": "Inpainted", "expand": "Expanded",
                   "upscale": "Upscaled"}
+        names = [_upscale_name(e.settings, e.seed) if e.mode == "upscale" else f"{labels.get(e.mode, 'PaintBridge')}: {e.title()}"
+                 for e in entries]
         upscales = [e for e in entries if e.mode == "upscale"]
-        if upscales:
-            # An upscale's pixels cover the whole upscaled image: scale the painter's layers to it first
-            # (Image > Scale, one more undo step; none when the document already has that size).
-            self._scale_document(document, upscales[-1].width, upscales[-1].height)
-        layers = [(_upscale_name(e.settings, e.seed) if e.mode == "upscale" else f"{labels.get(e.mode, 'PaintBridge')}: {e.title()}",
-                   self._pixels_of(e, document), e.x, e.y) for e in entries]
-        if len(layers) == 1:
-            kritadoc.add_layer(document, *layers[0])
-        elif layers:
-            first = entries[0]
-            kritadoc.add_group(document, f"{labels.get(first.mode, 'PaintBridge')} ×{len(layers)}: "
-                               f"{first.title().rsplit(' (seed', 1)[0]}", layers)
-        names = [layer[0] for layer in layers]
+        size = (upscales[-1].width, upscales[-1].height) if upscales else (document.width(), document.height())
+        shown = kritadoc.preview_shows(document)
+        if not (len(entries) == 1 and entries[0].id == shown and size == (document.width(), document.height())
+                and kritadoc.keep_preview(document, names[0]) is not None):
+            copy = kritadoc.copy_of_preview(document) if any(e.id == shown for e in entries) else None
+            kritadoc.leave_preview(document)  # its own undo step is taken back where it can be
+            if upscales:
+                # An upscale's pixels cover the whole upscaled image: scale the painter's layers to it first
+                # (Image > Scale, one more undo step; none when the document already has that size).
+                self._scale_document(document, *size)
+            layers = [(name, copy if copy is not None and e.id == shown else self._pixels_of(e, document), e.x, e.y)
+                      for name, e in zip(names, entries, strict=True)]
+            if len(layers) == 1:
+                kritadoc.add_layer(document, *layers[0])
+            elif layers:
+                first = entries[0]
+                kritadoc.add_group(document, f"{labels.get(first.mode, 'PaintBridge')} ×{len(layers)}: "
+                                   f"{first.title().rsplit(' (seed', 1)[0]}", layers)
         self.last_apply_ms = (time.perf_counter() - t0) * 1000
         self.show_message(f"Applied {len(names)} layer(s)" + (f": {names[0]}" if names else ""))
         return names
@@ -996,6 +1030,7 @@ class PaintBridgeDocker(DockWidget):
         row = self.history_list.currentRow()
         history.discard(entry.id)
         self._pixels.pop(entry.id, None)
+        self._prefilled.pop(entry.id, None)
         kritadoc.leave_preview(document)
         self._dirty.add(kritadoc.document_key(document))
         self._refresh_history()
