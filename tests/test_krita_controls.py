@@ -103,3 +103,9 @@ def test_the_list_is_saved_with_the_document_and_read_back_tolerantly():
     assert controls.from_json(data) == [controls.ControlLayer("y", "depth")]
     assert controls.from_json(b"\xff not json") == [] and controls.from_json(b"") == []
     assert controls.layer_name("canny").startswith(controls.MARK)
+
+
+def test_every_control_kind_has_a_label_for_the_docker_menu():
+    # The docker builds its Control menu from KINDS: a kind without a label stopped the docker
+    # from being created at all (a KeyError inside Krita).
+    assert set(controls.KIND_LABELS) == set(controls.KINDS)

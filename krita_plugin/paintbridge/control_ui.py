@@ -41,12 +41,11 @@ from PyQt5.QtWidgets import (
 )
 
 from . import controls, kritadoc
-from .controls import KINDS, ControlLayer
+from .controls import KIND_LABELS, KINDS, ControlLayer
 from .kritadoc import RawPixels, UserError
 from .regions import Rect
 from .requests import VISIBLE
 
-KIND_LABELS = {"scribble": "Scribble", "lineart": "Line art", "canny": "Canny", "depth": "Depth", "tile": "Tile"}
 MODE_LABELS = {"balanced": "Balanced", "prompt": "Prompt matters more", "control": "Control matters more"}
 
 

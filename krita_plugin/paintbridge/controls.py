@@ -29,6 +29,9 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "normal": ("normal", ("normal",)),
     "softedge": ("softedge", ("softedge", "hed", "pidi")),
 }
+# What the docker calls each kind (every key of KINDS has one: the menu is built from them).
+KIND_LABELS = {"scribble": "Scribble", "lineart": "Line art", "canny": "Canny", "depth": "Depth", "tile": "Tile",
+               "normal": "Normal map", "softedge": "Soft edge"}
 
 
 @dataclass(frozen=True)
