@@ -62,5 +62,5 @@ def test_readme_block_runs_as_written(server, tmp_path, line, block):
     (tmp_path / "home").mkdir()
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))  # blocks that say .venv/bin/... as from the repository root
     done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1200)  # the CLI tour runs ~15 jobs: minutes on a busy 2-core CI
     assert done.returncode == 0, f"README.md:{line} failed ({done.returncode}):\n{block}\n{done.stderr[-3000:]}"
