@@ -578,15 +578,9 @@ def sample_dpm_adaptive(model: Model, x, sigma_min: float, sigma_max: float, noi
 # x = x_vp / alpha and lambda = -log sigma every one of its updates is the same
 # arithmetic on this module's x (alpha_t cancels), so it runs on the denoiser
 # like the others; engine/schedules.unipc_sigmas gives its time points.
-def _unipc_bh(model: Model, x, history: list[tuple[float, Any]], sigma: float, order: int,
-              variant: str, correct: bool) -> tuple[Any, Any]:
-    """One UniPC-B(h) update from the last point in `history` [(sigma, x0)...]
-    to `sigma` (eq. 8 / 10 of the paper, B(h) = h for bh1, e^h - 1 for bh2):
-    the predictor from the last `order` estimates, then, with `correct`, the
-    corrector using the model's estimate at the predicted point (returned, to
-    be the next step's history without another call)."""
-    import numpy as np
-
+def _unipc_ratios(history: list[tuple[float, Any]], sigma: float, order: int) -> tuple[float, Any, float, list, list]:
+    """What both UniPC updates start from: the last sigma and estimate, the step h in
+    log sigma, the step ratios r_k (the last 1) and the scaled differences D1_k."""
     s0, m0 = history[-1]
     h = math.log(s0) - math.log(sigma)
     rks, d1s = [], []
@@ -596,6 +590,19 @@ def _unipc_bh(model: Model, x, history: list[tuple[float, Any]], sigma: float, o
         rks.append(rk)
         d1s.append((mi - m0) / rk)
     rks.append(1.0)
+    return s0, m0, h, rks, d1s
+
+
+def _unipc_bh(model: Model, x, history: list[tuple[float, Any]], sigma: float, order: int,
+              variant: str, correct: bool) -> tuple[Any, Any]:
+    """One UniPC-B(h) update from the last point in `history` [(sigma, x0)...]
+    to `sigma` (eq. 8 / 10 of the paper, B(h) = h for bh1, e^h - 1 for bh2):
+    the predictor from the last `order` estimates, then, with `correct`, the
+    corrector using the model's estimate at the predicted point (returned, to
+    be the next step's history without another call)."""
+    import numpy as np
+
+    s0, m0, h, rks, d1s = _unipc_ratios(history, sigma, order)
     hh = -h
     h_phi_1 = math.expm1(hh)
     b_h = hh if variant == "bh1" else math.expm1(hh)
@@ -627,15 +634,7 @@ def _unipc_vary(model: Model, x, history: list[tuple[float, Any]], sigma: float,
     The corrector's last term uses the last row the loop saw, as the WebUI's does."""
     import numpy as np
 
-    s0, m0 = history[-1]
-    h = math.log(s0) - math.log(sigma)
-    rks, d1s = [], []
-    for i in range(1, order):
-        si, mi = history[-(i + 1)]
-        rk = (math.log(s0) - math.log(si)) / h
-        rks.append(rk)
-        d1s.append((mi - m0) / rk)
-    rks.append(1.0)
+    s0, m0, h, rks, d1s = _unipc_ratios(history, sigma, order)
     k_count = len(rks)
     columns, column = [], np.ones(k_count)
     for k in range(1, k_count + 1):

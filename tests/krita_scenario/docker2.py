@@ -401,7 +401,7 @@ def s_options_drawer():
     d = docker()
     screen = QApplication.primaryScreen().geometry()
     inline = d.tabs.height()
-    d.open_options(0)
+    d.open_options(next(i for i in range(d.tabs.count()) if d.tabs.tabText(i) == "Options"))
     ctx["drawer"] = dict(inline_height=inline, open=d.drawer.isVisible(), height=d.drawer.height(),
                          steps=_geometry(d.steps_spin, screen, d.drawer), negative=_geometry(d.negative_edit, screen, d.drawer))
     return True
