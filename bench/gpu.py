@@ -9,7 +9,9 @@ e.g. through the library's device tool):
 - end to end through our engine (registry, loader, KPipeline, Euler a, CFG 7,
   text encoders and VAE decode included, as the anchors are): a real-
   architecture single-file checkpoint per family, 20 steps; it/s = steps /
-  the whole job's seconds, and the job's peak VRAM;
+  the whole job's seconds, and the job's peak VRAM; beside it plain
+  diffusers' own pipeline built independently from the same file doing the
+  same job, interleaved (3 repetitions), and the time ratio with its spread;
 - peak VRAM of a 4096x4096 tiled VAE decode vs a 512x512 plain decode;
 - then the published figures below, each with its GPU, setup and source.
 
@@ -22,6 +24,7 @@ Writes bench/gpu-results.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -80,6 +83,7 @@ class Setup:
 
         if not self.cuda:
             return 0
+        gc.collect()  # a finished engine's cycles hold its models' VRAM until collected
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
@@ -142,8 +146,22 @@ def unet_its(setup: Setup, family: str, compile_unet: bool) -> dict:
     return {"it_s": setup.steps / seconds, "peak_vram_gib": peak}
 
 
-def engine_its(setup: Setup, family: str, compile_unet: bool) -> dict:
-    """A whole txt2img job through our engine: steps / the job's seconds, its peak VRAM."""
+def engine_its(setup: Setup, family: str, compile_unet: bool, reps: int) -> dict:
+    """A whole txt2img job through our engine against plain diffusers doing the
+    same work, interleaved: steps / the job's seconds, the job's peak VRAM.
+
+    The baseline is diffusers' own pipeline built independently from the same
+    file (its own `from_single_file` with the bundled config, offline, its own
+    EulerAncestralDiscreteScheduler, the same dtype and channels-last), called
+    as its documentation calls it; only the tokenizers come from
+    engine.tokenizers, because the hub that from_single_file would fetch them
+    from is unreachable."""
+    import statistics
+
+    import diffusers
+    import torch
+
+    from engine.families import FAMILIES
     from engine.jobs import Engine
     from engine.models import ModelManager
     from engine.params import JobParams
@@ -153,22 +171,57 @@ def engine_its(setup: Setup, family: str, compile_unet: bool) -> dict:
         from engine.demo.builder import build_real_architecture_checkpoint
 
         folder = Path(tempfile.mkdtemp(prefix="paintbridge-gpu-"))
-        build_real_architecture_checkpoint(folder / "Stable-diffusion" / f"{family}.safetensors", family)
+        path = build_real_architecture_checkpoint(folder / "Stable-diffusion" / f"{family}.safetensors", family)
     else:  # the dry run: the demo models (tiny SD1.5-shaped), end to end
         from engine.demo.builder import demo_models_dir
 
         folder = demo_models_dir()
+        path = next((folder / "Stable-diffusion").glob("*.safetensors"))
     engine = Engine(Registry(folder).scan(), ModelManager(device=setup.device, compile=compile_unet))
     size = setup.sizes[family]
     job = JobParams(prompt="a cat", width=size, height=size, steps=setup.steps, seed=1, sampler="Euler a",
                     cfg_scale=7.0, preview=False)
-    engine.run(job)  # load and warm
-    base = setup.reset_peak()
-    started = time.perf_counter()
-    engine.run(job)
-    setup.sync()
-    seconds = time.perf_counter() - started
-    return {"it_s": setup.steps / seconds, "peak_vram_gib": setup.peak_gib(base), "job_s": seconds}
+
+    pipeline_class = diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
+    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    config = FAMILIES[family].config_dir if setup.cuda else None
+    if config is None:  # the demo checkpoint carries its own tiny config beside it
+        config = path.with_suffix(".config") if path.with_suffix(".config").is_dir() else FAMILIES["sd15"].config_dir
+    plain = pipeline_class.from_single_file(
+        str(path), config=str(config), local_files_only=True, torch_dtype=setup.dtype,
+        **ModelManager._tokenizers(Path(config), family), **extra).to(setup.device)
+    if setup.cuda:
+        plain.unet.to(memory_format=torch.channels_last)
+    if compile_unet:
+        plain.unet = torch.compile(plain.unet)
+    plain.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(plain.scheduler.config,
+                                                                           timestep_spacing="linspace")
+    plain.set_progress_bar_config(disable=True)
+
+    def ours() -> None:
+        engine.run(job)
+
+    def baseline() -> None:
+        plain("a cat", negative_prompt="", num_inference_steps=setup.steps, guidance_scale=7.0, width=size,
+              height=size, generator=torch.Generator(setup.device).manual_seed(1), output_type="np")
+
+    ours(), baseline()  # load and warm both
+    times: dict[str, list[float]] = {"ours": [], "diffusers": []}
+    peaks: dict[str, list[float]] = {"ours": [], "diffusers": []}
+    for _ in range(reps):
+        for name, fn in (("ours", ours), ("diffusers", baseline)):
+            base = setup.reset_peak()
+            started = time.perf_counter()
+            fn()
+            setup.sync()
+            times[name].append(time.perf_counter() - started)
+            peaks[name].append(setup.peak_gib(base) or 0.0)
+    ratios = sorted(o / d for o, d in zip(times["ours"], times["diffusers"], strict=True))
+    return {"it_s": setup.steps / statistics.median(times["ours"]),
+            "peak_vram_gib": max(peaks["ours"]) if setup.cuda else None,
+            "diffusers_it_s": setup.steps / statistics.median(times["diffusers"]),
+            "diffusers_peak_vram_gib": max(peaks["diffusers"]) if setup.cuda else None,
+            "time_ratio": statistics.median(ratios), "time_ratio_spread": [ratios[0], ratios[-1]], "reps": reps}
 
 
 def vae_peak(setup: Setup, size: int, tile: int) -> float | None:
@@ -196,6 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (dynamic shapes) as serve --compile")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end engine jobs (they build 2 + 7 GB files)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each end-to-end job")
     args = parser.parse_args()
 
     import torch
@@ -211,9 +265,13 @@ def main() -> None:
         unet = unet_its(setup, family, args.compile)
         results[f"{figure}_unet_it_s"], results[f"{figure}_unet_peak_vram_gib"] = unet["it_s"], unet["peak_vram_gib"]
         if not args.no_e2e and (cuda or family == "sd15"):
-            e2e = engine_its(setup, family, args.compile)
+            e2e = engine_its(setup, family, args.compile, args.reps)
             results[f"{figure}_engine_it_s"] = e2e["it_s"]
             results[f"{figure}_engine_peak_vram_gib"] = e2e["peak_vram_gib"]
+            results[f"{figure}_diffusers_it_s"] = e2e["diffusers_it_s"]
+            results[f"{figure}_diffusers_peak_vram_gib"] = e2e["diffusers_peak_vram_gib"]
+            results[f"{figure}_engine_vs_diffusers_time"] = e2e["time_ratio"]
+            results[f"{figure}_engine_vs_diffusers_time_spread"] = e2e["time_ratio_spread"]
     results["vae_decode_512_plain_peak_mib"] = vae_peak(setup, 512, 4096)
     results["vae_decode_4096_tiled_peak_mib"] = vae_peak(setup, 4096, 512)
     (ROOT / "bench" / "gpu-results.json").write_text(json.dumps({**results, "anchors": ANCHORS}, indent=2) + "\n")
@@ -222,12 +280,17 @@ def main() -> None:
           f"{', torch.compile' if args.compile else ''}")
     for figure in ("sd15_512", "sdxl_1024"):
         print(f"\n{figure}: {'it/s':>8} {'VRAM GiB':>9}  setup")
-        for what in ("unet", "engine"):
+        for what in ("unet", "engine", "diffusers"):
             its = results.get(f"{figure}_{what}_it_s")
             if its is not None:
                 vram = results.get(f"{figure}_{what}_peak_vram_gib")
-                label = "ours, UNet only, batch 2" if what == "unet" else "ours, whole job through the engine"
+                label = {"unet": "ours, UNet only, batch 2", "engine": "ours, whole job through the engine",
+                         "diffusers": "plain diffusers pipeline, same file and job, same run"}[what]
                 print(f"{'':10}{its:>8.2f} {vram if vram is None else round(vram, 2)!s:>9}  {label}")
+        if f"{figure}_engine_vs_diffusers_time" in results:
+            spread = results[f"{figure}_engine_vs_diffusers_time_spread"]
+            print(f"{'':10}engine / diffusers job time {results[f'{figure}_engine_vs_diffusers_time']:.3f} "
+                  f"(spread {spread[0]:.3f}-{spread[1]:.3f}, {args.reps} interleaved reps)")
         for name, setup_text, gpu, its, vram, _source in ANCHORS:
             if name == figure:
                 its_text = f"{its:.2f}" if its is not None else "-"

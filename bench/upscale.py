@@ -92,7 +92,7 @@ def spread(values: list[float]) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="outputs of 512..2048 px instead of 1024..4096")
-    parser.add_argument("--reps", type=int, default=0, help="repetitions of each size (default 2, quick 2)")
+    parser.add_argument("--reps", type=int, default=0, help="repetitions of each size (default 3: a median and a spread need three)")
     parser.add_argument("--child", type=int)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--denoise", type=float, default=0.5)
@@ -101,7 +101,7 @@ def main() -> None:
         child(args.child, 4.0, args.steps, args.denoise)
         return
     base = 128 if args.quick else 256
-    reps = args.reps or 2
+    reps = args.reps or 3
     runs: dict[int, list[dict]] = {1: [], 4: [], 16: []}
     for _ in range(reps):
         for area, factor in ((1, 1), (4, 2), (16, 4)):  # side x1, x2, x4 = area x1, x4, x16 (interleaved)
