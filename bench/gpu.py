@@ -249,6 +249,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (dynamic shapes) as serve --compile")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end engine jobs (they build 2 + 7 GB files)")
+    parser.add_argument("--family", choices=["sd15", "sdxl", "both"], default="both")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each end-to-end job")
     args = parser.parse_args()
 
@@ -262,6 +263,8 @@ def main() -> None:
     results: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu (dry run: tiny sizes, not comparable)",
                      "torch": torch.__version__, "dtype": str(setup.dtype), "compile": args.compile}
     for family, figure in (("sd15", "sd15_512"), ("sdxl", "sdxl_1024")):
+        if args.family not in (family, "both"):
+            continue
         unet = unet_its(setup, family, args.compile)
         results[f"{figure}_unet_it_s"], results[f"{figure}_unet_peak_vram_gib"] = unet["it_s"], unet["peak_vram_gib"]
         if not args.no_e2e and (cuda or family == "sd15"):

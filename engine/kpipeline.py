@@ -323,15 +323,9 @@ def decode_images(vae, latents) -> np.ndarray:
     """Scaled latents -> N x H x W x 3 floats in 0..1 (what pipelines return as "np")."""
     import torch
 
-    # SDXL's VAE overflows in float16 (its config says force_upcast): decode in float32.
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    if upcast:
-        vae.to(torch.float32)
-    try:
+    from engine.vae_precision import full_precision
+
+    with full_precision(vae), torch.inference_mode():  # SDXL's VAE overflows in float16
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        with torch.inference_mode():
-            decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
-    finally:
-        if upcast:
-            vae.to(torch.float16)
+        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
     return ((decoded.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()

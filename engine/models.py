@@ -93,7 +93,9 @@ class LoadedModel:
 
             group = "sdxl" if self.family == "sdxl" else "sd"
             cls = getattr(diffusers, _PIPELINES[group][task])
-            pipe = self.base if task == "txt2img" else cls.from_pipe(self.base)
+            # from_pipe casts the shared components to its `dtype`, float32 unless told (diffusers
+            # 0.42): without it the first img2img on a GPU turned the whole fp16 model into float32.
+            pipe = self.base if task == "txt2img" else cls.from_pipe(self.base, dtype=self.base.unet.dtype)
             pipe.set_progress_bar_config(disable=True)
             self.tasks[task] = pipe
         return self.tasks[task]

@@ -124,14 +124,17 @@ def supir_sigmas(denoiser: Denoiser, steps: int) -> list[float]:
 
 def _encode_lq(vae, encoder, pixels, tile: int):
     """The degradation-robust encoder's latent (the posterior's mode, as the authors)."""
+    from engine.vae_precision import full_precision
+
     own = vae.encoder
     vae.encoder = encoder
     try:
-        dist = tiled._with_vae_tiles(vae, tile, lambda: vae.encode(pixels).latent_dist)
+        with full_precision(vae):  # SDXL's VAE overflows in float16; the denoise encoder is cast with it
+            latent = tiled._with_vae_tiles(vae, tile, lambda: vae.encode(pixels.to(vae.dtype)).latent_dist).mode()
     finally:
         vae.encoder = own
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (dist.mode() - shift) * vae.config.scaling_factor
+    return (latent - shift) * vae.config.scaling_factor
 
 
 def run(model: Any, supir: Any, image: np.ndarray, job: SupirJob, report: Report | None = None,

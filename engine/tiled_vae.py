@@ -25,6 +25,7 @@ import numpy as np
 
 from engine import heap
 from engine.models import free_memory, is_out_of_memory
+from engine.vae_precision import full_precision
 
 MIN_VAE_TILE = 128
 
@@ -120,13 +121,14 @@ def encode(vae, image: np.ndarray, tile: int, generator, device, dtype, batch: i
     one latent-sized buffer. The tile is halved on out-of-memory.
     """
     image = np.asarray(image)
-    while True:
-        try:
-            return _encode(vae, image, tile, generator, device, dtype, batch)
-        except Exception as exc:
-            tile, batch = _smaller(exc, tile, batch)
-        finally:
-            heap.trim()
+    with full_precision(vae):  # SDXL's VAE overflows in float16
+        while True:
+            try:
+                return _encode(vae, image, tile, generator, device, dtype, batch)
+            except Exception as exc:
+                tile, batch = _smaller(exc, tile, batch)
+            finally:
+                heap.trim()
 
 
 def _smaller(exc: Exception, tile: int, batch: int) -> tuple[int, int]:
@@ -205,17 +207,18 @@ def decode(vae, latent, tile: int, batch: int = 1) -> np.ndarray:
     working memory is set by the tile, not the image. The tile is halved on
     out-of-memory.
     """
-    vae_dtype = next(vae.parameters()).dtype
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    z = (latent / vae.config.scaling_factor + shift).to(vae_dtype)
-    factor = _vae_factor(vae)
-    while True:
-        try:
-            return _decode_rows(vae, z, max(1, tile // factor), factor, batch)
-        except Exception as exc:
-            tile, batch = _smaller(exc, tile, batch)
-        finally:
-            heap.trim()
+    with full_precision(vae):  # SDXL's VAE overflows in float16
+        vae_dtype = next(vae.parameters()).dtype
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = (latent / vae.config.scaling_factor + shift).to(vae_dtype)
+        factor = _vae_factor(vae)
+        while True:
+            try:
+                return _decode_rows(vae, z, max(1, tile // factor), factor, batch)
+            except Exception as exc:
+                tile, batch = _smaller(exc, tile, batch)
+            finally:
+                heap.trim()
 
 
 def _decode_rows(vae, z, tile: int, factor: int, batch: int) -> np.ndarray:

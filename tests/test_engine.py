@@ -247,3 +247,34 @@ def test_infotext_size_matches_the_image_for_every_job_kind(engine):
     hires = engine.run(JobParams(width=64, height=64, hires=HiresParams(scale=2, upscaler="Lanczos"), **FAST))
     fields = parse_infotext(hires.infotext)
     assert fields["Size"] == "64x64" and float(fields["Hires upscale"]) == 2 and hires.images[0].shape[:2] == (128, 128)
+
+
+@pytest.mark.slow  # bf16 on this CPU: about a minute
+def test_every_task_keeps_the_models_dtype(demo_models):
+    """diffusers' from_pipe casts the shared components to float32 unless told:
+    the first img2img / inpaint / upscale on a GPU turned the whole fp16 model
+    into float32 (twice the VRAM; in bf16 the upscale's prompt went NaN). A bf16
+    engine on the CPU shows the same: every task leaves the model in bf16."""
+    import numpy as np
+    import torch
+
+    from engine.jobs import Engine
+    from engine.models import ModelManager
+    from engine.params import JobParams, UpscaleParams
+    from engine.registry import Registry
+
+    engine = Engine(Registry(demo_models).scan(), ModelManager(device="cpu", dtype=torch.bfloat16, keep_spare=False))
+    image = np.full((64, 64, 3), 128, np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    jobs = [JobParams(width=64, height=64, steps=2, seed=1),
+            JobParams(kind="img2img", image=image, steps=2, seed=1),
+            JobParams(kind="inpaint", image=image, mask=mask, steps=2, seed=1),
+            JobParams(kind="upscale", image=image, steps=2, seed=1,
+                      upscale=UpscaleParams(scale=2.0, upscaler="Lanczos", tile=8, overlap=4, vae_tile=64))]
+    for job in jobs:
+        out = engine.run(job)
+        assert np.isfinite(out.images[0]).all() and out.images[0][..., :3].std() > 0, job.kind
+        pipe = engine.models.loaded.base
+        dtypes = {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()}
+        assert dtypes == {torch.bfloat16}, (job.kind, dtypes)
