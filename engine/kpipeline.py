@@ -325,7 +325,17 @@ def decode_images(vae, latents) -> np.ndarray:
 
     from engine.vae_precision import full_precision
 
-    with full_precision(vae), torch.inference_mode():  # SDXL's VAE overflows in float16
+    def run():
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+
+    with full_precision(vae), torch.inference_mode():  # SDXL's VAE overflows in float16
+        decoded = run()
+        if vae.dtype == torch.float16 and not torch.isfinite(decoded).all():
+            # The WebUI's "revert VAE to 32-bit floats" on NaN: some SD 1.x VAEs overflow too.
+            vae.to(torch.float32)
+            try:
+                decoded = run()
+            finally:
+                vae.to(torch.float16)
     return ((decoded.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()

@@ -12,14 +12,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+SDXL_SCALING_FACTOR = 0.13025
+
+
+def needs_upcast(vae: Any) -> bool:
+    """diffusers upcasts only in its SDXL pipelines, on `force_upcast`; its SD 1.x/2.x
+    pipelines run the VAE in float16 (as the WebUI does by default), although
+    AutoencoderKL's config defaults `force_upcast` to true and SD 1.5's own config
+    does not set it. SDXL's VAE is the one with its scaling factor; an fp16-fixed
+    SDXL VAE with its own config says `force_upcast: false`."""
+    config = vae.config
+    return bool(getattr(config, "force_upcast", False)) and getattr(config, "scaling_factor", 0) == SDXL_SCALING_FACTOR
+
 
 @contextmanager
 def full_precision(vae: Any) -> Iterator[None]:
-    """float32 for the duration when the VAE is float16 and its config asks for it,
+    """float32 for the duration when the VAE is SDXL's in float16 (`needs_upcast`),
     then back (the model stays resident in its own dtype between jobs)."""
     import torch
 
-    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    upcast = vae.dtype == torch.float16 and needs_upcast(vae)
     if upcast:
         vae.to(torch.float32)
     try:

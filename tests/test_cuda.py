@@ -79,7 +79,11 @@ def test_every_job_kind_runs_on_the_gpu_and_matches_the_cpu(name, cpu_engine, gp
     assert a.shape == b.shape
     difference = np.abs(a - b)[..., :3]
     print(f"\n{name} {dtype_name}: mean |cuda - cpu| {difference.mean():.2f} levels, max {difference.max()}")
-    assert difference.mean() < 12, f"{name} on CUDA {dtype_name} is not the CPU's picture"
+    # Measured on an H100 (torch 2.11): 1.7-11.5 levels; the upscale 13-15 (its upscaler runs in half
+    # precision too, and the random demo models amplify rounding over 4 tiled steps). A broken job is
+    # 100+ (the bf16 upscale's NaN before from_pipe kept the model's dtype: 127).
+    bound = 20 if name == "upscale" else 13
+    assert difference.mean() < bound, f"{name} on CUDA {dtype_name} is not the CPU's picture"
     assert gpu.images[0][..., :3].std() > 1  # not a flat (NaN -> black) picture
 
 

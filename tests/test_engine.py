@@ -278,3 +278,27 @@ def test_every_task_keeps_the_models_dtype(demo_models):
         pipe = engine.models.loaded.base
         dtypes = {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()}
         assert dtypes == {torch.bfloat16}, (job.kind, dtypes)
+
+
+def test_only_sdxls_vae_is_upcast_on_a_half_precision_device():
+    """As diffusers: its SDXL pipelines upcast a float16 VAE whose config says
+    force_upcast; its SD 1.x/2.x pipelines never do (AutoencoderKL defaults
+    force_upcast to true and SD 1.5's config leaves it unset)."""
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from engine.families import FAMILIES
+    from engine.vae_precision import needs_upcast
+
+    def vae(family: str, **override):
+        config = json.loads((FAMILIES[family].config_dir / "vae" / "config.json").read_text())
+        # The file's own keys, with a tiny network: what is decided is read from the config.
+        small = {"block_out_channels": [32], "down_block_types": ["DownEncoderBlock2D"],
+                 "up_block_types": ["UpDecoderBlock2D"], "layers_per_block": 1, "norm_num_groups": 32}
+        return AutoencoderKL.from_config({**config, **small, **override})
+
+    assert vae("sd15").config.force_upcast  # diffusers' default, unset in the file
+    assert not needs_upcast(vae("sd15")) and not needs_upcast(vae("sd2"))
+    assert needs_upcast(vae("sdxl"))
+    assert not needs_upcast(vae("sdxl", force_upcast=False))  # an fp16-fixed SDXL VAE's own config
