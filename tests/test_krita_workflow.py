@@ -111,6 +111,18 @@ def test_settings_stay_and_the_token_only_when_remembered():
     assert prefs.family_defaults(store, "sd15") == {}
 
 
+def test_a_choice_survives_a_session_that_never_connected():
+    """The server's lists fill the combo boxes at connection: a Krita closed before that saves
+    the remembered model, sampler, upscaler and preset, not the empty box's ""."""
+    assert prefs.listed_choice("", 0, "dreamshaper") == "dreamshaper"
+    assert prefs.listed_choice("Euler", 12, "DPM++ 2M") == "Euler"
+    store = prefs.Store.memory()
+    prefs.save(store, Settings(preset="Ink wash", live_strength=0.4, mode="upscale"), remember_token=False)
+    back = Settings()
+    prefs.load(store, back)
+    assert (back.preset, back.live_strength, back.mode) == ("Ink wash", 0.4, "upscale")
+
+
 def test_lora_picker_and_presets(tmp_path):
     assert prefs.insert_lora("", "detail") == "<lora:detail:0.8>"
     assert prefs.insert_lora("a cat ", "detail") == "a cat, <lora:detail:0.8>"

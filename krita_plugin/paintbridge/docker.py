@@ -55,6 +55,7 @@ from PyQt5.QtWidgets import (
 from protocol import RawImage
 
 from . import control_ui, jobqueue, kritadoc, pngio, prefs, restore_ui
+from .autosave import AutoSave
 from .connection import CONNECTED
 from .drawer import Drawer
 from .history import Entry, History
@@ -153,7 +154,20 @@ class PaintBridgeDocker(DockWidget):
         self.timer.timeout.connect(self._poll)
         self.timer.start(30)
         app.notifier().applicationClosing.connect(self._save_on_close)
+        # Saved as they change (autosave.py says why quitting is too late); the main window's
+        # close flushes the last change.
+        self.autosave = AutoSave(self, self._read_settings, self._setting_widgets())
         DOCKERS.append(self)
+
+    def _setting_widgets(self) -> list:
+        """The widgets whose values _read_settings saves (the token only if remembered)."""
+        return [self.server_edit, self.token_edit, self.remember_check, self.model_combo, self.sampler_combo,
+                self.prompt_edit, self.negative_edit, self.strength_slider, self.steps_spin, self.cfg_spin,
+                self.batch_spin, self.seed_spin, self.random_check, self.source_combo, self.factor_spin,
+                self.denoise_spin, self.upscaler_combo, self.resolution_combo, self.hires_spin, self.grow_spin,
+                self.feather_spin, self.inpaint_combo, self.expand_side, self.expand_spin, self.preset_combo,
+                self.live.strength_slider, *self.mode_buttons.values(), self.restore.check, self.restore.slider,
+                self.restore.steps_spin, self.restore.model_combo, self.restore.checkpoint_combo]
 
     def canvasChanged(self, canvas) -> None:
         self._refresh_history()
@@ -474,15 +488,17 @@ class PaintBridgeDocker(DockWidget):
         s = self.settings
         s.server, s.token = self.server_edit.text().strip(), self.token_edit.text()
         s.remember_token = self.remember_check.isChecked()
-        s.model = self.model_combo.currentText()
-        s.sampler = self.sampler_combo.currentText()
+        s.model = prefs.listed_choice(self.model_combo.currentText(), self.model_combo.count(), s.model)
+        s.sampler = prefs.listed_choice(self.sampler_combo.currentText(), self.sampler_combo.count(), s.sampler)
         s.prompt, s.negative_prompt = self.prompt_edit.toPlainText(), self.negative_edit.toPlainText()
         s.strength = self.strength_slider.value() / 100
         s.steps, s.cfg_scale, s.batch = self.steps_spin.value(), self.cfg_spin.value(), self.batch_spin.value()
         s.seed, s.random_seed = self.seed_spin.value(), self.random_check.isChecked()
         s.source = self.source_combo.currentData()
         s.upscale_factor, s.upscale_denoise = self.factor_spin.value(), self.denoise_spin.value()
-        s.upscaler = self.upscaler_combo.currentText()
+        s.upscaler = prefs.listed_choice(self.upscaler_combo.currentText(), self.upscaler_combo.count(), s.upscaler)
+        s.preset = prefs.listed_choice(self.preset_combo.currentText(), self.preset_combo.count(), s.preset)
+        s.live_strength = self.live.strength
         s.resolution = self.resolution_combo.currentData()
         s.hires_denoise = self.hires_spin.value()
         s.mask_grow, s.mask_feather = self.grow_spin.value(), self.feather_spin.value()
@@ -663,7 +679,7 @@ class PaintBridgeDocker(DockWidget):
 
     # -- presets and LoRA ---------------------------------------------------------------------------
     def _load_presets(self) -> None:
-        self.preset_editor.reload()
+        self.preset_editor.reload(self.preset_combo.currentText() or self.settings.preset)
 
     def use_preset(self) -> None:
         self.preset_editor.use()
@@ -693,6 +709,8 @@ class PaintBridgeDocker(DockWidget):
                 self.show_message(f"PaintBridge: {exc}")
         self._drain_background()
         if self.ticks % 16 == 0:  # ~0.5 s: Krita signals no selection change; keep the labels true
+            window = Krita.instance().activeWindow()
+            self.autosave.watch_window(window.qwindow() if window is not None else None)
             try:
                 self._update_labels()
             except Exception:  # a document closing under us: next tick
@@ -885,13 +903,17 @@ class PaintBridgeDocker(DockWidget):
         document = job.document
         width, height = job.scale_to
         kritadoc.leave_preview(document)
-        self._scale_document(document, width, height)
+        scaled = self._scale_document(document, width, height)
         layers = [n for n in document.topLevelNodes() if not n.type().endswith("mask")]
         top = layers[-1] if layers else None
+        added = 0
         for image, seed in zip(ready, result.seeds, strict=False):
             top = kritadoc.add_layer(document, _upscale_name(job.settings, seed), image, 0, 0, top,
                                      filled=image.layer, timings=job.timings)
             image.layer = None
+            added += 1
+        if scaled and added:  # Image > Scale and the layer(s): one Ctrl+Z takes them back together
+            kritadoc.link_last(document, 1 + added)
         self.show_message(f"Upscaled to {width}x{height}")
 
     def _save_histories(self) -> None:
@@ -1002,10 +1024,9 @@ class PaintBridgeDocker(DockWidget):
                 and kritadoc.keep_preview(document, names[0]) is not None):
             copy = kritadoc.copy_of_preview(document) if any(e.id == shown for e in entries) else None
             kritadoc.leave_preview(document)  # its own undo step is taken back where it can be
-            if upscales:
-                # An upscale's pixels cover the whole upscaled image: scale the painter's layers to it first
-                # (Image > Scale, one more undo step; none when the document already has that size).
-                self._scale_document(document, *size)
+            # An upscale's pixels cover the whole upscaled image: scale the painter's layers to it first
+            # (Image > Scale, one more command, linked to the add below; none when the size is right).
+            scaled = bool(upscales) and self._scale_document(document, *size)
             layers = [(name, copy if copy is not None and e.id == shown else self._pixels_of(e, document), e.x, e.y)
                       for name, e in zip(names, entries, strict=True)]
             if len(layers) == 1:
@@ -1014,15 +1035,20 @@ class PaintBridgeDocker(DockWidget):
                 first = entries[0]
                 kritadoc.add_group(document, f"{labels.get(first.mode, 'PaintBridge')} ×{len(layers)}: "
                                    f"{first.title().rsplit(' (seed', 1)[0]}", layers)
+            if scaled and layers:
+                kritadoc.link_last(document, 2)  # the scale and the one add: one Ctrl+Z
         self.last_apply_ms = (time.perf_counter() - t0) * 1000
         self.show_message(f"Applied {len(names)} layer(s)" + (f": {names[0]}" if names else ""))
         return names
 
-    def _scale_document(self, document, width: int, height: int) -> None:
-        if (width, height) != (document.width(), document.height()):
-            resolution = int(document.resolution())
-            document.scaleImage(width, height, resolution, resolution, "Bicubic")  # the painter's layers, as Image > Scale
-            document.waitForDone()
+    def _scale_document(self, document, width: int, height: int) -> bool:
+        """Image > Scale to the upscale's size; False when the document has that size already."""
+        if (width, height) == (document.width(), document.height()):
+            return False
+        resolution = int(document.resolution())
+        document.scaleImage(width, height, resolution, resolution, "Bicubic")  # the painter's layers, as Image > Scale
+        document.waitForDone()
+        return True
 
     def discard_selected(self) -> None:
         document, entry = self._selected_entry()

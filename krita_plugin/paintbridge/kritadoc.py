@@ -19,7 +19,7 @@ from PyQt5.QtGui import QImage, QPainter
 
 from protocol import RawImage
 
-from . import colors, strips
+from . import colors, strips, undo_link
 from .regions import Rect
 from .requests import LAYER
 
@@ -318,6 +318,72 @@ def undo_texts() -> list[str] | None:
                 if model is not None:
                     return [str(model.data(model.index(row, 0))) for row in range(1, model.rowCount())]
     return None
+
+
+def _history_view():
+    from PyQt5.QtWidgets import QAbstractItemView
+
+    for docker in Krita.instance().dockers():
+        if docker.objectName() == "History":
+            for view in docker.findChildren(QAbstractItemView):
+                if view.model() is not None:
+                    return view
+    return None
+
+
+def undo_done() -> int | None:
+    """How many of the active document's commands are done (the Undo History's current row:
+    row 0 is its "<empty>" line); None where it cannot be read."""
+    view = _history_view()
+    return view.currentIndex().row() if view is not None else None
+
+
+# -- commands that one Ctrl+Z takes together (undo_link.py says why and how) ----------------------
+_links: list[undo_link.Link] = []
+_link_actions: list[Any] = []  # the Undo/Redo actions whose `triggered` we follow
+_relinking = [False]
+
+
+def link_last(document, count: int) -> bool:
+    """The last `count` commands of `document` act as one for Krita's Undo and Redo actions."""
+    texts = undo_texts()
+    if not texts or len(texts) < count or count < 2:
+        return False
+    key = document_key(document)
+    _follow_undo_actions()
+    _links[:] = [*undo_link.prune(_links, key, texts), undo_link.Link(key, tuple(texts), count)]
+    return True
+
+
+def _follow_undo_actions() -> None:
+    from PyQt5.QtCore import QTimer
+
+    app = Krita.instance()
+    for name, kind in (("edit_undo", undo_link.UNDO), ("edit_redo", undo_link.REDO)):
+        action = app.action(name)
+        if action is None or any(a is action for a in _link_actions):
+            continue
+        # After Krita's own slot (whichever was connected first): on the next turn of the loop.
+        action.triggered.connect(lambda _checked=False, kind=kind: QTimer.singleShot(0, lambda: _after(kind)))
+        _link_actions.append(action)
+
+
+def _after(kind: str) -> None:
+    if _relinking[0] or not _links:
+        return
+    document = Krita.instance().activeDocument()
+    if document is None:
+        return
+    document.waitForDone()
+    key, texts, done = document_key(document), undo_texts(), undo_done()
+    _links[:] = undo_link.prune(_links, key, texts)
+    if any(undo_link.repeat(link, kind, key, texts, done) for link in _links):
+        _relinking[0] = True
+        try:  # Krita's own action again (its slot runs now; ours looks again on the next turn)
+            Krita.instance().action("edit_undo" if kind == undo_link.UNDO else "edit_redo").trigger()
+            document.waitForDone()
+        finally:
+            _relinking[0] = False
 
 
 def _node_ids(document) -> list[str]:

@@ -13,6 +13,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 GROUP = "paintbridge"
+# The token lives in kritarc, in plain text, and only when the painter ticks "Remember the
+# token" (issue 13 asks for exactly that, with this note). There is no safer place that a
+# Krita plugin can rely on: Krita 5.1's Python API (libkis) has no secret store, PyQt5 has no
+# QtKeychain binding, and the Python that Krita bundles on Windows and macOS has neither
+# `keyring` nor a Secret Service/DBus client to install into. Unticked, the token is kept
+# for this session only and the stored one is overwritten with "" (save()).
 TOKEN_NOTE = "Stored in plain text in Krita's settings file (kritarc)."
 FAMILY_KEYS = ("model", "sampler", "steps", "cfg_scale")  # remembered per model family
 
@@ -68,6 +74,13 @@ def save(store: Store, settings, remember_token: bool) -> None:
             value = value if remember_token else ""  # forget it when unticked
         store.set(f.name, _encode(value))
     store.set("remember_token", _encode(remember_token))
+
+
+def listed_choice(current: str, listed: int, remembered: str) -> str:
+    """A combo box's choice to save: its current text, or the remembered one while the box is
+    still empty (the server's lists of models, samplers, upscalers and presets arrive at
+    connection; a Krita closed before that must not forget the painter's choice)."""
+    return current if listed else remembered
 
 
 def remember_family(store: Store, family: str, settings) -> None:

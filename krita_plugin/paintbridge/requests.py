@@ -58,6 +58,7 @@ class Settings:
     supir_checkpoint: str = ""
     supir_detail: int = 50
     supir_steps: int = 50  # the authors' 50; fewer with Lightning / Turbo SDXL models
+    preset: str = ""  # the style preset picked in the Options tab (picked, not applied)
 
 
 def _common(settings: Settings) -> dict:
