@@ -18,6 +18,7 @@ from harness import (
     WORK,
     checksum,
     configure,
+    configure_upscale,
     control_node,
     ctx,
     docker,
@@ -31,6 +32,7 @@ from harness import (
     report,
     s_docker,
     s_reopen,
+    set_mode,
     settled,
 )
 from harness import run as start
@@ -185,12 +187,8 @@ def s_reopened():
         rows=[r.enabled.text() for r in d.controls.rows])
     ctx["control"] = node
     ctx["control_sum"] = checksum(node, doc)
-    d.mode_buttons["upscale"].setChecked(True)
-    d._mode_changed()
-    d.factor_spin.setValue(2.0)
-    d.denoise_spin.setValue(0.3)
+    configure_upscale(d, 2.0, "paintbridge-demo-x4", denoise=0.3)
     d.steps_spin.setValue(2)
-    d.upscaler_combo.setCurrentIndex(max(0, d.upscaler_combo.findText("paintbridge-demo-x4")))
     ctx["upscale_tag"] = d.upscale_document()
     return True
 
@@ -204,8 +202,7 @@ def s_upscaled():
     log("upscale", kind=request.kind, units=len(request.controls), denoise=request.upscale.denoise,
         infotext=entry.infotext, size=[doc.width(), doc.height()], layers=names(doc),
         restore_visible=d.restore.isVisible())
-    d.mode_buttons["generate"].setChecked(True)
-    d._mode_changed()
+    set_mode(d, "generate")
     return True
 
 

@@ -18,6 +18,7 @@ from harness import (
     WORK,
     checksum,
     configure,
+    configure_upscale,
     ctx,
     docker,
     essentials,
@@ -30,6 +31,7 @@ from harness import (
     names,
     new_document,
     s_docker,
+    set_mode,
     settled,
     shot,
     undo,
@@ -212,13 +214,7 @@ def s_upscale():
     d = docker()
     doc, paint = new_document(64, 48, "Upscale")
     ctx.update(doc=doc, paint=paint)
-    if d.upscaler_combo.findText("Lanczos") < 0:
-        d.upscaler_combo.addItem("Lanczos")
-    d.mode_buttons["upscale"].setChecked(True)
-    d._mode_changed()
-    d.factor_spin.setValue(2.0)
-    d.denoise_spin.setValue(0.0)
-    d.upscaler_combo.setCurrentIndex(d.upscaler_combo.findText("Lanczos"))
+    configure_upscale(d, 2.0, denoise=0.0)
     ctx["tag"] = d.run_mode()
     return True
 
@@ -241,8 +237,7 @@ def s_upscale_done():
     applied = d.apply_selected()
     doc.waitForDone()
     top = doc.topLevelNodes()[-1]
-    d.mode_buttons["generate"].setChecked(True)
-    d._mode_changed()
+    set_mode(d, "generate")
     log("upscale history", first=first, applied=applied, size=[doc.width(), doc.height()], top=top.name(),
         same_pixels=checksum(top, doc) == first["top_sum"], layers=names(doc), message=d.message.text())
     return True

@@ -106,6 +106,12 @@ def new_document(width, height, name, fill=None):
     return doc, paint
 
 
+def set_mode(d, mode):
+    """Generate, Upscale or Live, as the painter's click on the mode button does."""
+    d.mode_buttons[mode].setChecked(True)
+    d._mode_changed()
+
+
 def configure(d, prompt, steps=2, strength=100, seed=1234, batch=1):
     d.prompt_edit.setPlainText(prompt)
     d.steps_spin.setValue(steps)
@@ -113,8 +119,19 @@ def configure(d, prompt, steps=2, strength=100, seed=1234, batch=1):
     d.random_check.setChecked(False)
     d.seed_spin.setValue(seed)
     d.batch_spin.setValue(batch)
-    d.mode_buttons["generate"].setChecked(True)
-    d._mode_changed()
+    set_mode(d, "generate")
+
+
+def configure_upscale(d, factor, upscaler="Lanczos", denoise=None):
+    """Upscale mode by `factor` with that upscaler (Lanczos: the server's plain resize, offered
+    even where the list has not arrived); `denoise` 0: the upscaler only, None: as it is."""
+    if upscaler == "Lanczos" and d.upscaler_combo.findText("Lanczos") < 0:
+        d.upscaler_combo.addItem("Lanczos")
+    set_mode(d, "upscale")
+    d.factor_spin.setValue(factor)
+    if denoise is not None:
+        d.denoise_spin.setValue(denoise)
+    d.upscaler_combo.setCurrentIndex(max(0, d.upscaler_combo.findText(upscaler)))
 
 
 def undo_state():

@@ -20,6 +20,7 @@ from harness import (
     WORK,
     checksum,
     configure,
+    configure_upscale,
     ctx,
     docker,
     essentials,
@@ -34,6 +35,7 @@ from harness import (
     report,
     s_docker,
     s_reopen,
+    set_mode,
     settled,
     shot,
 )
@@ -267,19 +269,13 @@ PHASES = ("read_ms", "submit_ms", "result_ms", "place_ms")  # UI-thread time of 
 def big_start(size):
     """size x size: the UI thread's time to read, send, receive and place (an upscale x1)."""
     d = docker()
-    if "Lanczos" not in d.capabilities.upscalers and d.upscaler_combo.findText("Lanczos") < 0:
-        d.upscaler_combo.addItem("Lanczos")
     if ctx.get("big_doc") != size:  # the document first; the job on the next tick, so that
         ctx["doc"], _paint = new_document(size, size, f"Big {size}", fill=bytes((40, 90, 160, 255)))
         ctx["big_doc"] = size  # making it (a test's set-up) is not counted as the job's stall
         return False
     doc = ctx["doc"]
     doc.waitForDone()
-    d.mode_buttons["upscale"].setChecked(True)
-    d._mode_changed()
-    d.factor_spin.setValue(1.0)
-    d.denoise_spin.setValue(0.0)
-    d.upscaler_combo.setCurrentIndex(d.upscaler_combo.findText("Lanczos"))
+    configure_upscale(d, 1.0, denoise=0.0)
     ctx["gaps_from"] = d.ticks
     ctx["t0"] = time.perf_counter()
     watch(d)
@@ -381,8 +377,7 @@ def big_done(size):
     timed("refreshProjection", doc.refreshProjection)
     timed("waitForDone", doc.waitForDone)
     log("big parts", parts=parts)
-    d.mode_buttons["generate"].setChecked(True)
-    d._mode_changed()
+    set_mode(d, "generate")
     return True
 
 

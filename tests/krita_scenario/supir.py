@@ -12,6 +12,7 @@ from krita import Krita
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside this file
 from harness import (
+    configure_upscale,
     ctx,
     docker,
     essentials,
@@ -24,6 +25,7 @@ from harness import (
     record_requests,
     report,
     s_docker,
+    set_mode,
     settled,
 )
 from harness import run as start
@@ -48,8 +50,7 @@ def s_connected():
     doc.refreshProjection()
     ctx.update(doc=doc, paint=paint)
     ctx["generate_mode_visible"] = d.restore.isVisible()
-    d.mode_buttons["upscale"].setChecked(True)
-    d._mode_changed()
+    set_mode(d, "upscale")
     log("connected", model=d.model_combo.currentText(), supir=[d.restore.model_combo.itemText(i)
         for i in range(d.restore.model_combo.count())], sdxl=d.restore.checkpoint_combo.currentText(),
         upscalers=d.capabilities.upscalers)
@@ -66,8 +67,7 @@ def s_restore():
     r.check.setChecked(True)
     r.slider.setValue(25)
     r.steps_spin.setValue(1)  # tiny random-init models: one step shows the path
-    d.factor_spin.setValue(2.0)
-    d.upscaler_combo.setCurrentIndex(max(0, d.upscaler_combo.findText("Lanczos")))
+    configure_upscale(d, 2.0)
     d.prompt_edit.setPlainText("a sharp photo")
     return True
 
