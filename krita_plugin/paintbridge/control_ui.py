@@ -3,7 +3,8 @@
 A "Control" menu in the docker's mode row: use the active layer as a control of
 a kind, or make one "from the canvas" (the server's preprocessor turns the
 visible image into a NEW layer, "[Control] canny" say, that the painter may
-paint over). The controls are rows under the prompt.
+paint over). The controls are rows under the strength, in the docker's scrolled
+extras (extras.py).
 Each control is a row: on/off and the layer's name, its kind, its strength,
 and behind the gear its ControlNet (the server's, of the checkpoint's family),
 its range of steps and its mode. Every enabled control goes with Generate,
@@ -24,7 +25,7 @@ import contextlib
 import dataclasses
 from typing import Any
 
-from PyQt5.QtCore import QByteArray, Qt, QTimer
+from PyQt5.QtCore import QByteArray, QTimer
 from PyQt5.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -33,7 +34,6 @@ from PyQt5.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMenu,
-    QScrollArea,
     QSizePolicy,
     QToolButton,
     QVBoxLayout,
@@ -201,19 +201,9 @@ class ControlsPanel(QWidget):
             self.canvas_actions[key] = action
         menu.setToolTipsVisible(True)
         self.menu_button.setMenu(menu)
-        # The rows scroll, and the area may shrink to nothing: on a 1280x800 screen the docker's
-        # minimum height must stay that of its essentials (prompt, Generate, progress, status).
-        holder = QWidget()
-        self.rows_box = QVBoxLayout(holder)
-        self.rows_box.setContentsMargins(0, 0, 0, 0)
-        self.rows_box.setSpacing(2)
-        self.rows_box.addStretch(1)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.NoFrame)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self.scroll.setWidget(holder)
-        layout.addWidget(self.scroll)
+        # The rows sit in the docker's scrolled extras (extras.py), which needs one row's height:
+        # on a 1280x800 screen the docker's minimum height must stay that of its essentials.
+        self.rows_box = layout
         self.rows: list[ControlRow] = []
         # Documents switch and layers get deleted without a signal the docker sees: look twice a second.
         self.timer = QTimer(self)
@@ -396,15 +386,19 @@ class ControlsPanel(QWidget):
         every = self.current(document)
         for layer, name in names:
             row = ControlRow(self, every.index(layer), layer, name)
-            self.rows_box.insertWidget(self.rows_box.count() - 1, row)
+            self.rows_box.addWidget(row)
             self.rows.append(row)
         self.fit()
 
     def fit(self) -> None:
-        """The scroll area asks for its rows' height (up to three rows), and no more."""
-        self.setVisible(bool(self.rows))  # no controls: no height at all
-        wanted = sum(row.sizeHint().height() + 2 for row in self.rows[:3])
-        self.scroll.setMaximumHeight(max(wanted, 1))
-        # At least one row stays readable; more scroll (the docker is short on a 1280x800 screen).
-        # Its first line only: an open gear never raises the docker's minimum height.
-        self.scroll.setMinimumHeight(self.rows[0].top.sizeHint().height() + 6 if self.rows else 1)
+        """No controls: no height at all; else the extras ask for the rows and need the first."""
+        self.setVisible(bool(self.rows))
+        extras = getattr(self.docker, "extras", None)
+        if extras is not None:
+            extras.fit()
+
+    def first_row_height(self) -> int:
+        """The first row's first line (an open gear never raises the docker's minimum height)."""
+        row = self.rows[0]
+        margins = row.layout().contentsMargins()
+        return row.top.sizeHint().height() + margins.top() + margins.bottom() + 2 * row.frameWidth()

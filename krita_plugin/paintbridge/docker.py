@@ -5,11 +5,13 @@ requests go to the worker thread, and a timer picks up its events. Pixels move
 through Krita's and Qt's C++ (kritadoc.py); the history's PNGs are written on a
 background thread (pngio.py).
 
-Layout, for a 1280x800 screen shared with Krita's default dockers: the prompt,
-the strength, Generate/Cancel, the progress bar and the status line are always
-at the top; every other setting sits in tabs below, each in its own scroll area,
-so the docker's minimum height stays small. The queue and the results live in a
-second docker, "PaintBridge History" (history_docker.py), which needs height.
+Layout, for a 1280x800 screen shared with Krita's default dockers, where any pixel of
+minimum height the docker adds makes Krita's window taller than the screen (fit.py): the
+prompt, the strength, Generate/Cancel, the progress bar and the status line are always
+at the top; the rows whose number varies (SUPIR's options, control layers) share one
+scroll area that needs one row (extras.py); the Regions/Options/Server tabs need no
+height at all (shown below when they fit, else a drawer: drawer.py). The queue and the
+results live in a second docker, "PaintBridge History" (history_docker.py), which needs height.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ from protocol import RawImage
 from . import control_ui, jobqueue, kritadoc, pngio, prefs, restore_ui
 from .autosave import AutoSave
 from .connection import CONNECTED
-from .drawer import Drawer
+from .drawer import Drawer, TabsHolder
+from .extras import Extras
 from .history import Entry, History
 from .history_docker import HISTORY_DOCKER_ID, HistoryPanel, PaintBridgeHistoryDocker, history_docker, link
 from .kritadoc import UserError
@@ -200,15 +203,26 @@ class PaintBridgeDocker(DockWidget):
         modes.addStretch(1)
         self.controls = control_ui.ControlsPanel(self)  # control layers (control_ui.py): menu here, rows below
         modes.addWidget(self.controls.menu_button)
+        self.options_button = QToolButton()  # the tabs below, or in a drawer when the docker is short (drawer.py)
+        self.options_button.setText("Options")
+        self.options_button.setAutoRaise(True)
+        self.options_button.setToolTip("Regions, options (model, sampler, steps, CFG, seed, hires, selection...) "
+                                       "and the server")
+        self.options_button.clicked.connect(lambda: self.open_options())
+        modes.addWidget(self.options_button)
         self.mode_buttons["upscale" if s.mode == "upscale" else "generate"].setChecked(True)
         self.mode_group.buttonClicked.connect(lambda _b: self._mode_changed())
         layout.addLayout(modes)
 
         self.prompt_edit = QPlainTextEdit(s.prompt)
         self.prompt_edit.setPlaceholderText("Prompt, e.g. a lighthouse at dusk, (oil painting:1.2)")
-        self.prompt_edit.setFixedHeight(54)
+        # Three lines where the docker has room, two where it has not (a control row or SUPIR's options
+        # need the height at 1280x800); the Options drawer has the rest.
+        lines = self.prompt_edit.fontMetrics().lineSpacing()
+        frame = 2 * (self.prompt_edit.frameWidth() + round(self.prompt_edit.document().documentMargin()))
+        self.prompt_edit.setMinimumHeight(2 * lines + frame)
+        self.prompt_edit.setMaximumHeight(max(54, 3 * lines + frame))
         layout.addWidget(self.prompt_edit)
-        layout.addWidget(self.controls)
 
         # One row whose content changes with the mode; both pages have the same height.
         self.mode_stack = QStackedWidget()
@@ -239,12 +253,14 @@ class PaintBridgeDocker(DockWidget):
         row.addWidget(self.upscaler_combo, 1)
         self.mode_stack.addWidget(strength_page)
         self.mode_stack.addWidget(upscale_page)
-        self.live = LivePanel(self)  # live_ui.py: its row here, its picture above the tabs
+        self.live = LivePanel(self)  # live_ui.py: its row here, its picture below the status line
         self.mode_stack.addWidget(self.live.strength_page)
         self.mode_stack.setFixedHeight(max(strength_page.sizeHint().height(), upscale_page.sizeHint().height()))
         layout.addWidget(self.mode_stack)
         self.restore = restore_ui.RestorePanel(self)  # Upscale: "Restore (SUPIR)" (restore_ui.py)
-        layout.addWidget(self.restore)
+        # SUPIR's options and the control rows: scrolled, one row's height asked (extras.py).
+        self.extras = Extras(self, [self.restore, self.controls])
+        layout.addWidget(self.extras)
 
         buttons = QHBoxLayout()
         self.generate_button = QPushButton("Generate")
@@ -288,16 +304,15 @@ class PaintBridgeDocker(DockWidget):
         self.tabs.addTab(_scrolled(self.regions_ui), "Regions")
         self.tabs.addTab(_scrolled(self._options_tab()), "Options")
         self.tabs.addTab(_scrolled(self._connection_tab()), "Server")
-        self.tabs.setMinimumHeight(self.tabs.tabBar().sizeHint().height() + 8)
-        self.drawer = Drawer(self)  # the tabs in a popup when the docker is too short (drawer.py)
-        self.tabs.tabBarClicked.connect(self.open_options)
-        layout.addWidget(self.tabs, 1)
+        self.tabs_holder = TabsHolder(self.tabs)  # no minimum height: shown inline when they fit (drawer.py)
+        self.drawer = Drawer(self)  # else in a popup over the docker
+        layout.addWidget(self.tabs_holder, 1)
         root.setMinimumHeight(0)
         self.setWidget(root)
         self._mode_changed()
 
     def open_options(self, index: int = -1) -> None:
-        """Show the Options/Server tabs: inline if the docker has room, else in the drawer."""
+        """Show the Regions/Options/Server tabs: inline if the docker has room, else in the drawer."""
         if index >= 0:
             self.tabs.setCurrentIndex(index)
         if self.drawer.needed():
@@ -428,9 +443,20 @@ class PaintBridgeDocker(DockWidget):
         return next((k for k in ("upscale", "live") if self.mode_buttons[k].isChecked()), "generate")
 
     def _mode_changed(self) -> None:
-        self.mode_stack.setCurrentIndex({"upscale": 1, "live": 2}.get(self._mode(), 0))
-        self.live.set_active(self._mode() == "live")
-        self.restore.update_visibility()
+        mode = self._mode()
+        self.mode_stack.setCurrentIndex({"upscale": 1, "live": 2}.get(mode, 0))
+        # What this mode hides goes first, what it shows last: a widget shown while the ones it
+        # replaces are still there raises the docker's minimum height for a moment, and Qt grows
+        # Krita's window to that at once (inside setVisible) and never shrinks it back. Live's
+        # picture shown before the tabs, the progress bar and the message were hidden made the
+        # window 76 px taller than a 1280x800 screen.
+        self.restore.update_visibility()  # inside the extras: no height of its own
+        if mode == "live":
+            self.extras.fit()  # hidden: live jobs send neither controls nor SUPIR
+            self.live.set_active(True)
+        else:
+            self.live.set_active(False)
+            self.extras.fit()
         self._update_labels()
 
     def _has_selection(self) -> bool:

@@ -28,7 +28,6 @@ from PyQt5.QtGui import QImage, QPainter
 from PyQt5.QtWidgets import (
     QHBoxLayout,
     QLabel,
-    QPushButton,
     QSizePolicy,
     QSlider,
     QToolButton,
@@ -40,14 +39,17 @@ from protocol import RawImage
 
 from . import kritadoc, live, worker
 from .connection import CONNECTED
+from .fit import hide_first
 from .kritadoc import UserError
 from .regions import Rect, work_area
 from .requests import VISIBLE, Settings
 
-# px: at 1280x800 under Krita's default dockers the docker has little height; the picture takes
-# what is left (Live hides the tabs, the progress bar and the message line, which live jobs do
-# not use) and grows with the docker, so Live never makes Krita's window taller than the screen.
-PREVIEW_MIN_HEIGHT = 48
+# px: at 1280x800 under Krita's default dockers the docker has no height to spare (fit.py); the
+# picture takes what Live frees (the tabs, the progress bar, the message line and the extras, which
+# live jobs do not use) and grows with the docker. It asks for more than its minimum, so that where
+# the docker is short the prompt gives up its third line to it first.
+PREVIEW_MIN_HEIGHT = 56
+PREVIEW_HINT_HEIGHT = 240
 IN_FLIGHT_TIMEOUT_S = 60.0
 # While Live is on, the network thread looks for a new request every 5 ms instead of 50 and the
 # docker's timer picks up results every 10 ms instead of 30: about 40 ms less per round, for
@@ -60,15 +62,15 @@ class PreviewLabel(QWidget):
     """The live picture, drawn scaled into whatever room the docker gives it (aspect kept).
 
     A plain widget that paints itself rather than a QLabel with a pixmap: a label's
-    pixmap and wrapped text feed into the layout's size hints, and at 1280x800 under
-    Krita's default dockers that made Krita's window taller than the screen."""
+    pixmap and wrapped text feed into the layout's size hints (a pixmap's size is a
+    label's minimum), and the docker must never ask for height it does not have."""
 
     def __init__(self) -> None:
         super().__init__()
         self.image: QImage | None = None
         self.placeholder = ""
         self.setMinimumSize(48, PREVIEW_MIN_HEIGHT)
-        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Ignored)
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Expanding)  # its size hint counts: see PREVIEW_HINT_HEIGHT
 
     def setText(self, text: str) -> None:  # Qt's spelling, as QLabel's
         self.placeholder = text
@@ -79,7 +81,7 @@ class PreviewLabel(QWidget):
         self.update()
 
     def sizeHint(self) -> QSize:  # Qt's name
-        return QSize(48, PREVIEW_MIN_HEIGHT)
+        return QSize(48, PREVIEW_HINT_HEIGHT)
 
     def paintEvent(self, _event) -> None:  # Qt's name
         painter = QPainter(self)
@@ -134,31 +136,31 @@ class LivePanel:
         self.seed_button.setAutoRaise(True)
         self.seed_button.setToolTip("Live keeps one seed so the picture does not jump; try another")
         self.seed_button.clicked.connect(self.new_seed)
+        self.pause_button = QToolButton()  # in this row: the picture below gets the height a row of its own took
+        self.pause_button.setText("Pause")
+        self.pause_button.setCheckable(True)
+        self.pause_button.setAutoRaise(True)
+        self.pause_button.setToolTip("Stop re-rendering while you paint; resume to catch up")
+        self.pause_button.toggled.connect(self._paused)
         row.addWidget(self.strength_slider, 1)
         row.addWidget(self.strength_label)
         row.addWidget(self.seed_button)
+        row.addWidget(self.pause_button)
         self._strength_changed()
 
-        # The panel above the tabs: the picture, large, then its line and Pause. The docker's
-        # big button reads "Apply live picture" in Live mode (docker.run_mode -> apply).
+        # The panel below the status line: the picture, as large as the docker allows, and its line.
+        # The docker's big button reads "Apply live picture" in Live mode (docker.run_mode -> apply).
         self.panel = QWidget()
         layout = QVBoxLayout(self.panel)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(3)
+        layout.setSpacing(2)
         self.preview = PreviewLabel()
         self.preview.setText("Paint: the picture follows your strokes")
         self.preview.setToolTip("The newest live picture; Apply keeps it as a layer")
         layout.addWidget(self.preview, 1)
-        buttons = QHBoxLayout()
-        self.pause_button = QPushButton("Pause")
-        self.pause_button.setCheckable(True)
-        self.pause_button.setToolTip("Stop re-rendering while you paint; resume to catch up")
-        self.pause_button.toggled.connect(self._paused)
         self.line = QLabel("")
         self.line.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
-        buttons.addWidget(self.line, 1)
-        buttons.addWidget(self.pause_button)
-        layout.addLayout(buttons)
+        layout.addWidget(self.line)
         self.panel.setVisible(False)
 
     def _strength_changed(self) -> None:
@@ -178,13 +180,15 @@ class LivePanel:
         if active == self.active:
             return
         self.active = active
-        self.panel.setVisible(active)
         if active:
             self._timer_ms = self.docker.timer.interval()
-        for name in ("tabs", "progress", "message"):  # the queue's widgets: their room goes to the picture
-            widget = getattr(self.docker, name, None)
-            if widget is not None:
-                widget.setVisible(not active)
+        # The queue's widgets give their room to the picture. Hidden before the picture is shown
+        # (and the picture hidden before they come back): never both at once, not even for a moment,
+        # or Qt grows Krita's window to that minimum height and leaves it taller than the screen.
+        queue_widgets = [w for w in (getattr(self.docker, n, None) for n in ("tabs_holder", "progress", "message"))
+                         if w is not None]
+        for widget, visible in hide_first([(w, not active) for w in queue_widgets] + [(self.panel, active)]):
+            widget.setVisible(visible)
         self.docker.worker.poll_s = LIVE_WORKER_POLL_S if active else worker.POLL_S
         self.docker.timer.setInterval(LIVE_TIMER_MS if active else self._timer_ms)
         if active:

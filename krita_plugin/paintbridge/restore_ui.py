@@ -24,8 +24,8 @@ class RestorePanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
-        # Two rows at most (the docker is short on a 1280x800 screen); the second only when ticked.
-        top = QHBoxLayout()
+        # Two rows at most, the second only when ticked; in the docker's scrolled extras (extras.py).
+        top = self.top = QHBoxLayout()
         self.check = QCheckBox("Restore (SUPIR)")
         self.check.setChecked(s.supir_on)
         self.check.setToolTip("After the upscaler, SUPIR restores the image with an SDXL checkpoint "
@@ -86,6 +86,7 @@ class RestorePanel(QWidget):
             combo.blockSignals(False)
         self._changed()
         self.update_visibility()
+        self.docker.extras.fit()
 
     def update_visibility(self) -> None:
         """Upscale mode, with a SUPIR model on the server."""
@@ -101,8 +102,14 @@ class RestorePanel(QWidget):
         s.supir_detail, s.supir_steps = self.slider.value(), self.steps_spin.value()
         self.value_label.setText(restore.describe(s.supir_detail))
         self.details.setVisible(s.supir_on)
+        extras = getattr(self.docker, "extras", None)
+        if extras is not None:
+            extras.fit()
         if self.checkpoint_combo.count() == 0:
             self.checkpoint_combo.setToolTip("The server has no SDXL checkpoint: SUPIR cannot run")
+
+    def first_row_height(self) -> int:
+        return self.top.sizeHint().height()
 
     def active(self) -> bool:
         return self.isVisible() and self.check.isChecked()

@@ -10,27 +10,30 @@ Writes a JSON report and screenshots, then quits Krita.
 
 import os
 import sys
-import time
 
 from krita import Krita
-from PyQt5.QtCore import QPoint, QRect
-from PyQt5.QtWidgets import QApplication
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside this file
 from harness import (
     WORK,
     checksum,
     configure,
+    configure_upscale,
     control_node,
     ctx,
     docker,
+    essentials,
     idle,
+    last_sent,
+    layout,
     log,
     names,
+    record_requests,
     report,
     s_docker,
-    shot,
-    state,
+    s_reopen,
+    set_mode,
+    settled,
 )
 from harness import run as start
 
@@ -44,18 +47,7 @@ def s_connected():
     d = docker()
     if d.capabilities is None:
         return False
-    sent = ctx["sent"] = []
-    submit = d.worker.submit
-
-    def recording(tag, request):  # what the server receives, as built on the network thread
-        def build(make=request):
-            made = make() if callable(make) else make
-            sent.append(made)
-            return made
-
-        submit(tag, build)
-
-    d.worker.submit = recording
+    record_requests(d)
     log("connected", controlnets=d.controls.controlnets(), model=d.model_combo.currentText(),
         restore_visible=d.restore.isVisible())
     return True
@@ -81,7 +73,7 @@ def s_draw():
 
 def s_from_canvas():
     d = docker()
-    if time.monotonic() - state["since"] < 1:
+    if not settled(1):
         return False
     d.controls.canvas_actions["canny"].trigger()  # Control > Canny from the canvas, as the painter does
     return True
@@ -113,7 +105,18 @@ def s_control_layer():
         node_id=node.uniqueId().toString(), row_name=row.enabled.text(), row_model=row.model.currentText(),
         row_details_open=row.details.isVisible(), no_net_message=d.message.text(), queued=len(d.queue.active()),
         painter_unchanged=checksum(ctx["paint"], doc) == ctx["paint_sum"])
-    report["panel_screenshot"] = shot("krita-control-panel.png")
+    return True
+
+
+def s_row_open():
+    """The row as it opened (its ControlNet to choose): the painter's screen still fits."""
+    d = docker()
+    if not settled(1):
+        return False
+    row = d.controls.rows[0]
+    fit = layout({**essentials(d), "progress": d.progress, "row_model": row.model}, shot_name="krita-control-panel.png")
+    log("row open", **fit)
+    report["panel_screenshot"] = fit["screenshot"]
     row.model.setCurrentIndex(row.model.findData(NET))  # the painter picks the demo ControlNet
     return True
 
@@ -133,7 +136,7 @@ def s_generated():
     if not idle(d):
         return False
     entry = d._history(doc).entries[-1]
-    request = ctx["sent"][-1]
+    request = last_sent()
     unit = request.controls[0] if request.controls else None
     applied = d.apply_selected()
     for node in [n for n in doc.topLevelNodes() if n.name() in applied]:
@@ -156,7 +159,7 @@ def s_refined():
     if not idle(d):
         return False
     entry = d._history(doc).entries[-1]
-    request = ctx["sent"][-1]
+    request = last_sent()
     image = request.image
     # The image refined is the drawing, never the edge map drawn over it (grey: BGRA == RGBA).
     log("refine", kind=request.kind, strength=request.strength, units=len(request.controls),
@@ -173,17 +176,9 @@ def s_refined():
     return True
 
 
-def s_reopen():
-    app = Krita.instance()
-    doc = app.openDocument(ctx["path"])
-    app.activeWindow().addView(doc)
-    ctx.update(doc=doc, reopened_at=time.monotonic())
-    return True
-
-
 def s_reopened():
     d, doc = docker(), ctx["doc"]
-    if time.monotonic() - ctx["reopened_at"] < 1.5 or not d.controls.rows:
+    if not settled(1.5) or not d.controls.rows:
         return False
     layers = d.controls.current(doc)
     node = control_node(doc)
@@ -192,12 +187,8 @@ def s_reopened():
         rows=[r.enabled.text() for r in d.controls.rows])
     ctx["control"] = node
     ctx["control_sum"] = checksum(node, doc)
-    d.mode_buttons["upscale"].setChecked(True)
-    d._mode_changed()
-    d.factor_spin.setValue(2.0)
-    d.denoise_spin.setValue(0.3)
+    configure_upscale(d, 2.0, "paintbridge-demo-x4", denoise=0.3)
     d.steps_spin.setValue(2)
-    d.upscaler_combo.setCurrentIndex(max(0, d.upscaler_combo.findText("paintbridge-demo-x4")))
     ctx["upscale_tag"] = d.upscale_document()
     return True
 
@@ -207,42 +198,30 @@ def s_upscaled():
     if not idle(d):
         return False
     entry = d._history(doc).entries[-1]
-    request = ctx["sent"][-1]
+    request = last_sent()
     log("upscale", kind=request.kind, units=len(request.controls), denoise=request.upscale.denoise,
         infotext=entry.infotext, size=[doc.width(), doc.height()], layers=names(doc),
         restore_visible=d.restore.isVisible())
-    d.mode_buttons["generate"].setChecked(True)
-    d._mode_changed()
+    set_mode(d, "generate")
     return True
 
 
 def s_layout():
     """The painter's screen at the end: 1280x800, the control row under the prompt."""
     d = docker()
-    if time.monotonic() - state["since"] < 1:
+    if not settled(1):
         return False
-    screen = QApplication.primaryScreen().geometry()
-    dock = QRect(d.mapToGlobal(QPoint(0, 0)), d.size())
-
-    def place(w):
-        rect = QRect(w.mapToGlobal(QPoint(0, 0)), w.size())
-        return {"visible": w.isVisible() and not w.visibleRegion().isEmpty(), "on_screen": screen.contains(rect),
-                "in_docker": dock.contains(rect), "rect": [rect.x(), rect.y(), rect.width(), rect.height()]}
-
     row = d.controls.rows[0] if d.controls.rows else None
-    widgets = {"control_menu": d.controls.menu_button, "generate": d.generate_button, "prompt": d.prompt_edit,
-               "progress": d.progress, "status": d.status}
+    widgets = {**essentials(d), "control_menu": d.controls.menu_button, "progress": d.progress}
     if row is not None:
         widgets.update(row=row, row_strength=row.strength)
-    window = Krita.instance().activeWindow().qwindow()
-    log("layout", screen=[screen.width(), screen.height()], widgets={k: place(w) for k, w in widgets.items()},
-        docker=[dock.x(), dock.y(), dock.width(), dock.height()], docker_min_height=d.widget().minimumSizeHint().height(),
-        window=[window.width(), window.height()], menu=[a.text() for a in d.controls.menu_button.menu().actions()])
+    log("layout", **layout(widgets, shot_name="krita-control-layout.png"),
+        menu=[a.text() for a in d.controls.menu_button.menu().actions()])
     return True
 
 
 STEPS = [
-    (s_docker, 120), (s_connected, 120), (s_draw, 10), (s_from_canvas, 10), (s_control_layer, 120),
+    (s_docker, 120), (s_connected, 120), (s_draw, 10), (s_from_canvas, 10), (s_control_layer, 120), (s_row_open, 10),
     (s_generate, 10), (s_generated, 180), (s_refined, 180), (s_reopen, 30), (s_reopened, 30),
     (s_upscaled, 300), (s_layout, 10),
 ]

@@ -8,60 +8,36 @@ style presets with prefix/suffix, export, delete, import. Writes a JSON report a
 screenshots, then quits Krita.
 """
 
-import hashlib
-import json
 import os
-import time
-import traceback
+import sys
 
 from krita import Krita
-from PyQt5.QtCore import QPoint, QRect, QTimer
-from PyQt5.QtWidgets import QAbstractItemView, QApplication
 
-REPORT = os.environ["PAINTBRIDGE_REPORT"]
-SERVER = os.environ["PAINTBRIDGE_SERVER"]
-SHOT = os.environ.get("PAINTBRIDGE_SCREENSHOT", "")
-WORK = os.environ.get("PAINTBRIDGE_WORKDIR", os.path.dirname(REPORT))
-SHOTS = os.path.dirname(SHOT) or WORK
-report = {"steps": [], "errors": []}
-state = {"step": 0, "since": time.monotonic()}
-ctx = {}
-
-
-def log(name, **data):
-    report["steps"].append({"step": name, **data})
-    write()
-
-
-def write():
-    with open(REPORT, "w") as f:
-        json.dump(report, f, indent=1, default=str)
-
-
-def docker():
-    from paintbridge.docker import DOCKERS
-
-    return DOCKERS[0] if DOCKERS else None
-
-
-def history_docker():
-    from paintbridge.history_docker import history_docker as find
-
-    return find(docker())
-
-
-def kd():
-    from paintbridge import kritadoc
-
-    return kritadoc
-
-
-def names(doc):
-    return [n.name() for n in doc.topLevelNodes() if not n.type().endswith("mask")]
-
-
-def checksum(node, doc):
-    return hashlib.sha256(bytes(node.pixelData(0, 0, doc.width(), doc.height()))).hexdigest()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside this file
+from harness import (
+    WORK,
+    checksum,
+    configure,
+    configure_upscale,
+    ctx,
+    docker,
+    essentials,
+    geometry,
+    history_docker,
+    idle,
+    kd,
+    layout,
+    log,
+    names,
+    new_document,
+    s_docker,
+    set_mode,
+    settled,
+    shot,
+    undo,
+    undo_state,
+)
+from harness import run as start
 
 
 def canvas_shows(doc, node, x=100, y=100):
@@ -70,103 +46,18 @@ def canvas_shows(doc, node, x=100, y=100):
     return node is not None and bytes(doc.pixelData(x, y, 4, 4)) == bytes(node.pixelData(x, y, 4, 4))
 
 
-def undo_state():
-    """(commands, how many are done): the Undo History docker's list and its current row."""
-    for dock in Krita.instance().dockers():
-        if dock.objectName() == "History":
-            for view in dock.findChildren(QAbstractItemView):
-                model = view.model()
-                return [str(model.data(model.index(r, 0))) for r in range(1, model.rowCount())], view.currentIndex().row()
-    return None, None
-
-
-def undo():
-    doc = Krita.instance().activeDocument()
-    doc.waitForDone()
-    Krita.instance().action("edit_undo").trigger()
-    doc.waitForDone()
-
-
-def idle(d):
-    return not d.jobs and not d.background.busy and not d.queue.active()
-
-
-def screenshot(path):
-    window = Krita.instance().activeWindow()
-    if window is not None:
-        window.qwindow().grab().save(path)
-
-
-def new_document(width, height, name):
-    app = Krita.instance()
-    doc = app.createDocument(width, height, name, "RGBA", "U8", "", 72.0)
-    app.activeWindow().addView(doc)
-    paint = doc.createNode("Painted", "paintlayer")
-    row = bytearray()
-    for x in range(width):
-        row += bytes(((x * 7) % 256, (x * 3) % 256, 128, 255))
-    paint.setPixelData(bytes(row) * height, 0, 0, width, height)
-    doc.rootNode().addChildNode(paint, None)
-    doc.setActiveNode(paint)
-    doc.refreshProjection()
-    return doc, paint
-
-
-def configure(d, prompt, steps=2, seed=1234, batch=1):
-    d.prompt_edit.setPlainText(prompt)
-    d.steps_spin.setValue(steps)
-    d.strength_slider.setValue(100)
-    d.random_check.setChecked(False)
-    d.seed_spin.setValue(seed)
-    d.batch_spin.setValue(batch)
-    d.mode_buttons["generate"].setChecked(True)
-    d._mode_changed()
-
-
-def finish():
-    try:
-        if SHOT:
-            screenshot(SHOT)
-            report["screenshot"] = SHOT
-    except Exception:
-        report["errors"].append(traceback.format_exc())
-    report["done"] = True
-    write()
-    QApplication.quit()
-
-
-def step():
-    try:
-        name, limit = STEPS[state["step"]][0].__name__, STEPS[state["step"]][1]
-        if time.monotonic() - state["since"] > limit:
-            report["errors"].append(f"timeout in step {name}")
-            finish()
-            return
-        if STEPS[state["step"]][0]():
-            state["step"] += 1
-            state["since"] = time.monotonic()
-        if state["step"] >= len(STEPS):
-            finish()
-            return
-    except Exception:
-        report["errors"].append(traceback.format_exc())
-        finish()
-        return
-    QTimer.singleShot(100, step)
+def commands():
+    """The undo stack's commands and the current one's row."""
+    now = undo_state()
+    return [now["commands"], now["done"]]
 
 
 # -- steps ---------------------------------------------------------------------------------
-def s_docker():
-    d = docker()
-    window = Krita.instance().activeWindow()
-    if d is None or window is None or history_docker() is None:
+def s_dockers():
+    """Both PaintBridge dockers, the History one shown."""
+    if history_docker() is None or not s_docker():
         return False
-    window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())
-    d.show()
-    d.raise_()
-    d.show_history()
-    d.server_edit.setText(SERVER)
-    d._reconfigure()
+    docker().show_history()
     return True
 
 
@@ -175,20 +66,13 @@ def s_connected():
     if d.capabilities is None:
         return False
     ctx["doc"], ctx["paint"] = new_document(256, 256, "Undo")
-    ctx["undo_start"] = undo_state()
+    ctx["undo_start"] = commands()
     return True
-
-
-def _geometry(w, screen, dock):
-    rect = QRect(w.mapToGlobal(QPoint(0, 0)), w.size())
-    return {"visible": w.isVisible() and not w.visibleRegion().isEmpty(), "on_screen": screen.contains(rect),
-            "in_docker": QRect(dock.mapToGlobal(QPoint(0, 0)), dock.size()).contains(rect),
-            "rect": [rect.x(), rect.y(), rect.width(), rect.height()]}
 
 
 def s_generate_batch():
     d = docker()
-    if time.monotonic() - state["since"] < 2:  # let the window settle
+    if not settled(2):  # let the window settle
         return False
     configure(d, "three plums in a bowl", steps=2, seed=21, batch=2)
     ctx["before_generate"] = names(ctx["doc"])
@@ -202,34 +86,27 @@ def s_layout():
     if not idle(d):
         return False
     h = history_docker()
-    screen = QApplication.primaryScreen().geometry()
-    main = {k: _geometry(w, screen, d) for k, w in {
-        "prompt": d.prompt_edit, "strength": d.strength_slider, "generate": d.generate_button,
-        "cancel": d.cancel_button, "progress": d.progress, "status": d.status, "message": d.message}.items()}
-    history = {k: _geometry(w, screen, h) for k, w in {
+    main = layout({**essentials(d), "strength": d.strength_slider, "progress": d.progress, "message": d.message},
+                  shot_name="krita-docker2-layout.png")
+    history = layout({
         "search": d.history_search, "list": d.history_list, "apply": d.history_buttons["apply"],
         "apply_all": d.history_buttons["all"], "discard": d.history_buttons["discard"],
-        "reuse": d.history_buttons["reuse"], "copy": d.history_buttons["copy"], "queue": d.queue_list}.items()}
-    docks = {w.windowTitle(): [w.x(), w.y(), w.width(), w.height()] for w in Krita.instance().dockers()
-             if w.isVisible() and not w.isFloating()}
+        "reuse": d.history_buttons["reuse"], "copy": d.history_buttons["copy"], "queue": d.queue_list}, h)
     canvas = Krita.instance().activeWindow().qwindow().centralWidget()
-    shot = os.path.join(SHOTS, "krita-docker2-layout.png")
-    screenshot(shot)
-    log("layout", screen=[screen.width(), screen.height()], main=main, history=history, visible_dockers=docks,
+    log("layout", **{k: v for k, v in main.items() if k != "widgets"}, main=main["widgets"], history=history["widgets"],
         history_list_height=d.history_list.height(), history_rows=d.history_list.count(),
-        queue_rows=d.queue_list.count(), central=[canvas.width(), canvas.height()] if canvas else None,
-        screenshot=shot)
+        queue_rows=d.queue_list.count(), central=[canvas.width(), canvas.height()] if canvas else None)
     return True
 
 
 def s_apply_one():
     """Preview, click another result, Apply: one undo step; one Ctrl+Z takes it back."""
     d, doc = docker(), ctx["doc"]
-    ctx["undo_results"] = undo_state()  # the preview layer is there now
+    ctx["undo_results"] = commands()  # the preview layer is there now
     ctx["preview_after_results"] = kd().find_preview(doc) is not None
     ctx["canvas_preview"] = canvas_shows(doc, kd().find_preview(doc))
     d.history_list.setCurrentRow(1)  # another result: the same preview layer, repainted
-    ctx["undo_clicked"] = undo_state()
+    ctx["undo_clicked"] = commands()
     ctx["canvas_preview_clicked"] = canvas_shows(doc, kd().find_preview(doc))
     ctx["painter_sum"] = checksum(ctx["paint"], doc)
     before = names(doc)
@@ -237,7 +114,7 @@ def s_apply_one():
     after = names(doc)
     ctx.update(before_apply=before, after_apply=after, applied=applied)
     ctx["canvas_applied"] = canvas_shows(doc, doc.topLevelNodes()[-1])
-    ctx["undo_applied"] = undo_state()
+    ctx["undo_applied"] = commands()
     undo()
     ctx["after_undo"] = names(doc)
     return True
@@ -245,7 +122,7 @@ def s_apply_one():
 
 def s_apply_one_check():
     doc = ctx["doc"]
-    texts, done = undo_state()
+    texts, done = commands()
     start = ctx["undo_start"][0]
     log("apply one", start=start, after_results=ctx["undo_results"], after_click=ctx["undo_clicked"],
         after_apply=ctx["undo_applied"], after_undo=[texts, done], preview_after_results=ctx["preview_after_results"],
@@ -261,7 +138,7 @@ def s_apply_all():
     """Apply all (a batch of two): one group, one undo step."""
     d, doc = docker(), ctx["doc"]
     d.history_list.setCurrentRow(0)  # preview again
-    before, undo_before = names(doc), undo_state()
+    before, undo_before = names(doc), commands()
     applied = d.apply_batch()
     doc.waitForDone()
     group = next((n for n in doc.topLevelNodes() if n.type() == "grouplayer"), None)
@@ -273,7 +150,7 @@ def s_apply_all():
         return bool(layer) and bytes(doc.pixelData(100, 100, 8, 8)) == bytes(layer.pixelData(100, 100, 8, 8))
 
     ctx["apply_all"] = dict(before=before, undo_before=undo_before, applied=applied, layers=names(doc),
-                            group=group.name() if group else None, children=children, undo_after=undo_state(),
+                            group=group.name() if group else None, children=children, undo_after=commands(),
                             projection_matches=shows())
     ctx["apply_all_layer"] = layer
     ctx["apply_all_shows"] = shows
@@ -285,15 +162,14 @@ def s_apply_all_later():
     doc = ctx["doc"]
     doc.waitForDone()
     ctx["apply_all"]["projection_later"] = ctx["apply_all_shows"]()
-    shot = os.path.join(SHOTS, "krita-docker2-apply-all.png")
-    screenshot(shot)
+    shot("krita-docker2-apply-all.png")
     undo()
     ctx["apply_all"]["after_undo"] = names(doc)
     return True
 
 
 def s_apply_all_check():
-    log("apply all", **ctx["apply_all"], undo_end=undo_state())
+    log("apply all", **ctx["apply_all"], undo_end=commands())
     return True
 
 
@@ -301,7 +177,7 @@ def s_leave_preview():
     """Results shown as a preview, then discarded: the undo stack is as it was."""
     d, doc = docker(), ctx["doc"]
     configure(d, "a single lemon", steps=2, seed=5)
-    ctx["undo_before_leave"] = undo_state()
+    ctx["undo_before_leave"] = commands()
     ctx["layers_before_leave"] = names(doc)
     ctx["tag"] = d.generate()
     return True
@@ -311,17 +187,17 @@ def s_leave_preview_done():
     d, doc = docker(), ctx["doc"]
     if not idle(d):
         return False
-    leave = ctx["leave"] = {"with_preview": undo_state(), "preview_seen": kd().find_preview(doc) is not None}
+    leave = ctx["leave"] = {"with_preview": commands(), "preview_seen": kd().find_preview(doc) is not None}
     leave["result"] = kd().leave_preview(doc)  # what Discard, Apply and switching away do first
-    leave["after"] = undo_state()
+    leave["after"] = commands()
     leave["layers"] = names(doc)
     # Now with a painter's action between the preview and leaving it: hidden, not undone.
     d._preview_item(d.history_list.item(0))
     leave["second_shown"] = kd().find_preview(doc) is not None
     ctx["paint"].setBlendingMode("multiply")  # an undoable change of the painter's
-    leave["undo_mid"] = undo_state()
+    leave["undo_mid"] = commands()
     leave["second_leave"] = kd().leave_preview(doc)
-    leave["second_after"] = undo_state()
+    leave["second_after"] = commands()
     preview = kd().find_preview(doc)
     leave["preview_hidden"] = preview is not None and not preview.visible()
     leave["canvas_painter"] = canvas_shows(doc, ctx["paint"])  # the hidden preview is off the canvas
@@ -338,13 +214,7 @@ def s_upscale():
     d = docker()
     doc, paint = new_document(64, 48, "Upscale")
     ctx.update(doc=doc, paint=paint)
-    if d.upscaler_combo.findText("Lanczos") < 0:
-        d.upscaler_combo.addItem("Lanczos")
-    d.mode_buttons["upscale"].setChecked(True)
-    d._mode_changed()
-    d.factor_spin.setValue(2.0)
-    d.denoise_spin.setValue(0.0)
-    d.upscaler_combo.setCurrentIndex(d.upscaler_combo.findText("Lanczos"))
+    configure_upscale(d, 2.0, denoise=0.0)
     ctx["tag"] = d.run_mode()
     return True
 
@@ -359,7 +229,7 @@ def s_upscale_done():
     top = doc.topLevelNodes()[-1]
     first = dict(size=[doc.width(), doc.height()], top=top.name(), top_sum=checksum(top, doc),
                  entry=entry and {"mode": entry.mode, "size": entry.size_text, "png_bytes": len(entry.png)},
-                 undo=undo_state())
+                 undo=commands())
     undo()  # the layer
     undo()  # the scaling
     first["after_undos"] = [doc.width(), doc.height(), names(doc)]
@@ -367,8 +237,7 @@ def s_upscale_done():
     applied = d.apply_selected()
     doc.waitForDone()
     top = doc.topLevelNodes()[-1]
-    d.mode_buttons["generate"].setChecked(True)
-    d._mode_changed()
+    set_mode(d, "generate")
     log("upscale history", first=first, applied=applied, size=[doc.width(), doc.height()], top=top.name(),
         same_pixels=checksum(top, doc) == first["top_sum"], layers=names(doc), message=d.message.text())
     return True
@@ -399,26 +268,24 @@ def s_presets():
 def s_options_drawer():
     """The Options tab at 1280x800: too short inline, so it opens as a drawer over the docker."""
     d = docker()
-    screen = QApplication.primaryScreen().geometry()
     inline = d.tabs.height()
     d.open_options(next(i for i in range(d.tabs.count()) if d.tabs.tabText(i) == "Options"))
     ctx["drawer"] = dict(inline_height=inline, open=d.drawer.isVisible(), height=d.drawer.height(),
-                         steps=_geometry(d.steps_spin, screen, d.drawer), negative=_geometry(d.negative_edit, screen, d.drawer))
+                         steps=geometry(d.steps_spin, d.drawer), negative=geometry(d.negative_edit, d.drawer))
     return True
 
 
 def s_options_drawer_shot():
     d = docker()
-    shot = os.path.join(SHOTS, "krita-docker2-options.png")
-    QApplication.primaryScreen().grabWindow(0).save(shot)  # the popup is its own window
+    path = shot("krita-docker2-options.png", whole_screen=True)  # the popup is a window of its own
     d.drawer.hide()
-    log("options drawer", **ctx["drawer"], screenshot=shot, back_in_docker=d.tabs.parent() is d.widget(),
+    log("options drawer", **ctx["drawer"], screenshot=path, back_in_docker=d.tabs.parent() is d.tabs_holder,
         closed=not d.drawer.isVisible())
     return True
 
 
 STEPS = [
-    (s_docker, 120), (s_connected, 120), (s_generate_batch, 30), (s_layout, 300),
+    (s_dockers, 120), (s_connected, 120), (s_generate_batch, 30), (s_layout, 300),
     (s_apply_one, 10), (s_apply_one_check, 10), (s_apply_all, 10), (s_apply_all_later, 10), (s_apply_all_check, 10),
     (s_leave_preview, 10), (s_leave_preview_done, 300), (s_leave_preview_check, 10),
     (s_upscale, 30), (s_upscale_done, 300), (s_presets, 30), (s_options_drawer, 10), (s_options_drawer_shot, 10),
@@ -426,5 +293,4 @@ STEPS = [
 
 
 def run():
-    write()
-    QTimer.singleShot(500, step)
+    start(STEPS)

@@ -10,87 +10,33 @@ strokes one after another and records each one's clock for the latency figures.
 Writes a JSON report and screenshots, then quits Krita.
 """
 
-import json
 import os
 import statistics
+import sys
 import time
-import traceback
 
 from krita import Krita
-from PyQt5.QtCore import QPoint, QRect, QTimer
-from PyQt5.QtWidgets import QAbstractItemView, QApplication
 
-REPORT = os.environ["PAINTBRIDGE_REPORT"]
-SERVER = os.environ["PAINTBRIDGE_SERVER"]
-SHOT = os.environ.get("PAINTBRIDGE_SCREENSHOT", "")
-WORK = os.environ.get("PAINTBRIDGE_WORKDIR", os.path.dirname(REPORT))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside this file
+from harness import (
+    ctx,
+    docker,
+    essentials,
+    last_sent,
+    layout,
+    log,
+    names,
+    new_document,
+    record_requests,
+    report,
+    s_docker,
+    settled,
+    undo_state,
+)
+from harness import run as start
+
 STROKES = int(os.environ.get("PAINTBRIDGE_LIVE_STROKES", "0") or 0)
 SIDE = int(os.environ.get("PAINTBRIDGE_LIVE_SIDE", "512") or 512)
-report = {"steps": [], "errors": []}
-state = {"step": 0, "since": time.monotonic()}
-ctx = {}
-
-
-def log(name, **data):
-    report["steps"].append({"step": name, **data})
-    write()
-
-
-def write():
-    with open(REPORT, "w") as f:
-        json.dump(report, f, indent=1)
-
-
-def docker():
-    from paintbridge.docker import DOCKERS
-
-    return DOCKERS[0] if DOCKERS else None
-
-
-def shot_path(name):
-    return os.path.join(os.path.dirname(SHOT) or WORK, name)
-
-
-def screenshot(path):
-    window = Krita.instance().activeWindow()
-    if window is not None:
-        window.qwindow().grab().save(path)
-
-
-def names(doc):
-    return [n.name() for n in doc.topLevelNodes() if not n.type().endswith("mask")]
-
-
-def undo_state():
-    """The undo stack as the painter sees it: the Undo History docker's rows and the Undo action's text."""
-    rows = None
-    for dock in Krita.instance().dockers():
-        for view in dock.findChildren(QAbstractItemView):
-            model = view.model()
-            if model is not None and "Undo" in model.metaObject().className():
-                rows = model.rowCount()  # the commands (done and undone), plus "<empty>"
-    undo, redo = Krita.instance().action("edit_undo"), Krita.instance().action("edit_redo")
-    # Krita keeps the actions enabled and says "Redo " when there is nothing to redo.
-    return {"rows": rows, "undo": undo.text().strip(), "redo": redo.text().strip()}
-
-
-def stripes(width, height):
-    row = bytearray()
-    for x in range(width):
-        row += bytes(((x * 7) % 256, (x * 3) % 256, 128, 255))  # BGRA
-    return b"".join(bytes(row[4 * (y % 7):] + row[: 4 * (y % 7)]) for y in range(height))
-
-
-def new_document(width, height, name):
-    app = Krita.instance()
-    doc = app.createDocument(width, height, name, "RGBA", "U8", "", 72.0)
-    app.activeWindow().addView(doc)
-    paint = doc.createNode("Painted", "paintlayer")
-    paint.setPixelData(stripes(width, height), 0, 0, width, height)
-    doc.rootNode().addChildNode(paint, None)
-    doc.setActiveNode(paint)
-    doc.refreshProjection()
-    return doc, paint
 
 
 def stroke(doc, node, i):
@@ -104,80 +50,22 @@ def stroke(doc, node, i):
     return time.perf_counter()
 
 
-def finish():
-    try:
-        if SHOT:
-            screenshot(SHOT)
-            report["screenshot"] = SHOT
-    except Exception:
-        report["errors"].append(traceback.format_exc())
-    report["done"] = True
-    write()
-    QApplication.quit()
-
-
-def step():
-    try:
-        limit = STEPS[state["step"]][1] if state["step"] < len(STEPS) else 120
-        if time.monotonic() - state["since"] > limit:
-            report["errors"].append(f"timeout in step {STEPS[state['step']][0].__name__}")
-            finish()
-            return
-        if STEPS[state["step"]][0]():
-            state["step"] += 1
-            state["since"] = time.monotonic()
-        if state["step"] >= len(STEPS):
-            finish()
-            return
-    except Exception:
-        report["errors"].append(traceback.format_exc())
-        finish()
-        return
-    QTimer.singleShot(50, step)
-
-
-# -- steps ---------------------------------------------------------------------------------
-def s_docker():
-    d = docker()
-    window = Krita.instance().activeWindow()
-    if d is None or window is None:
-        return False
-    window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())
-    d.show()
-    d.raise_()
-    d.server_edit.setText(SERVER)
-    d._reconfigure()
-    return True
-
-
 def s_connected():
     d = docker()
     if d.capabilities is None:
         return False
-    sent = ctx["sent"] = []
-    submit = d.worker.submit
-
-    def recording(tag, request):  # what the server receives, as built on the network thread
-        def build(make=request):
-            made = make() if callable(make) else make
-            sent.append((tag, made))
-            return made
-
-        submit(tag, build)
-
-    d.worker.submit = recording
+    record_requests(d)
     ctx["doc"], ctx["paint"] = new_document(256, 256, "Live")
     d.prompt_edit.setPlainText("a lighthouse at dusk")
     d.steps_spin.setValue(2)
     d.random_check.setChecked(False)
     d.seed_spin.setValue(4321)
-    ctx["settle"] = time.monotonic()
     return True
 
 
 def s_live_on():
     d = docker()
-    if time.monotonic() - ctx["settle"] < 1.5:  # let Krita finish adding the document
+    if not settled(1.5):  # let Krita finish adding the document
         return False
     ctx["window_before"] = Krita.instance().activeWindow().qwindow().height()
     ctx["undo_start"] = undo_state()
@@ -208,18 +96,12 @@ def s_stroke_picture():
     differs = newest.size() != first.size() or newest.convertToFormat(first.format()) != first
     live_requests = [r for t, r in ctx["sent"] if t.startswith("live")]
     last = live_requests[-1]
-    screen = QApplication.primaryScreen().geometry()
-    qwin = Krita.instance().activeWindow().qwindow()
-    preview = d.live.preview
-    rect = QRect(preview.mapToGlobal(QPoint(0, 0)), preview.size())
-    ctx["layout"] = {"screen": [screen.width(), screen.height()], "window": [qwin.width(), qwin.height()],
-                     "preview": [rect.x(), rect.y(), rect.width(), rect.height()],
-                     "preview_on_screen": screen.contains(rect) and preview.isVisible(),
-                     "tabs_visible": d.tabs.isVisible(), "window_before_live": ctx["window_before"],
-                     "docker_min": d.widget().minimumSizeHint().height()}
-    shot = shot_path("krita-live-picture.png")
-    screenshot(shot)
-    report["live_screenshot"] = shot
+    fit = layout({**essentials(d), "preview": d.live.preview, "pause": d.live.pause_button},
+                 shot_name="krita-live-picture.png")
+    fit.update(preview=fit["widgets"]["preview"]["rect"], tabs_visible=d.tabs.isVisible(),
+               window_before_live=ctx["window_before"])
+    ctx["layout"] = fit
+    report["live_screenshot"] = fit["screenshot"]
     log("live picture", differs=differs, results=d.live.state.results, live_visible=ctx["live_visible"],
         button=ctx["button"], latency_ms=1000 * (d.live.log[-1]["shown"] - ctx["t_stroke"]),
         request={"kind": last.kind, "live": last.live, "preview": last.preview, "strength": last.strength,
@@ -243,24 +125,24 @@ def s_apply():
                       "undo_after": undo_state(), "layer": [bounds.width(), bounds.height()] if bounds else None,
                       "opaque": opaque}
     Krita.instance().action("edit_undo").trigger()
-    ctx["undo_at"] = time.monotonic()
     return True
 
 
 def s_undone():
     d, doc = docker(), ctx["doc"]
-    if time.monotonic() - ctx["undo_at"] < 0.5:
+    # Krita names the command to redo once the undo's stroke has finished: on a loaded machine
+    # that can take longer than half a second.
+    if not settled(0.5) or (undo_state()["redo"] == "Redo" and not settled(5)):
         return False
     doc.waitForDone()
     ctx["after_undo"] = {"layers": names(doc), "undo": undo_state()}
     d.mode_buttons["generate"].click()
-    ctx["left_at"] = time.monotonic()
     return True
 
 
 def s_left():
     d, doc = docker(), ctx["doc"]
-    if time.monotonic() - ctx["left_at"] < 0.5:
+    if not settled(0.5):
         return False
     log("apply and undo", applied=ctx["applied"], after_undo=ctx["after_undo"], layers_start=ctx["layers_start"],
         undo_start=ctx["undo_start"], undo_end=undo_state(), live_active=d.live.active,
@@ -278,13 +160,12 @@ def s_region():
     doc.setActiveNode(umbrella)
     doc.refreshProjection()
     ctx["umbrella"] = umbrella
-    ctx["settle"] = time.monotonic()
     return True
 
 
 def s_region_generate():
     d, doc = docker(), ctx["rdoc"]
-    if time.monotonic() - ctx["settle"] < 1.0:
+    if not settled(1.0):
         return False
     d.tabs.setCurrentIndex(next(i for i in range(d.tabs.count()) if d.tabs.tabText(i) == "Regions"))
     node_id = d.regions_ui.add_active()
@@ -296,9 +177,9 @@ def s_region_generate():
     d.prompt_edit.setPlainText("a beach in summer")
     d.strength_slider.setValue(100)
     d.resolution_combo.setCurrentIndex(1)  # exact: the area as is, one pass
-    shot = shot_path("krita-regions.png")
-    screenshot(shot)
-    report["regions_screenshot"] = shot
+    ctx["region_layout"] = layout({**essentials(d), "progress": d.progress, "regions": d.regions_ui.list,
+                                   "region_prompt": d.regions_ui.prompt_edit}, shot_name="krita-regions.png")
+    report["regions_screenshot"] = ctx["region_layout"]["screenshot"]
     ctx["tag"] = d.generate()
     return True
 
@@ -309,11 +190,11 @@ def s_region_done():
         return False
     history = d._history(doc)
     entry = history.entries[-1] if history.entries else None
-    request = next(r for t, r in reversed(ctx["sent"]) if t == ctx["tag"])
+    request = last_sent(ctx["tag"])
     log("region", items=ctx["region_items"], annotation=ctx["annotation"], infotext=entry.infotext if entry else "",
         request_regions=[{"prompt": r.prompt, "weight": r.weight, "mask": [r.mask.width, r.mask.height],
                           "covered": sum(1 for v in r.mask.data if v)} for r in request.regions],
-        message=d.message.text())
+        message=d.message.text(), layout=ctx["region_layout"])
     return True
 
 
@@ -388,5 +269,4 @@ STEPS = [
 
 
 def run():
-    write()
-    QTimer.singleShot(500, step)
+    start(STEPS, interval_ms=50)

@@ -8,173 +8,54 @@ UI-thread time of a 4096x4096 job. Writes a JSON report and screenshots, then
 quits Krita.
 """
 
-import hashlib
-import json
 import os
+import sys
 import time
-import traceback
 
 from krita import Krita, Selection
-from PyQt5.QtCore import QPoint, QRect, QTimer
-from PyQt5.QtWidgets import QApplication
+from PyQt5.QtCore import QTimer
 
-REPORT = os.environ["PAINTBRIDGE_REPORT"]
-SERVER = os.environ["PAINTBRIDGE_SERVER"]
-SHOT = os.environ.get("PAINTBRIDGE_SCREENSHOT", "")
-WORK = os.environ.get("PAINTBRIDGE_WORKDIR", os.path.dirname(REPORT))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside this file
+from harness import (
+    WORK,
+    checksum,
+    configure,
+    configure_upscale,
+    ctx,
+    docker,
+    essentials,
+    idle,
+    kd,
+    last_sent,
+    layout,
+    log,
+    names,
+    new_document,
+    record_requests,
+    report,
+    s_docker,
+    s_reopen,
+    set_mode,
+    settled,
+    shot,
+)
+from harness import run as start
+
 ONLY = set(filter(None, os.environ.get("PAINTBRIDGE_ONLY", "").split(",")))
-report = {"steps": [], "errors": []}
-state = {"step": 0, "since": time.monotonic()}
-ctx = {}
-
-
-def log(name, **data):
-    report["steps"].append({"step": name, **data})
-    write()
-
-
-def write():
-    with open(REPORT, "w") as f:
-        json.dump(report, f, indent=1)
-
-
-def docker():
-    from paintbridge.docker import DOCKERS
-
-    return DOCKERS[0] if DOCKERS else None
-
-
-def kd():
-    from paintbridge import kritadoc
-
-    return kritadoc
 
 
 def alpha_of(node, x, y, w, h):
     return bytes(node.pixelData(x, y, w, h))[3::4]
 
 
-def checksum(node, doc):
-    return hashlib.sha256(bytes(node.pixelData(0, 0, doc.width(), doc.height()))).hexdigest()
-
-
-def names(doc):
-    return [n.name() for n in doc.topLevelNodes() if not n.type().endswith("mask")]
-
-
-def idle(d):
-    return not d.jobs and not d.background.busy and not d.queue.active()
-
-
-def screenshot(path):
-    window = Krita.instance().activeWindow()
-    if window is not None:
-        window.qwindow().grab().save(path)
-
-
-def new_document(width, height, name, fill=None):
-    app = Krita.instance()
-    doc = app.createDocument(width, height, name, "RGBA", "U8", "", 72.0)
-    app.activeWindow().addView(doc)
-    paint = doc.createNode("Painted", "paintlayer")
-    if fill is None:
-        row = bytearray()
-        for x in range(width):
-            row += bytes(((x * 7) % 256, (x * 3) % 256, 128, 255))  # BGRA stripes
-        data = bytearray()
-        for y in range(height):
-            data += row[4 * (y % 7):] + row[: 4 * (y % 7)]
-        paint.setPixelData(bytes(data), 0, 0, width, height)
-    else:
-        paint.setPixelData(bytes(fill) * (width * height), 0, 0, width, height)
-    doc.rootNode().addChildNode(paint, None)
-    doc.setActiveNode(paint)
-    doc.refreshProjection()
-    return doc, paint
-
-
-def finish():
-    try:
-        if SHOT:
-            screenshot(SHOT)
-            report["screenshot"] = SHOT
-    except Exception:
-        report["errors"].append(traceback.format_exc())
-    report["done"] = True
-    write()
-    QApplication.quit()
-
-
-def step():
-    try:
-        limit = STEPS[state["step"]][1] if state["step"] < len(STEPS) else 120
-        if time.monotonic() - state["since"] > limit:
-            report["errors"].append(f"timeout in step {STEPS[state['step']][0].__name__}")
-            finish()
-            return
-        if STEPS[state["step"]][0]():
-            state["step"] += 1
-            state["since"] = time.monotonic()
-        if state["step"] >= len(STEPS):
-            finish()
-            return
-    except Exception:
-        report["errors"].append(traceback.format_exc())
-        finish()
-        return
-    QTimer.singleShot(100, step)
-
-
-def configure(d, prompt, steps=2, strength=100, seed=1234, batch=1):
-    d.prompt_edit.setPlainText(prompt)
-    d.steps_spin.setValue(steps)
-    d.strength_slider.setValue(strength)
-    d.random_check.setChecked(False)
-    d.seed_spin.setValue(seed)
-    d.batch_spin.setValue(batch)
-    d.mode_buttons["generate"].setChecked(True)
-    d._mode_changed()
-
-
 # -- steps ---------------------------------------------------------------------------------
-def s_docker():
-    d = docker()
-    window = Krita.instance().activeWindow()
-    if d is None or window is None:
-        return False
-    # Xvfb has no window manager to maximize it: the painter's full screen, by hand.
-    window.qwindow().setGeometry(QApplication.primaryScreen().availableGeometry())
-    d.show()
-    d.raise_()
-    d.server_edit.setText(SERVER)
-    d._reconfigure()
-    log("docker found")
-    return True
-
-
 def s_connected():
     d = docker()
     if d.capabilities is None:
         return False
     log("connected", models=[m.name for m in d.capabilities.models], status=d.status.text(),
         upscalers=d.capabilities.upscalers)
-    sent = ctx["sent"] = []
-    submit = d.worker.submit
-
-    def recording(tag, request):  # what the server receives, as sent
-        if not callable(request):
-            sent.append(request)
-            submit(tag, request)
-            return
-
-        def build(make=request):  # the docker builds requests on the network thread
-            made = make()
-            sent.append(made)
-            return made
-
-        submit(tag, build)
-
-    d.worker.submit = recording
+    record_requests(d)
     ctx["doc"], ctx["paint"] = new_document(2048, 1536, "Auto resolution")
     return True
 
@@ -182,30 +63,12 @@ def s_connected():
 def s_layout():
     """The painter's screen: 1280x800, Krita's default dockers and ours."""
     d = docker()
-    if time.monotonic() - state["since"] < 2:  # let the window settle
+    if not settled(2):  # let the window settle
         return False
-    screen = QApplication.primaryScreen().geometry()
-    dock_rect = QRect(d.mapToGlobal(QPoint(0, 0)), d.size())
-
-    def on_screen(w):
-        top_left = w.mapToGlobal(QPoint(0, 0))
-        rect = QRect(top_left, w.size())
-        return {"visible": w.isVisible() and not w.visibleRegion().isEmpty(),
-                "on_screen": screen.contains(rect), "in_docker": dock_rect.contains(rect),
-                "rect": [rect.x(), rect.y(), rect.width(), rect.height()]}
-
-    widgets = {"prompt": d.prompt_edit, "strength": d.strength_slider, "generate": d.generate_button,
-               "cancel": d.cancel_button, "progress": d.progress, "status": d.status, "message": d.message}
-    docks = {w.windowTitle(): [w.height(), w.minimumSizeHint().height()] for w in Krita.instance().dockers()
-             if w.isVisible() and not w.isFloating()}
-    qwin = Krita.instance().activeWindow().qwindow()
-    log("layout", screen=[screen.width(), screen.height()], docker=[dock_rect.x(), dock_rect.y(), dock_rect.width(), dock_rect.height()],
-        docker_min_height=d.widget().minimumSizeHint().height(), visible_dockers=docks,
-        widgets={k: on_screen(w) for k, w in widgets.items()}, strength_label=d.strength_label.text(),
-        window=[qwin.width(), qwin.height(), qwin.minimumSizeHint().height()])
-    shot = os.path.join(os.path.dirname(SHOT) or WORK, "krita-layout.png")
-    screenshot(shot)
-    report["layout_screenshot"] = shot
+    fit = layout({**essentials(d), "strength": d.strength_slider, "progress": d.progress, "message": d.message},
+                 shot_name="krita-layout.png")
+    log("layout", **fit, strength_label=d.strength_label.text())
+    report["layout_screenshot"] = fit["screenshot"]
     return True
 
 
@@ -228,7 +91,7 @@ def s_generated_auto():
     applied = d.apply_selected() if entry is not None else []
     new = [n for n in doc.topLevelNodes() if n.name() not in before]
     bounds = new[0].bounds() if new else None
-    request = ctx["sent"][-1]
+    request = last_sent()
     log("auto resolution", sizes_label=ctx["sizes_before"], request={"kind": request.kind, "width": request.width, "height": request.height,
         "resolution": getattr(request, "resolution", None), "hires": request.hires and {"scale": request.hires.scale}},
         infotext=entry.infotext if entry else "", entry_sizes=entry.size_text if entry else "", applied=applied,
@@ -273,7 +136,7 @@ def s_refined():
     diff = max((abs(a - e) for a, e in zip(alpha, expected, strict=False)), default=999)
     outside = [a for a, e in zip(alpha, expected, strict=False) if e == 0]
     soft = sum(1 for e in expected if 0 < e < 255)
-    request = ctx["sent"][-1]
+    request = last_sent()
     log("refine selection", applied=applied, new=[n.name() for n in new], max_alpha_diff=diff,
         outside_max=max(outside, default=0), outside_n=len(outside), soft_pixels=soft, inside_opaque=sum(1 for a in alpha if a == 255),
         painter_unchanged=checksum(ctx["paint"], doc) == ctx["paint_sum"], strength_label=ctx["strength_label"],
@@ -305,7 +168,7 @@ def s_expanded():
     log("expand", size=[doc.width(), doc.height()], applied=applied,
         painter_unchanged=bytes(ctx["paint"].pixelData(0, 0, 256, 256)) == ctx["original"],
         strip_opaque=sum(1 for a in strip_alpha if a == 255), strip_n=len(strip_alpha), strip_colours=len(colours),
-        request_mode=getattr(ctx["sent"][-1], "inpaint_mode", None))
+        request_mode=getattr(last_sent(), "inpaint_mode", None))
     return True
 
 
@@ -345,19 +208,9 @@ def s_history_done():
     return True
 
 
-def s_reopen():
-    docker()
-    app = Krita.instance()
-    doc = app.openDocument(ctx["path"])
-    app.activeWindow().addView(doc)
-    ctx["doc"] = doc
-    ctx["reopened_at"] = time.monotonic()
-    return True
-
-
 def s_reopened():
     d, doc = docker(), ctx["doc"]
-    if time.monotonic() - ctx["reopened_at"] < 1:
+    if not settled(1):
         return False
     d._refresh_history()
     history = d._history(doc)
@@ -367,15 +220,13 @@ def s_reopened():
         items=[i.text() for i in items], icons=[not i.icon().isNull() for i in items],
         settings={k: entry.settings.get(k) for k in ("prompt", "steps", "seed", "sampler")} if entry else None,
         png_bytes=len(entry.png) if entry else 0, layers=names(doc))
-    ctx["history_shot"] = os.path.join(os.path.dirname(SHOT) or WORK, "krita-history.png")
     d.show_history()  # the PaintBridge History docker (history_docker.py)
     return True
 
 
 def s_queue():
     d = docker()
-    screenshot(ctx["history_shot"])
-    report["history_screenshot"] = ctx["history_shot"]
+    report["history_screenshot"] = shot("krita-history.png")
     doc, _paint = new_document(256, 256, "Queue")
     configure(d, "first in line", steps=12, seed=1)
     first = d.generate()
@@ -418,19 +269,13 @@ PHASES = ("read_ms", "submit_ms", "result_ms", "place_ms")  # UI-thread time of 
 def big_start(size):
     """size x size: the UI thread's time to read, send, receive and place (an upscale x1)."""
     d = docker()
-    if "Lanczos" not in d.capabilities.upscalers and d.upscaler_combo.findText("Lanczos") < 0:
-        d.upscaler_combo.addItem("Lanczos")
     if ctx.get("big_doc") != size:  # the document first; the job on the next tick, so that
         ctx["doc"], _paint = new_document(size, size, f"Big {size}", fill=bytes((40, 90, 160, 255)))
         ctx["big_doc"] = size  # making it (a test's set-up) is not counted as the job's stall
         return False
     doc = ctx["doc"]
     doc.waitForDone()
-    d.mode_buttons["upscale"].setChecked(True)
-    d._mode_changed()
-    d.factor_spin.setValue(1.0)
-    d.denoise_spin.setValue(0.0)
-    d.upscaler_combo.setCurrentIndex(d.upscaler_combo.findText("Lanczos"))
+    configure_upscale(d, 1.0, denoise=0.0)
     ctx["gaps_from"] = d.ticks
     ctx["t0"] = time.perf_counter()
     watch(d)
@@ -532,8 +377,7 @@ def big_done(size):
     timed("refreshProjection", doc.refreshProjection)
     timed("waitForDone", doc.waitForDone)
     log("big parts", parts=parts)
-    d.mode_buttons["generate"].setChecked(True)
-    d._mode_changed()
+    set_mode(d, "generate")
     return True
 
 
@@ -571,5 +415,4 @@ if ONLY:  # a quicker run of some parts: PAINTBRIDGE_ONLY=layout,refine,...
 
 
 def run():
-    write()
-    QTimer.singleShot(500, step)
+    start(STEPS)

@@ -7,23 +7,26 @@ checkpoint, and an upscale with it restores through SUPIR (the infotext says so)
 
 import os
 import sys
-import time
 
 from krita import Krita
-from PyQt5.QtCore import QPoint, QRect
-from PyQt5.QtWidgets import QApplication
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside this file
 from harness import (
+    configure_upscale,
     ctx,
     docker,
+    essentials,
+    geometry,
     idle,
+    last_sent,
+    layout,
     log,
     names,
+    record_requests,
     report,
     s_docker,
-    shot,
-    state,
+    set_mode,
+    settled,
 )
 from harness import run as start
 
@@ -32,18 +35,7 @@ def s_connected():
     d = docker()
     if d.capabilities is None:
         return False
-    sent = ctx["sent"] = []
-    submit = d.worker.submit
-
-    def recording(tag, request):
-        def build(make=request):
-            made = make() if callable(make) else make
-            sent.append(made)
-            return made
-
-        submit(tag, build)
-
-    d.worker.submit = recording
+    record_requests(d)
     app = Krita.instance()
     doc = app.createDocument(48, 40, "SUPIR", "RGBA", "U8", "", 72.0)
     app.activeWindow().addView(doc)
@@ -58,29 +50,39 @@ def s_connected():
     doc.refreshProjection()
     ctx.update(doc=doc, paint=paint)
     ctx["generate_mode_visible"] = d.restore.isVisible()
-    d.mode_buttons["upscale"].setChecked(True)
-    d._mode_changed()
+    set_mode(d, "upscale")
     log("connected", model=d.model_combo.currentText(), supir=[d.restore.model_combo.itemText(i)
         for i in range(d.restore.model_combo.count())], sdxl=d.restore.checkpoint_combo.currentText(),
         upscalers=d.capabilities.upscalers)
     return True
 
 
-def s_upscale():
+def s_restore():
+    """Restore ticked: its second row shows."""
     d = docker()
-    if time.monotonic() - state["since"] < 1:
+    if not settled(1):
         return False
     r = d.restore
-    visible, details_before = r.isVisible(), r.details.isVisible()
+    ctx.update(visible=r.isVisible(), details_before=r.details.isVisible())
     r.check.setChecked(True)
     r.slider.setValue(25)
     r.steps_spin.setValue(1)  # tiny random-init models: one step shows the path
-    d.factor_spin.setValue(2.0)
-    d.upscaler_combo.setCurrentIndex(max(0, d.upscaler_combo.findText("Lanczos")))
+    configure_upscale(d, 2.0)
     d.prompt_edit.setPlainText("a sharp photo")
-    log("panel", visible=visible, generate_mode_visible=ctx["generate_mode_visible"], details_before=details_before,
-        details_after=r.details.isVisible(), label=r.value_label.text())
-    report["panel_screenshot"] = shot("krita-supir-panel.png")
+    return True
+
+
+def s_upscale():
+    """The painter's screen with both rows (it still fits), then the upscale."""
+    d = docker()
+    if not settled(1):
+        return False
+    r = d.restore
+    fit = layout({**essentials(d), "progress": d.progress, "restore": r.check, "detail": r.slider},
+                 shot_name="krita-supir-panel.png")
+    log("panel", visible=ctx["visible"], generate_mode_visible=ctx["generate_mode_visible"],
+        details_before=ctx["details_before"], details_after=r.details.isVisible(), label=r.value_label.text(), layout=fit)
+    report["panel_screenshot"] = fit["screenshot"]
     ctx["tag"] = d.upscale_document()
     return True
 
@@ -90,19 +92,17 @@ def s_upscaled():
     if not idle(d):
         return False
     entry = d._history(doc).entries[-1] if d._history(doc).entries else None
-    request = ctx["sent"][-1]
+    request = last_sent()
     r = request.restore
-    screen = QApplication.primaryScreen().geometry()
-    panel = QRect(d.restore.mapToGlobal(QPoint(0, 0)), d.restore.size())
     log("upscaled", size=[doc.width(), doc.height()], layers=names(doc), infotext=entry.infotext if entry else "",
         request={"model": request.model, "sampler": request.sampler, "steps": request.steps, "cfg": request.cfg_scale,
                  "supir": r.supir, "guidance": r.guidance, "s_churn": r.s_churn, "cfg_start": r.cfg_start,
                  "units": len(request.controls)},
-        message=d.message.text(), panel_on_screen=screen.contains(panel))
+        message=d.message.text(), panel_on_screen=geometry(d.restore, d)["on_screen"])
     return True
 
 
-STEPS = [(s_docker, 120), (s_connected, 120), (s_upscale, 10), (s_upscaled, 300)]
+STEPS = [(s_docker, 120), (s_connected, 120), (s_restore, 10), (s_upscale, 10), (s_upscaled, 300)]
 
 
 def run():
