@@ -6,15 +6,12 @@ partition-of-unity weights straight into their destination: the latent
 (tiny) for the encoder, one preallocated float band a tile high for the
 decoder, whose finished rows go to the uint8 result.
 
-Tiles of a VAE with GroupNorm (SD's AutoencoderKL) each normalise by their
-own statistics, so tiled and untiled results differ by more than rounding;
-the encoder's colour fix matches the tiled latent's per-channel statistics
-to a whole-image encode at tile size, and the blend ramps hide the rest.
-(Sharing one set of GroupNorm statistics from a shrunk whole-image pass, the
-WebUI Tiled VAE's "fast" estimate, was tried: on the random-weight demo VAE
-it was further from the untiled result than per-tile statistics.) TAESD
-(diffusers' AutoencoderTiny) has no GroupNorm and no attention: tiled with
-these overlaps it equals the untiled result to one level.
+Tiles of a VAE with GroupNorm (SD's AutoencoderKL) would each normalise by
+their own statistics, and differ from tile to tile: they share one set,
+recorded on the whole input shrunk to one tile (engine/vae_norms.py, where
+the choice is argued), so the tiled pass equals the untiled pass with those
+statistics to one level on the seam guard's gradient. TAESD (diffusers'
+AutoencoderTiny) has no GroupNorm and no attention and tiles as it is.
 """
 
 from __future__ import annotations

@@ -23,8 +23,14 @@ Three ways to give the tiles one set of statistics:
   Memory and time: one more tile. Tiles then agree with each other exactly
   (tiled = the untiled pass with the same statistics, to a level: no seams);
   what remains is how far the shrunk pass's statistics are from the full
-  image's, a smooth, image-wide shift rather than a step at a border
-  (measured against the plain untiled VAE in tests/test_vae_seams.py).
+  image's, a smooth, image-wide shift rather than a step at a border.
+  Measured against diffusers' plain untiled pass on SD's VAE layout at
+  random init (tests/test_vae_seams.py, 128x768, three 384-px tiles): mean
+  error 6.6 levels decoding and 2.5 encoding a gradient, against 15.6 and
+  9.0 with per-tile statistics, and the step between neighbouring columns
+  where tiles hand over 0.02 levels on average (untiled: 0.03; per-tile
+  statistics: 1.25). Random weights saturate easily, so these are upper
+  marks rather than what a trained VAE gives.
 
 The shrunk input keeps the full input's per-channel mean and spread (shrinking
 averages fine detail away, and the first layers' spread with it; the WebUI

@@ -138,16 +138,20 @@ def test_kl_tiled_against_diffusers_untiled(sd_vae, picture):
     latent = plain_encode(sd_vae, image)
     plain = plain_decode(sd_vae, latent)
     decoded = tiled.decode(sd_vae, latent, TILE).astype(int)
-    encoded = plain_decode(sd_vae, tiled.encode(sd_vae, image, TILE, None, "cpu", torch.float32))
-    dec, enc = np.abs(decoded - plain), np.abs(encoded - plain)
+    # The encoder's latent is sampled: the same noise for both.
+    encoded = plain_decode(sd_vae, tiled.encode(sd_vae, image, TILE, torch.Generator().manual_seed(3), "cpu",
+                                                torch.float32))
+    plain_encoded = plain_decode(sd_vae, plain_encode(sd_vae, image, torch.Generator().manual_seed(3)))
+    dec, enc = np.abs(decoded - plain), np.abs(encoded - plain_encoded)
     print(f"{picture}: decode max {dec.max()} mean {dec.mean():.2f}; encode max {enc.max()} mean {enc.mean():.2f}")
     bound = BOUNDS[picture]
     assert dec.mean() <= bound[0] and enc.mean() <= bound[1]
 
 
-# Mean levels off diffusers' untiled pass (decode, encode), measured 6.6 / 27 (gradient) and 7.2 / 25
-# (textured) on this random-init VAE, whose saturating outputs make single pixels 255 off.
-BOUNDS = {"gradient": (9, 35), "textured": (10, 35)}
+# Mean levels off diffusers' untiled pass (decode, encode), measured 6.6 / 2.5 (gradient) and 7.2 / 5.3
+# (textured) on this random-init VAE, whose saturating outputs make single pixels 255 off; per-tile
+# statistics (before) were 15.6 / 9.0 and 18.9 / 8.6.
+BOUNDS = {"gradient": (9, 4), "textured": (10, 7)}
 
 
 def test_tiled_upscale_denoise_0_against_untiled_through_the_engine(engine):
