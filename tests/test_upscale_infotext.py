@@ -68,7 +68,7 @@ def test_cli_upscale_from_png_round_trip(server, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     common = ["--server", server.url, "--image", str(tmp_path / "in.png")]
     first = run_cli("upscale", *common, "--scale", "2", "--upscaler", "Lanczos", "--denoise", "0.3", "--steps", "2",
-                    "--seed", "7", "--tile", "8", "--overlap", "4", "--out", str(tmp_path / "a.png"))
+                    "--seed", "7", "--tile", "16", "--overlap", "4", "--out", str(tmp_path / "a.png"))
     assert first.returncode == 0, first.stderr
     again = run_cli("upscale", *common, "--from-png", str(tmp_path / "a.png"), "--out", str(tmp_path / "b.png"))
     assert again.returncode == 0, again.stderr
