@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -240,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "auto = wavelet with --supir (the authors' default), none otherwise")
     upscale.add_argument("--fast-vae", action="store_true",
                          help="encode/decode the tiled diffusion with TAESD from the models folder (VAE-approx/)")
+    upscale.add_argument("--from-png", type=Path, metavar="PNG",
+                         help="take the settings from an upscaled PNG's 'parameters' text (other flags override)")
     for guided in (img2img, upscale):
         restoring = guided.add_argument_group("restore guidance (SUPIR's restoration-guided sampling)")
         restoring.add_argument("--restore-guidance", type=float, default=0.0, metavar="TAU",
@@ -286,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "from_png", None):
             # The PNG's settings become defaults; flags given explicitly still win.
-            parser.commands["generate"].set_defaults(**settings_from_png(args.from_png))
+            parser.commands[args.command].set_defaults(**settings_from_png(args.from_png, args.command))
             args = parser.parse_args(argv)
         if getattr(args, "few_step", None):
             # The few-step model's settings become defaults; flags given explicitly still win.
@@ -803,7 +806,30 @@ _INFOTEXT_FLAGS = {
 }
 
 
-def settings_from_png(path: Path) -> dict:
+# An upscale's own settings (the rest of its text reads as generate's does); a text without
+# "Steps" is an upscaler-only picture (denoise 0).
+_UPSCALE_KEEP = ("prompt", "negative", "steps", "sampler", "schedule_type", "cfg", "seed", "model", "clip_skip", "vae",
+                 "eta", "ensd", "rng", "png_controls")
+_TILED_DIFFUSION = re.compile(r"tile (\d+), overlap (\d+)")
+
+
+def upscale_settings(fields: dict[str, str], settings: dict) -> dict:
+    """The `upscale` command's flags from a PNG's parameters (as engine/jobs.py's infotext writes them)."""
+    out = {k: v for k, v in settings.items() if k in _UPSCALE_KEEP or k.startswith(sampler_args.PREFIX)}
+    if "Upscale by" in fields:
+        out["scale"] = float(fields["Upscale by"])
+    if "Upscaler" in fields:
+        out["upscaler"] = fields["Upscaler"]
+    out["denoise"] = float(fields.get("Denoising strength", 0)) if "Steps" in fields else 0.0
+    if match := _TILED_DIFFUSION.search(fields.get("Tiled Diffusion", "")):
+        out["tile"], out["overlap"] = int(match[1]), int(match[2])
+    if "Color fix" in fields:
+        out["color_fix"] = fields["Color fix"].lower()  # Wavelet, AdaIN, None
+    out["fast_vae"] = fields.get("VAE Decoder", "Full").upper() == "TAESD"  # the WebUI's "VAE type for decode"
+    return out
+
+
+def settings_from_png(path: Path, command: str = "generate") -> dict:
     from PIL import Image
 
     from protocol.infotext import parse_infotext, sampler_and_schedule
@@ -846,6 +872,8 @@ def settings_from_png(path: Path) -> dict:
             settings["hires_denoise"] = float(fields["Denoising strength"])
         settings["png_controls"] = control_args.png_controls(fields)  # their images come with --control
         settings.update(sampler_args.png_settings(fields))
+        if command == "upscale":
+            return upscale_settings(fields, settings)
     except ValueError as exc:
         raise CliError("invalid_request", f"{path}: unreadable parameters ({exc})") from None
     return settings

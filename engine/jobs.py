@@ -534,6 +534,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
     supir = params.restore.supir if params.restore is not None else ""
     extra: dict[str, Any] = {}
     color_fix = "none"
+    vae_fields: dict[str, str] = {}
     if supir:
         assert model is not None
         upscaled, extra = supir_restore(engine, model, params, upscaled, seeds[0], progress, cancel)
@@ -546,14 +547,16 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
             if progress is not None:
                 progress(step, steps, "tiled diffusion", None, tile, tiles)
 
+        vaes = approx_vaes(engine, model, options.vae)
+        if vaes is not None:  # another VAE than the model's: as the WebUI records its "VAE type for decode/encode"
+            vae_fields = {"vae_decoder": "TAESD", **({"vae_encoder": "TAESD"} if vaes[0] is not model.base.vae else {})}
         upscaled = tiled.tiled_img2img(
             model, params.sampler, source, params.prompt, params.negative_prompt, params.steps, options.denoise,
             params.cfg_scale, seeds[0], options.tile, options.overlap, options.tile_batch, options.vae_tile, report,
             cancel, params.clip_skip, params.eta, params.schedule_type,
             control.control_for(units, *work) if units else None,
             _regions(model, params, lambda mask: mask.resize(work, Image.BILINEAR)),
-            params.restore, params.sampler_options,
-            approx_vaes(engine, model, options.vae),
+            params.restore, params.sampler_options, vaes,
         )
         color_fix = colorfix.resolve(options.color_fix, supir=False)
         # The upscaler's colours under the new detail (engine/colorfix.py).
@@ -573,7 +576,7 @@ def _upscale(engine: Engine, model: LoadedModel | None, params: JobParams, progr
         "tile": options.tile, "overlap": options.overlap, "tile_batch": options.tile_batch,
         **regions.infotext_fields(params.regions),
         **(extra if supir else restore.parameters(params.restore)),
-        **({"color_fix": color_fix} if color_fix != "none" else {}),
+        **({"color_fix": color_fix} if color_fix != "none" else {}), **vae_fields,
         **(_recorded_options(params, False) if options.denoise > 0 and not supir else {}),
     }
     return JobOutput([rgba], seeds, parameters, infotext(parameters))
@@ -778,6 +781,9 @@ def infotext(p: dict[str, Any]) -> str:
         fields.append(f"ENSD: {p['ensd']}")
     if p.get("vae"):
         fields.append(f"VAE: {_quote(p['vae'])}")
+    # The WebUI's "VAE type for encode/decode" (Full | TAESD), written where it is not Full.
+    fields += [f"{label}: {p[key]}" for key, label in (("vae_encoder", "VAE Encoder"), ("vae_decoder", "VAE Decoder"))
+               if p.get(key)]
     if p.get("clip_skip", 1) > 1:
         fields.append(f"Clip skip: {p['clip_skip']}")
     if "denoising_strength" in p:
@@ -797,7 +803,8 @@ def infotext(p: dict[str, Any]) -> str:
     if "upscale_by" in p:
         fields += [f"Upscale by: {p['upscale_by']:g}", f"Upscaler: {p['upscaler']}"]
         if p["denoising_strength"] and "supir" not in p:
-            fields.append(f"Tiled Diffusion: MultiDiffusion, tile {p['tile']}, overlap {p['overlap']}")
+            tiled_text = f"MultiDiffusion, tile {p['tile']}, overlap {p['overlap']}"
+            fields.append(f"Tiled Diffusion: {_quote(tiled_text)}")  # quoted (commas), as the WebUI writes such values
         if p.get("color_fix", "none") != "none":
             fields.append(f"Color fix: {colorfix.LABELS[p['color_fix']]}")
     for key, value in p.get("controlnet", {}).items():  # as the WebUI's ControlNet extension writes them

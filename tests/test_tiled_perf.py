@@ -115,11 +115,15 @@ def test_upscale_with_taesd_through_the_engine(taesd_models):
     engine = Engine(Registry(taesd_models).scan(), ModelManager(device="cpu"))
     image = gradient(48, 64)
     options = UpscaleParams(scale=4, upscaler="Lanczos", denoise=0.3, tile=16, overlap=4, vae_tile=128, vae="taesd")
-    out = engine.run(JobParams(kind="upscale", image=image, steps=2, seed=1, upscale=options)).images[0]
+    result = engine.run(JobParams(kind="upscale", image=image, steps=2, seed=1, upscale=options))
+    out = result.images[0]
     assert out.shape == (192, 256, 4)
-    plain = engine.run(JobParams(kind="upscale", image=image, steps=2, seed=1,
-                                 upscale=UpscaleParams(**{**options.__dict__, "vae": ""}))).images[0]
+    assert "VAE Encoder: TAESD, VAE Decoder: TAESD" in result.infotext  # the WebUI's record of another VAE
+    own = engine.run(JobParams(kind="upscale", image=image, steps=2, seed=1,
+                               upscale=UpscaleParams(**{**options.__dict__, "vae": ""})))
+    plain = own.images[0]
     assert np.abs(out.astype(int) - plain.astype(int)).mean() > 1  # another VAE really decoded it
+    assert "VAE Decoder" not in own.infotext
 
 
 def test_upscale_taesd_missing_is_a_clear_error(engine):
