@@ -247,7 +247,8 @@ def test_live_mode_and_region_layers_in_real_krita(server, tmp_path):
     assert undo["undo_end"] == undone["undo"], undo
     assert not undo["live_active"] and not undo["live_visible"] and undo["layers_end"] == undo["layers_start"]
     # Leaving Live closes the pop-out; where the painter put it is remembered for next time.
-    assert undo["popout_left"] == {"visible": False, "button": False, "stored": "60,80,500,450"}, undo
+    assert undo["popout_left"] == {"visible": False, "button": False, "stored": "60,80,500,450",
+                                   "reopened": [60, 80, 500, 450], "closed_again": True}, undo
 
     region = steps["region"]
     assert region["items"] == ["Umbrella: a red umbrella"], region

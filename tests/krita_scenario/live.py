@@ -154,6 +154,16 @@ def s_apply():
     ctx["applied"] = {"name": name, "new": [n.name() for n in new], "undo_before": undo_before,
                       "undo_after": undo_state(), "layer": [bounds.width(), bounds.height()] if bounds else None,
                       "opaque": opaque}
+    return True
+
+
+def s_undo():
+    """Krita's undo, once Krita's Undo History shows the Apply as the current command: on a loaded
+    machine that takes a while, and an undo triggered before it left Krita's Redo action unnamed."""
+    state = undo_state()
+    if state["rows"] is not None and state["done"] != state["rows"] - 1 and not settled(5):
+        return False
+    ctx["applied"]["undo_after"] = state
     Krita.instance().action("edit_undo").trigger()
     return True
 
@@ -177,6 +187,13 @@ def s_left():
     window = d.live.window
     ctx["popout_left"] = {"visible": window is not None and window.isVisible(),
                           "button": d.live.popout_button.isChecked(), "stored": d.store.get(popout.STORE_KEY, "")}
+    # Live again, popped out again: where the painter left it (the real Qt round trip of kritarc).
+    d.mode_buttons["live"].click()
+    d.live.popout_button.click()
+    g = d.live.window.geometry()
+    ctx["popout_left"]["reopened"] = [g.x(), g.y(), g.width(), g.height()]
+    d.mode_buttons["generate"].click()
+    ctx["popout_left"]["closed_again"] = not d.live.window.isVisible()
     log("apply and undo", applied=ctx["applied"], popout_left=ctx["popout_left"], after_undo=ctx["after_undo"], layers_start=ctx["layers_start"],
         undo_start=ctx["undo_start"], undo_end=undo_state(), live_active=d.live.active,
         live_visible=d.live.panel.isVisible(), layers_end=names(doc))
@@ -295,7 +312,7 @@ def s_poll_cost():
 STEPS = [
     (s_docker, 120), (s_connected, 120),
     (s_live_on, 30), (s_first_picture, 120), (s_stroke_picture, 120),
-    (s_apply, 30), (s_undone, 30), (s_left, 30),
+    (s_apply, 30), (s_undo, 30), (s_undone, 30), (s_left, 30),
     (s_region, 30), (s_region_generate, 30), (s_region_done, 180),
     (s_measure_start, 30), (s_measure, 60 + 30 * STROKES), (s_poll_cost, 120),
 ]
