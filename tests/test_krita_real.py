@@ -218,6 +218,16 @@ def test_live_mode_and_region_layers_in_real_krita(server, tmp_path):
     layout = picture["layout"]  # the picture has room; the queue's tabs give theirs to it
     assert layout["preview"][3] >= 48 and not layout["tabs_visible"], layout
     assert_fits(layout)  # Live never makes Krita's window taller than the screen
+    # Popped out: the newest picture large in a tool window above Krita's, which stays on the screen.
+    opened, window = picture["popout_opened"], picture["popout"]
+    assert opened["visible"] and opened["shows_first"] and opened["stored"] == "", opened
+    assert window["visible"] and window["is_tool"] and window["parent_is_main"], window
+    assert window["shows_newest"] and window["picture"][3] >= 400 and window["picture"][2] >= 400, window  # 256x256
+    x, y, width, height = window["frame"]
+    assert x >= 0 and y >= 0 and x + width <= 1280 and y + height <= 800, window
+    assert window["main_frame"][3] <= 800 and window["main_frame"][1] + window["main_frame"][3] <= 800, window
+    assert window["picture"][3] >= 4 * window["docker_picture"][1], window  # large, next to the docker's
+    assert Path(window["screenshot"]).stat().st_size > 10_000, window
     request = picture["request"]
     assert request["live"] and not request["preview"] and request["kind"] == "img2img", request
     assert request["strength"] == 0.5 and request["seed"] == 4321 and picture["seeds"] == [4321], picture
@@ -236,6 +246,9 @@ def test_live_mode_and_region_layers_in_real_krita(server, tmp_path):
     # Leaving Live: the stack as the painter left it (the undone Apply redo-able, nothing added).
     assert undo["undo_end"] == undone["undo"], undo
     assert not undo["live_active"] and not undo["live_visible"] and undo["layers_end"] == undo["layers_start"]
+    # Leaving Live closes the pop-out; where the painter put it is remembered for next time.
+    assert undo["popout_left"] == {"visible": False, "button": False, "stored": "60,80,500,450",
+                                   "reopened": [60, 80, 500, 450], "closed_again": True}, undo
 
     region = steps["region"]
     assert region["items"] == ["Umbrella: a red umbrella"], region

@@ -545,3 +545,9 @@ def document_key(document) -> str:
 
 def active_document():
     return Krita.instance().activeDocument()
+
+
+def main_window():
+    """Krita's active main window as a QMainWindow (a pop-out's parent), or None."""
+    window = Krita.instance().activeWindow()
+    return window.qwindow() if window is not None else None

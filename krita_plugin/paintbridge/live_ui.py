@@ -9,7 +9,9 @@ refine at the live strength and the fixed seed goes to the server with
 time: a painter who never pauses still sees a new picture every model run,
 instead of each stroke cancelling the last one's run.
 
-The newest picture is shown large in the docker. Live mode only reads the
+The newest picture is shown in the docker, as large as its room allows, and
+large in a window of its own when the painter pops it out (live_view.py:
+at 1280x800 the docker has 56 px for it). Live mode only reads the
 document: no preview layer, so the undo stack stays as it was; "Apply" adds
 one layer (Node.addChildNode is one undo step; its pixels are set in the
 same node before Krita composites it).
@@ -23,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from PyQt5.QtCore import QRectF, QSize, Qt, QTimer
+from PyQt5.QtCore import QRectF, Qt, QTimer
 from PyQt5.QtGui import QImage, QPainter
 from PyQt5.QtWidgets import (
     QHBoxLayout,
@@ -41,59 +43,16 @@ from . import kritadoc, live, worker
 from .connection import CONNECTED
 from .fit import hide_first
 from .kritadoc import UserError
+from .live_view import PREVIEW_HINT_HEIGHT, PREVIEW_MIN_HEIGHT, LiveWindow, PreviewLabel  # noqa: F401 (theirs, re-exported)
 from .regions import Rect, work_area
 from .requests import VISIBLE, Settings
 
-# px: at 1280x800 under Krita's default dockers the docker has no height to spare (fit.py); the
-# picture takes what Live frees (the tabs, the progress bar, the message line and the extras, which
-# live jobs do not use) and grows with the docker. It asks for more than its minimum, so that where
-# the docker is short the prompt gives up its third line to it first.
-PREVIEW_MIN_HEIGHT = 56
-PREVIEW_HINT_HEIGHT = 240
 IN_FLIGHT_TIMEOUT_S = 60.0
 # While Live is on, the network thread looks for a new request every 5 ms instead of 50 and the
 # docker's timer picks up results every 10 ms instead of 30: about 40 ms less per round, for
 # a few hundred idle wake-ups a second that cost well under 1% of a core.
 LIVE_WORKER_POLL_S = 0.005
 LIVE_TIMER_MS = 10  # a live job that never answered is forgotten after this
-
-
-class PreviewLabel(QWidget):
-    """The live picture, drawn scaled into whatever room the docker gives it (aspect kept).
-
-    A plain widget that paints itself rather than a QLabel with a pixmap: a label's
-    pixmap and wrapped text feed into the layout's size hints (a pixmap's size is a
-    label's minimum), and the docker must never ask for height it does not have."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.image: QImage | None = None
-        self.placeholder = ""
-        self.setMinimumSize(48, PREVIEW_MIN_HEIGHT)
-        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Expanding)  # its size hint counts: see PREVIEW_HINT_HEIGHT
-
-    def setText(self, text: str) -> None:  # Qt's spelling, as QLabel's
-        self.placeholder = text
-        self.update()
-
-    def set_image(self, image: QImage | None) -> None:
-        self.image = image
-        self.update()
-
-    def sizeHint(self) -> QSize:  # Qt's name
-        return QSize(48, PREVIEW_HINT_HEIGHT)
-
-    def paintEvent(self, _event) -> None:  # Qt's name
-        painter = QPainter(self)
-        painter.fillRect(self.rect(), self.palette().base())
-        if self.image is not None and not self.image.isNull():
-            scaled = self.image.size().scaled(self.size(), Qt.KeepAspectRatio)
-            x, y = (self.width() - scaled.width()) // 2, (self.height() - scaled.height()) // 2
-            painter.setRenderHint(QPainter.SmoothPixmapTransform)
-            painter.drawImage(QRectF(x, y, scaled.width(), scaled.height()), self.image)
-        elif self.placeholder:
-            painter.drawText(self.rect(), Qt.AlignCenter | Qt.TextWordWrap, self.placeholder)
-        painter.end()
 
 
 class LivePanel:
@@ -157,6 +116,12 @@ class LivePanel:
         self.preview = PreviewLabel()
         self.preview.setText("Paint: the picture follows your strokes")
         self.preview.setToolTip("The newest live picture; Apply keeps it as a layer")
+        # The docker has ~56 px for it at 1280x800: "Pop out" shows it large in a window of its own.
+        self.popout_button = self.preview.add_corner_button(
+            "Pop out", "Show the live picture large, in a window above Krita's (moved and sized as you like)")
+        self.popout_button.toggled.connect(self._popout_toggled)
+        self.window: LiveWindow | None = None
+        self.docker.destroyed.connect(self.close_window)  # the docker goes away: so does its window
         layout.addWidget(self.preview, 1)
         self.line = QLabel("")
         self.line.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
@@ -196,6 +161,7 @@ class LivePanel:
             self.debounce = live.Debounce()
             self._schedule(0)
         else:
+            self.close_window()
             self.timer.stop()
             for tag in list(self.state.tags):  # nobody is waiting for these any more
                 self.docker.worker.cancel(tag)
@@ -365,6 +331,8 @@ class LivePanel:
         self.result = (image, area, key, result.seeds[0] if result.seeds else settings.seed, settings)
         self.preview.setText("")
         self.preview.set_image(shown)
+        if self.window is not None and self.window.isVisible():
+            self.window.set_image(shown)
         self.state.results += 1
         stroke.shown = time.perf_counter()
         stroke.show_ms = (stroke.shown - received) * 1000
@@ -393,6 +361,46 @@ class LivePanel:
     def _show_line(self, text: str) -> None:
         self.line.setText(text)
         self.line.setToolTip(text)
+        if self.window is not None:
+            self.window.set_line(text)
+
+    # -- the popped-out picture (live_view.LiveWindow) ----------------------------------------
+    def _popout_toggled(self, on: bool) -> None:
+        if on:
+            self.open_window()
+        else:
+            self.close_window()
+
+    def open_window(self) -> LiveWindow:
+        if self.window is None:  # made once, parented to Krita's main window: above it, gone with it
+            self.window = LiveWindow(kritadoc.main_window(), self.docker.store,
+                                     apply=self._apply_from_window,
+                                     closed=self._window_closed)
+            self.window.set_line(self.line.text())
+        self.window.open(self.image)
+        self.popout_button.setChecked(True)
+        return self.window
+
+    def _apply_from_window(self) -> None:
+        try:
+            self.docker.run_mode()  # in Live mode: apply(), the docker's big button's action
+        except UserError as exc:  # the docker's message line is hidden in Live: say it here
+            self._show_line(str(exc))
+
+    def close_window(self) -> None:
+        try:
+            if self.window is not None and self.window.isVisible():
+                self.window.close()  # closeEvent remembers where it was and unticks the button
+        except RuntimeError:  # Krita's main window (its parent) already deleted it
+            self.window = None
+
+    def _window_closed(self) -> None:
+        try:
+            self.popout_button.blockSignals(True)  # it is closing already: no second close
+            self.popout_button.setChecked(False)
+            self.popout_button.blockSignals(False)
+        except RuntimeError:  # the docker is being deleted
+            pass
 
 
 def _scaled(image: RawImage, size: tuple[int, int]) -> RawImage:

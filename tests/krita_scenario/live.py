@@ -1,9 +1,11 @@
 """Runs inside the real Krita (loaded by the plugin's test hook): Live mode and region layers.
 
 Steps on Qt timers, as a painter would: Live mode on a small painting; the
-first picture; a "stroke" (pixels set on the painter's layer, the way a brush
-stroke changes the canvas) leads to a new picture; Apply adds one layer; Krita's
-undo removes it in one step; leaving Live mode leaves the undo stack as it was.
+first picture, popped out into its own window; a "stroke" (pixels set on the
+painter's layer, the way a brush stroke changes the canvas) leads to a new
+picture, in the docker and the window; Apply (the window's) adds one layer; Krita's
+undo removes it in one step; leaving Live mode leaves the undo stack as it was
+and closes the window (its geometry kept in kritarc).
 Then a region layer with its own prompt goes with Generate. With
 PAINTBRIDGE_LIVE_STROKES=N (and PAINTBRIDGE_LIVE_SIDE=512) it also paints N
 strokes one after another and records each one's clock for the latency figures.
@@ -16,6 +18,8 @@ import sys
 import time
 
 from krita import Krita
+from paintbridge import popout
+from PyQt5.QtCore import Qt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared harness beside this file
 from harness import (
@@ -31,6 +35,7 @@ from harness import (
     report,
     s_docker,
     settled,
+    shot,
     undo_state,
 )
 from harness import run as start
@@ -83,8 +88,28 @@ def s_first_picture():
         return False  # the first picture, and nothing else on its way
     ctx["first"] = d.live.image.copy()
     ctx["results_before"] = d.live.state.results
+    d.live.popout_button.click()  # the painter pops the picture out: 56 px in the docker at 1280x800
+    window = d.live.window
+    ctx["popout_opened"] = {"visible": window.isVisible(), "shows_first": window.picture.image is d.live.image,
+                            "stored": d.store.get(popout.STORE_KEY, "")}
     ctx["t_stroke"] = stroke(ctx["doc"], ctx["paint"], 1)
     return True
+
+
+def popout_state(d, newest, shot_name):
+    """The popped-out window now: where it is, how large the picture in it is, what it shows,
+    and Krita's main window beside it (it must stay inside the screen); the whole screen shot."""
+    window = d.live.window
+    g, place = window.frameGeometry(), window.picture.picture_rect()
+    frame = Krita.instance().activeWindow().qwindow().frameGeometry()
+    return {"visible": window.isVisible(), "frame": [g.x(), g.y(), g.width(), g.height()],
+            "picture": [place.x, place.y, place.width, place.height],
+            "shows_newest": window.picture.image is newest, "line": window.line.text(),
+            "is_tool": bool(window.windowFlags() & Qt.Tool), "parent_is_main": window.parentWidget() is
+            Krita.instance().activeWindow().qwindow(),
+            "main_frame": [frame.x(), frame.y(), frame.width(), frame.height()],
+            "docker_picture": [d.live.preview.width(), d.live.preview.height()],
+            "screenshot": shot(shot_name, whole_screen=True)}
 
 
 def s_stroke_picture():
@@ -102,12 +127,15 @@ def s_stroke_picture():
                window_before_live=ctx["window_before"])
     ctx["layout"] = fit
     report["live_screenshot"] = fit["screenshot"]
+    ctx["popout"] = popout_state(d, newest, shot_name="krita-live-popout.png")
+    # The painter moves and sizes it: remembered in kritarc, and where it opens next time.
+    d.live.window.setGeometry(60, 80, 500, 450)
     log("live picture", differs=differs, results=d.live.state.results, live_visible=ctx["live_visible"],
         button=ctx["button"], latency_ms=1000 * (d.live.log[-1]["shown"] - ctx["t_stroke"]),
         request={"kind": last.kind, "live": last.live, "preview": last.preview, "strength": last.strength,
                  "seed": last.seed, "steps": last.steps, "size": [last.image.width, last.image.height]},
         seeds=sorted({r.seed for r in live_requests}), sent=len(live_requests), line=d.live.line.text(),
-        layout=ctx["layout"],
+        layout=ctx["layout"], popout=ctx["popout"], popout_opened=ctx["popout_opened"],
         poll_ms=statistics.median(d.live.poll_ms) if d.live.poll_ms else None)
     return True
 
@@ -116,7 +144,9 @@ def s_apply():
     d, doc = docker(), ctx["doc"]
     before = names(doc)
     undo_before = undo_state()
-    name = d.run_mode()  # the big button reads "Apply live picture" in Live mode
+    # Apply in the pop-out window: the docker's big button's action ("Apply live picture").
+    d.live.window.apply_button.click()
+    name = d.live.window.line.text().removeprefix("Applied: ")
     doc.waitForDone()
     new = [n for n in doc.topLevelNodes() if n.name() not in before]
     bounds = new[0].bounds() if new else None
@@ -124,6 +154,16 @@ def s_apply():
     ctx["applied"] = {"name": name, "new": [n.name() for n in new], "undo_before": undo_before,
                       "undo_after": undo_state(), "layer": [bounds.width(), bounds.height()] if bounds else None,
                       "opaque": opaque}
+    return True
+
+
+def s_undo():
+    """Krita's undo, once Krita's Undo History shows the Apply as the current command: on a loaded
+    machine that takes a while, and an undo triggered before it left Krita's Redo action unnamed."""
+    state = undo_state()
+    if state["rows"] is not None and state["done"] != state["rows"] - 1 and not settled(5):
+        return False
+    ctx["applied"]["undo_after"] = state
     Krita.instance().action("edit_undo").trigger()
     return True
 
@@ -144,7 +184,17 @@ def s_left():
     d, doc = docker(), ctx["doc"]
     if not settled(0.5):
         return False
-    log("apply and undo", applied=ctx["applied"], after_undo=ctx["after_undo"], layers_start=ctx["layers_start"],
+    window = d.live.window
+    ctx["popout_left"] = {"visible": window is not None and window.isVisible(),
+                          "button": d.live.popout_button.isChecked(), "stored": d.store.get(popout.STORE_KEY, "")}
+    # Live again, popped out again: where the painter left it (the real Qt round trip of kritarc).
+    d.mode_buttons["live"].click()
+    d.live.popout_button.click()
+    g = d.live.window.geometry()
+    ctx["popout_left"]["reopened"] = [g.x(), g.y(), g.width(), g.height()]
+    d.mode_buttons["generate"].click()
+    ctx["popout_left"]["closed_again"] = not d.live.window.isVisible()
+    log("apply and undo", applied=ctx["applied"], popout_left=ctx["popout_left"], after_undo=ctx["after_undo"], layers_start=ctx["layers_start"],
         undo_start=ctx["undo_start"], undo_end=undo_state(), live_active=d.live.active,
         live_visible=d.live.panel.isVisible(), layers_end=names(doc))
     return True
@@ -262,7 +312,7 @@ def s_poll_cost():
 STEPS = [
     (s_docker, 120), (s_connected, 120),
     (s_live_on, 30), (s_first_picture, 120), (s_stroke_picture, 120),
-    (s_apply, 30), (s_undone, 30), (s_left, 30),
+    (s_apply, 30), (s_undo, 30), (s_undone, 30), (s_left, 30),
     (s_region, 30), (s_region_generate, 30), (s_region_done, 180),
     (s_measure_start, 30), (s_measure, 60 + 30 * STROKES), (s_poll_cost, 120),
 ]
