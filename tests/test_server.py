@@ -343,7 +343,12 @@ def test_serve_refuses_an_unknown_default_vae():
 
 
 def test_ctrl_c_cancels_the_job_on_the_server_and_ends_the_line(server, tmp_path):
+    """Ctrl-C once the job is running (its progress bar drawn, far from its
+    last step): the CLI cancels it on the server, ends the bar's line, exits 130.
+    The signal waits for the bar instead of a fixed sleep: on a loaded machine a
+    sleep may end before the job starts or after it has finished."""
     import os
+    import re
     import signal
     import subprocess
     import sys
@@ -352,17 +357,22 @@ def test_ctrl_c_cancels_the_job_on_the_server_and_ends_the_line(server, tmp_path
 
     cli = subprocess.Popen(
         [sys.executable, "-m", "bridge_server", "generate", "--server", server.url, "--steps", "150", "--exact-size",
-         "--width", "256", "--height", "256", "--out", str(tmp_path / "x.png")],
+         "--width", "512", "--height", "512", "--out", str(tmp_path / "x.png")],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert cli.stderr is not None
     line = cli.stderr.readline()
     assert line.startswith("job "), line
     job = line.split()[1]
-    time.sleep(1.0)  # running, the bar drawn
+    drawn = ""  # the bar is redrawn in place ("\r...", no newline): read it a character at a time
+    while not re.search(r"\] ([1-9]\d*)/150 ", drawn):  # a denoising step done, 150 to go at most
+        char = cli.stderr.read(1)
+        assert char, f"the CLI ended before the job ran a step: {drawn!r}"
+        drawn += char
     cli.send_signal(signal.SIGINT)
     err = cli.stderr.read()
-    assert cli.wait(30) == 130
+    assert cli.wait(30) == 130, drawn + err
     assert f"\npaintbridge: interrupted; cancelled job {job} on the server" in err  # on a line of its own
+    assert not (tmp_path / "x.png").exists()
     done = run_cli("cancel", "--server", server.url, "--job", job)
     assert done.stdout.strip() == f"job {job}: not cancelled: the job is already cancelled", done.stdout + done.stderr
 
