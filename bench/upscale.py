@@ -30,6 +30,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import statistics
 import sys
 import time
@@ -84,8 +85,9 @@ def child(side: int, scale: float, steps: int, denoise: float, pipe=None) -> Non
     )
     seconds = time.perf_counter() - started
     h, w = out.images[0].shape[:2]
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # forkserver children are not the parent's os.times() children
     row = {"out": f"{w}x{h}", "seconds": seconds, "peak_mib": vm_hwm_mib(), "baseline_mib": baseline,
-           "tiles": max(tiles or [0])}
+           "tiles": max(tiles or [0]), "cpu_s": usage.ru_utime + usage.ru_stime}
     if pipe is None:
         print(json.dumps(row))
     else:
@@ -161,6 +163,7 @@ def main() -> None:
         "sizes": [rows[0]["out"] for rows in runs.values()],
         "steps": args.steps,
         "reps": reps,
+        "children_cpu_s": sum(r.get("cpu_s", 0.0) for rows in runs.values() for r in rows),
     }
     out = ROOT / "bench" / "upscale-results.json"
     out.write_text(json.dumps({"summary": summary, "runs": {str(a): r for a, r in runs.items()}}, indent=2) + "\n")
