@@ -333,9 +333,6 @@ def decode_images(vae, latents) -> np.ndarray:
         decoded = run()
         if vae.dtype == torch.float16 and not torch.isfinite(decoded).all():
             # The WebUI's "revert VAE to 32-bit floats" on NaN: some SD 1.x VAEs overflow too.
-            vae.to(torch.float32)
-            try:
+            with full_precision(vae, force=True):
                 decoded = run()
-            finally:
-                vae.to(torch.float16)
     return ((decoded.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()

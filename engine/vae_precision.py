@@ -26,12 +26,13 @@ def needs_upcast(vae: Any) -> bool:
 
 
 @contextmanager
-def full_precision(vae: Any) -> Iterator[None]:
+def full_precision(vae: Any, force: bool = False) -> Iterator[None]:
     """float32 for the duration when the VAE is SDXL's in float16 (`needs_upcast`),
-    then back (the model stays resident in its own dtype between jobs)."""
+    or any float16 VAE with `force` (the WebUI's revert on NaN), then back (the
+    model stays resident in its own dtype between jobs)."""
     import torch
 
-    upcast = vae.dtype == torch.float16 and needs_upcast(vae)
+    upcast = vae.dtype == torch.float16 and (force or needs_upcast(vae))
     if upcast:
         vae.to(torch.float32)
     try:

@@ -302,3 +302,29 @@ def test_only_sdxls_vae_is_upcast_on_a_half_precision_device():
     assert not needs_upcast(vae("sd15")) and not needs_upcast(vae("sd2"))
     assert needs_upcast(vae("sdxl"))
     assert not needs_upcast(vae("sdxl", force_upcast=False))  # an fp16-fixed SDXL VAE's own config
+
+
+def test_a_float16_decode_that_gives_nan_is_decoded_again_in_float32():
+    """The WebUI's "revert VAE to 32-bit floats": the picture comes from the float32
+    decode, and the VAE stays resident in float16 afterwards."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+
+    from engine.kpipeline import decode_images
+
+    vae = AutoencoderKL(block_out_channels=[32], down_block_types=["DownEncoderBlock2D"],
+                        up_block_types=["UpDecoderBlock2D"], norm_num_groups=32).to(torch.float16)
+    seen, decode = [], vae.decode
+
+    def overflowing(z, *args, **kwargs):
+        seen.append(vae.dtype)
+        out = decode(z, *args, **kwargs)
+        if vae.dtype == torch.float16:
+            out.sample[:] = float("nan")
+        return out
+
+    vae.decode = overflowing
+    pictures = decode_images(vae, torch.zeros(1, 4, 8, 8))
+    assert seen == [torch.float16, torch.float32] and vae.dtype == torch.float16
+    assert np.isfinite(pictures).all()
