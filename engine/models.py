@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine import runtime
 from engine.errors import EngineError
 from engine.families import FAMILIES, Detected, detect
 from engine.paths import cache_dir
@@ -229,12 +230,8 @@ class ModelManager:
                 pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
                 model.native_size = 512
         if self.compile and self.device.startswith("cuda"):
-            from engine import runtime
-
             pipe.unet = runtime.compile_unet(pipe.unet)
         if self.cpu_bf16 and self.device == "cpu":
-            from engine import runtime
-
             runtime.autocast_unet(pipe.unet)
         return model
 
@@ -244,6 +241,7 @@ class ModelManager:
 
         if not self.device.startswith("cuda"):
             pipe.to(self.device)
+            runtime.cpu_layout(pipe.vae, self.device)  # oneDNN's layout: a fifth faster (runtime.cpu_layout)
             return
         if self.offload:
             # Whole models move to the GPU only while they run: SDXL at 1024 fits

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine import runtime
 from engine.errors import EngineError
 
 CONTROL = "model.control_model."
@@ -274,6 +275,7 @@ class SupirModel:
         self.adaptor.to(device, dtype)
         self.connectors.to(device, dtype)
         self.denoise_encoder.to(device)  # the VAE's dtype is set with the VAE
+        runtime.cpu_layout(self.denoise_encoder, str(device))  # as the model's own VAE (runtime.cpu_layout)
         return self
 
 

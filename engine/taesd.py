@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import runtime
 from engine.errors import EngineError
 from engine.weights import load_failure, load_weights
 
@@ -76,7 +77,7 @@ def load(files: TaesdFiles, device: Any = "cpu", dtype: Any = None):
     key = (tuple((str(p), p.stat().st_mtime_ns) for p in paths), str(device), str(dtype))
     if key not in _CACHE:
         _CACHE.clear()  # one TAESD at a time: a family switch replaces it
-        _CACHE[key] = _build(files).to(device=device, dtype=dtype).eval()
+        _CACHE[key] = runtime.cpu_layout(_build(files).to(device=device, dtype=dtype).eval(), device)
     return _CACHE[key]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import heap
+from engine import heap, runtime
 from engine.errors import EngineError, JobCancelled
 from engine.models import free_memory, is_out_of_memory, one_line
 from engine.params import CancelFlag
@@ -89,6 +89,7 @@ class Upscalers:
         if not isinstance(descriptor, spandrel.ImageModelDescriptor):
             raise EngineError("model_load_failed", f"{entry.name} is not an image upscaler")
         descriptor.eval().to(self.device)
+        runtime.cpu_layout(descriptor.model, self.device)  # an ESRGAN x4 a quarter faster on the CPU
         if self.half and descriptor.supports_half:
             descriptor.half()
         self._loaded = LoadedUpscaler(entry, descriptor, int(descriptor.scale))

@@ -8,6 +8,7 @@ pipeline of the model; a request without one gets the model's own VAE back.
 
 from __future__ import annotations
 
+from engine import runtime
 from engine.models import LoadedModel, ModelManager
 from engine.registry import VAE, Registry
 from engine.weights import load_failure
@@ -38,4 +39,4 @@ def _load(model: LoadedModel, manager: ModelManager, entry):
         )
     except Exception as exc:
         raise load_failure(entry.path, f"VAE {entry.name}", exc, field="vae") from exc
-    return vae.to(manager.device)
+    return runtime.cpu_layout(vae.to(manager.device), manager.device)
