@@ -11,6 +11,9 @@ Three steps are timed interleaved, several repetitions:
 
     python bench/control.py [--size 512] [--reps 5]
 
+(bench/run calls `measure` in its own process, with the UNet its diffusers
+phase loaded from the real-architecture checkpoint: the same layout.)
+
 Prints the ratios with their spread (min..max over the repetitions) and
 writes bench/control-results.json.
 """
@@ -34,21 +37,38 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
 
-    import numpy as np
     import torch
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
-    from engine.control import Control, Unit
-    from engine.denoiser import Guidance, guided_unet
     from engine.families import SD15
     from engine.models import default_device
 
     device, dtype = default_device()
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(json.loads((SD15.config_dir / "unet" / "config.json").read_text()))
-    unet = unet.to(device, dtype).eval()
+    results = measure(unet.to(device, dtype).eval(), args.size, args.reps)
+    (ROOT / "bench" / "control-results.json").write_text(json.dumps(results, indent=2) + "\n")
+    unit_spread, vs_spread = results["unit_step_ratio_spread"], results["ours_vs_diffusers_spread"]
+    print(f"SD1.5 architecture, {args.size}x{args.size}, CFG, {device}, {args.reps} reps (median, min..max):")
+    print(f"  plain UNet step            {results['plain_step_s']:.3f} s")
+    print(f"  step with one unit / plain {results['unit_step_ratio']:.3f}  ({unit_spread[0]:.3f}..{unit_spread[1]:.3f})")
+    print(f"  diffusers' loop / plain    {results['diffusers_unit_step_ratio']:.3f}")
+    print(f"  ours / diffusers' loop     {results['ours_vs_diffusers_ratio']:.3f}  ({vs_spread[0]:.3f}..{vs_spread[1]:.3f})")
+
+
+def measure(unet, side: int, reps: int) -> dict:
+    """The three steps, interleaved, on `unet` (SD1.5's architecture, on its device) and a
+    ControlNet made from it (diffusers' `from_unet`: the UNet's encoder plus the hint embedding).
+    bench/run passes the UNet its diffusers phase loaded, so the 860M parameters are not built twice."""
+    import numpy as np
+    import torch
+    from diffusers import ControlNetModel
+
+    from engine.control import Control, Unit
+    from engine.denoiser import Guidance, guided_unet
+
+    device, dtype = str(unet.device), unet.dtype
     net = ControlNetModel.from_unet(unet).to(device, dtype).eval()
-    side = args.size
     x = torch.randn(1, 4, side // 8, side // 8, device=device, dtype=dtype)
     text = torch.randn(1, 77, 768, device=device, dtype=dtype)
     g = Guidance(text, torch.randn_like(text), 7.0)
@@ -84,7 +104,7 @@ def main() -> None:
         for fn in (plain, ours, diffusers_loop):  # warm-up
             fn()
         sync()
-        for _ in range(args.reps):
+        for _ in range(reps):
             for name, fn in (("plain", plain), ("ours", ours), ("diffusers", diffusers_loop)):
                 sync()
                 started = time.perf_counter()
@@ -94,8 +114,8 @@ def main() -> None:
     unit_ratio = [o / p for o, p in zip(times["ours"], times["plain"], strict=True)]
     vs_diffusers = [o / d for o, d in zip(times["ours"], times["diffusers"], strict=True)]
     diffusers_ratio = [d / p for d, p in zip(times["diffusers"], times["plain"], strict=True)]
-    results = {
-        "device": device, "size": side, "reps": args.reps,
+    return {
+        "device": device, "size": side, "reps": reps,
         "plain_step_s": statistics.median(times["plain"]),
         "unit_step_ratio": statistics.median(unit_ratio),
         "unit_step_ratio_spread": [min(unit_ratio), max(unit_ratio)],
@@ -105,13 +125,6 @@ def main() -> None:
         "params_unet_m": sum(p.numel() for p in unet.parameters()) / 1e6,
         "params_controlnet_m": sum(p.numel() for p in net.parameters()) / 1e6,
     }
-    (ROOT / "bench" / "control-results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"SD1.5 architecture, {side}x{side}, CFG, {device}, {args.reps} reps (median, min..max):")
-    print(f"  plain UNet step            {results['plain_step_s']:.3f} s")
-    print(f"  step with one unit / plain {results['unit_step_ratio']:.3f}  ({min(unit_ratio):.3f}..{max(unit_ratio):.3f})")
-    print(f"  diffusers' loop / plain    {results['diffusers_unit_step_ratio']:.3f}")
-    print(f"  ours / diffusers' loop     {results['ours_vs_diffusers_ratio']:.3f}  "
-          f"({min(vs_diffusers):.3f}..{max(vs_diffusers):.3f})")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
-"""CPU knobs, measured: bf16 autocast against float32 for the real SD1.5 UNet
-(859.5M parameters, random init from the bundled config; speed does not
-depend on the weights' values), one denoising step (batch 2: cond + uncond),
-interleaved repetitions, the ratio's spread, and how far bf16's output drifts.
+"""CPU knobs, measured on the real layouts (random init from the bundled
+configs; speed does not depend on the weights' values), interleaved
+repetitions, each ratio with its spread:
 
-    .venv/bin/python bench/cpu_knobs.py [--size 256] [--reps 3]
+- `--knob bf16`: bf16 autocast against float32 for SD1.5's UNet (859.5M
+  parameters), one denoising step (batch 2: cond + uncond), and how far bf16's
+  output drifts. bf16 only pays where the CPU has bf16 dot products
+  (AVX512_BF16, AMX-BF16); elsewhere oneDNN emulates it. The script prints
+  which the CPU has.
+- `--knob layout`: channels-last weights against PyTorch's default (NCHW)
+  for SD's VAE (decode a size/8 latent, encode a size image), an ESRGAN x4
+  (64 filters, 23 blocks; a size/4 input) and SD1.5's UNet (one step): what
+  engine/runtime.cpu_layout decides by.
 
-bf16 only pays where the CPU has bf16 dot products (AVX512_BF16, AMX-BF16);
-elsewhere oneDNN emulates it. The script prints which the CPU has. Writes
-bench/cpu-knobs-results.json.
+    .venv/bin/python bench/cpu_knobs.py [--knob bf16|layout] [--size 256] [--reps 3]
+
+Writes bench/cpu-knobs-results.json (bf16) or bench/cpu-layout-results.json.
 """
 
 from __future__ import annotations
@@ -34,10 +41,66 @@ def cpu_flags() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--knob", choices=("bf16", "layout"), default="bf16")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (latent = size / 8)")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
+    (layout if args.knob == "layout" else bf16)(args)
 
+
+def spread_of(pairs: list[float]) -> dict:
+    pairs = sorted(pairs)
+    return {"median": statistics.median(pairs), "spread": [pairs[0], pairs[-1]]}
+
+
+def layout(args) -> None:
+    """Channels-last weights against NCHW, per network, interleaved."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from engine import runtime
+    from engine.families import SD15
+
+    runtime.configure("cpu")
+    torch.manual_seed(0)
+    config = SD15.config_dir
+    vae = AutoencoderKL.from_config(json.loads((config / "vae" / "config.json").read_text())).eval()
+    unet = UNet2DConditionModel.from_config(json.loads((config / "unet" / "config.json").read_text())).eval()
+    esrgan = ESRGAN(in_nc=3, out_nc=3, num_filters=64, num_blocks=23, scale=4).eval()
+    side = args.size
+    latent, image = torch.randn(1, 4, side // 8, side // 8), torch.rand(1, 3, side, side) * 2 - 1
+    small = torch.rand(1, 3, side // 4, side // 4)
+    noisy, context = torch.randn(2, 4, side // 8, side // 8), torch.randn(2, 77, 768)
+    work = {
+        "vae_decode": (vae, lambda: vae.decode(latent).sample),
+        "vae_encode": (vae, lambda: vae.encode(image).latent_dist.mean),
+        "esrgan_x4": (esrgan, lambda: esrgan(small)),
+        "unet_step": (unet, lambda: unet(noisy, 500, encoder_hidden_states=context).sample),
+    }
+    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "size": side, "reps": args.reps}
+    with torch.inference_mode():
+        for name, (net, run) in work.items():
+            times: dict[str, list[float]] = {"nchw": [], "channels_last": []}
+            outputs = {}
+            for _ in range(args.reps + 1):  # the first round warms both layouts up and is not counted
+                for fmt, memory_format in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+                    net.to(memory_format=memory_format)
+                    started = time.perf_counter()
+                    outputs[fmt] = run()
+                    times[fmt].append(time.perf_counter() - started)
+            net.to(memory_format=torch.contiguous_format)
+            ratio = spread_of([c / n for c, n in zip(times["channels_last"][1:], times["nchw"][1:], strict=True)])
+            results[name] = {"nchw_s": statistics.median(times["nchw"][1:]), "channels_last_vs_nchw": ratio["median"],
+                             "spread": ratio["spread"],
+                             "max_abs_diff": (outputs["channels_last"] - outputs["nchw"]).abs().max().item()}
+            print(f"{name:<11} NCHW {results[name]['nchw_s']:7.2f} s   channels-last / NCHW "
+                  f"{ratio['median']:.3f} ({ratio['spread'][0]:.3f}..{ratio['spread'][1]:.3f})   "
+                  f"max |diff| {results[name]['max_abs_diff']:.1e}")
+    (ROOT / "bench" / "cpu-layout-results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def bf16(args) -> None:
     import torch
     from diffusers import UNet2DConditionModel
 

@@ -166,13 +166,14 @@ def bench_preview(server, reps: int, steps: int = 12) -> dict:
     return {**ratio("preview_cost_ratio", with_preview, without), "previews_received": sum(seen)}
 
 
-def bench_engine_vs_diffusers(reps: int, size: int) -> dict:
+def bench_engine_vs_diffusers(reps: int, size: int, keep: dict) -> dict:
     """Our engine against a plain diffusers pipeline built independently from
     the same file: the real SD1.5 architecture (UNet 859.5M parameters, random
     init) as a single-file checkpoint in the original layout. The engine loads
     it through its own registry and loader; the baseline through diffusers' own
     `from_single_file` (the bundled config, offline) with its own scheduler
-    object. Same prompt, size, steps, seed; interleaved."""
+    object. Same prompt, size, steps, seed; interleaved. The baseline's UNet is
+    left in `keep` for the control phase."""
     import torch
     from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
@@ -216,6 +217,7 @@ def bench_engine_vs_diffusers(reps: int, size: int) -> dict:
     engine.run(JobParams(prompt="x", width=64, height=64, steps=1))
     ea, da = samples(ours("Euler a"), diffusers_with(EulerAncestralDiscreteScheduler), reps)
     ee, de = samples(ours("Euler"), diffusers_with(EulerDiscreteScheduler), reps)
+    keep["unet"] = plain.unet
     return {**ratio("engine_vs_diffusers_ratio", ea, da), **ratio("engine_euler_vs_diffusers_ratio", ee, de),
             f"sd15_{size}_{steps}steps_s": statistics.median(da)}
 
@@ -227,12 +229,23 @@ def bench_upscale(quick: bool) -> dict:
     return {f"upscale_{k}": v for k, v in summary.items()}
 
 
-def bench_control(quick: bool) -> dict:
-    """One ControlNet unit's cost per step (bench/control.py, the real SD1.5 architecture)."""
-    args = [sys.executable, str(ROOT / "bench" / "control.py"), "--size", str(DIFFUSERS_QUICK_SIZE) if quick else "512",
-            "--reps", "3" if quick else "5"]
-    subprocess.run(args, check=True, capture_output=True, text=True)
-    rows = json.loads((ROOT / "bench" / "control-results.json").read_text())
+def bench_control(quick: bool, keep: dict) -> dict:
+    """One ControlNet unit's cost per step (bench/control.py, the real SD1.5 architecture), in this
+    process on the UNet the diffusers phase loaded (or bench/control.py's own when that phase is skipped)."""
+    import control  # bench/control.py: this script's folder is first on sys.path
+
+    unet = keep.pop("unet", None)
+    if unet is None:
+        import torch
+        from diffusers import UNet2DConditionModel
+
+        from engine.families import SD15
+
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel.from_config(json.loads((SD15.config_dir / "unet" / "config.json").read_text()))
+    rows = control.measure(unet.eval(), DIFFUSERS_QUICK_SIZE if quick else 512, 3 if quick else 5)
+    del unet
+    (ROOT / "bench" / "control-results.json").write_text(json.dumps(rows, indent=2) + "\n")
     return {"control_unit_step_ratio": rows["unit_step_ratio"],
             "control_unit_step_ratio_min": rows["unit_step_ratio_spread"][0],
             "control_unit_step_ratio_max": rows["unit_step_ratio_spread"][1],
@@ -280,13 +293,14 @@ def main() -> None:
     # The start-up (torch, the demo models, the server) is a phase too, so the phases add up to the total.
     results["setup_wall_s"] = time.perf_counter() - started
     results["setup_cpu_s"] = _cpu_seconds() - cpu_at_start
+    keep: dict = {}  # what one phase leaves for the next (the SD1.5 UNet)
     groups = [
         ("overhead", lambda: bench_server_overhead(engine, server, reps)),
         ("transfer", lambda: bench_transfer(server, 3 if args.quick else 5)),
         ("preview", lambda: bench_preview(server, reps, 6 if args.quick else 12)),
-        ("diffusers", lambda: bench_engine_vs_diffusers(3, DIFFUSERS_QUICK_SIZE if args.quick else 512)),
+        ("diffusers", lambda: bench_engine_vs_diffusers(3, DIFFUSERS_QUICK_SIZE if args.quick else 512, keep)),
+        ("control", lambda: bench_control(args.quick, keep)),  # right after: it runs on the diffusers phase's UNet
         ("upscale", lambda: bench_upscale(args.quick)),
-        ("control", lambda: bench_control(args.quick)),
     ]
     extra_cpu = 0.0
     for name, run in groups:
