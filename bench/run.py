@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -223,9 +224,11 @@ def bench_engine_vs_diffusers(reps: int, size: int, keep: dict) -> dict:
 
 
 def bench_upscale(quick: bool) -> dict:
-    args = [sys.executable, str(ROOT / "bench" / "upscale.py")] + (["--quick"] if quick else [])
-    subprocess.run(args, check=True, capture_output=True, text=True)
-    summary = json.loads((ROOT / "bench" / "upscale-results.json").read_text())["summary"]
+    """bench/upscale.py's measurement, called in this process (its children fork from their own forkserver)."""
+    import upscale  # bench/upscale.py: this script's folder is first on sys.path
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its table; the figures come back in the summary
+        summary = upscale.measure(quick, steps=2 if quick else 4)
     return {f"upscale_{k}": v for k, v in summary.items()}
 
 
@@ -280,6 +283,12 @@ def main() -> None:
                         "preview, diffusers, upscale, control")
     args = parser.parse_args()
     started, cpu_at_start = time.perf_counter(), _cpu_seconds()
+    if "upscale" not in args.skip:
+        import upscale  # bench/upscale.py
+
+        # Its children's forkserver imports torch, diffusers and the engine (one core, about 5 s) while
+        # this process does the same for its own start-up, on the other core.
+        upscale.start_forkserver()
     reps = 3 if args.quick else 7
     results: dict = {"quick": args.quick, "python": sys.version.split()[0]}
     import torch

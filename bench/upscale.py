@@ -135,18 +135,34 @@ def main() -> None:
     if args.child:  # one run by hand, in this process
         child(args.child, 4.0, args.steps, args.denoise)
         return
-    # The children fork from a server process that has imported these (a few seconds each otherwise)
-    # and has run nothing: torch's thread pools start in each child, never before a fork.
+    summary = measure(args.quick, args.reps or 3, args.steps, args.denoise)
+    print(f"memory 16x/1x {summary['memory_ratio_16x']:.2f} (spread {summary['memory_ratio_16x_spread']}), "
+          f"time per MP 16x/4x {summary['time_per_mp_ratio_16x_4x']:.2f}; written to upscale-results.json")
+
+
+def start_forkserver() -> None:
+    """Start the children's forkserver now: its imports (PRELOAD) then run beside whatever the
+    caller does next (bench/run: its own start-up) instead of before the first child."""
+    from multiprocessing import forkserver
+
     warnings.filterwarnings("ignore")
     os.environ["PYTHONWARNINGS"] = "ignore"
     sys.path.insert(0, str(ROOT))
     multiprocessing.set_forkserver_preload(PRELOAD)
-    base = 128 if args.quick else 256
-    reps = args.reps or 3
+    forkserver.ensure_running()
+
+
+def measure(quick: bool, reps: int = 3, steps: int = 2, denoise: float = 0.5) -> dict:
+    """The interleaved runs and their table; returns the summary (also in bench/upscale-results.json).
+    bench/run calls this in its own process (the children still fork from their own forkserver)."""
+    # The children fork from a server process that has imported these (a few seconds each otherwise)
+    # and has run nothing: torch's thread pools start in each child, never before a fork.
+    start_forkserver()  # if not yet running
+    base = 128 if quick else 256
     runs: dict[int, list[dict]] = {1: [], 4: [], 16: []}
     for _ in range(reps):
         for area, factor in ((1, 1), (4, 2), (16, 4)):  # side x1, x2, x4 = area x1, x4, x16 (interleaved)
-            runs[area].append(run_child(base * factor, args.steps, args.denoise))
+            runs[area].append(run_child(base * factor, steps, denoise))
     print(f"{'output':>10} {'area':>5} {'tiles':>6} {'working MiB':>12} {'vs 1x':>6} {'s/MP':>7} {'vs 4x':>6}")
     memory = {a: [r["working_mib"] for r in rows] for a, rows in runs.items()}
     per_mp = {a: [r["s_per_mp"] for r in rows] for a, rows in runs.items()}
@@ -166,14 +182,13 @@ def main() -> None:
         "working_mib_1x": statistics.median(memory[1]),
         "working_mib_16x": statistics.median(memory[16]),
         "sizes": [rows[0]["out"] for rows in runs.values()],
-        "steps": args.steps,
+        "steps": steps,
         "reps": reps,
         "children_cpu_s": sum(r.get("cpu_s", 0.0) for rows in runs.values() for r in rows),
     }
     out = ROOT / "bench" / "upscale-results.json"
     out.write_text(json.dumps({"summary": summary, "runs": {str(a): r for a, r in runs.items()}}, indent=2) + "\n")
-    print(f"memory 16x/1x {summary['memory_ratio_16x']:.2f} (spread {spread(mem_ratios[16])}), "
-          f"time per MP 16x/4x {summary['time_per_mp_ratio_16x_4x']:.2f}; written to {out.name}")
+    return summary
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@
   matmuls and convolutions in bfloat16, its output back in the model's dtype.
   It pays only where the CPU computes bf16 natively (AVX512_BF16, AMX); see
   bench/cpu_knobs.py and BENCHMARKS.md for what it measured here.
-- CPU convolution layout: the VAE and the upscaler models keep their weights
+- CPU convolution layout: the VAEs and the upscaler models keep their weights
   channels-last on the CPU (`cpu_layout`); the UNet stays as it is (measured
   slower that way, bench/cpu_knobs.py).
 - Memory: glibc's mmap threshold fixed, so freed tensors leave the process
@@ -53,17 +53,19 @@ def configure(device: str, threads: int = 0) -> int:
 def cpu_layout(module, device: str):
     """Channels-last weights for a convolution network that runs on the CPU; `module` back.
 
-    oneDNN's CPU convolutions work in a channels-last (blocked) layout; with
-    NCHW weights and activations every convolution reorders its input and
-    output, and at a VAE's 128-512 channels that traffic is a fifth of the
-    time. With the weights channels-last the activations follow (each
-    convolution's output takes its weight's layout). Measured side by side
-    (bench/cpu_knobs.py --knob layout, 2 threads, float32, random init of the
-    real layouts): SD's VAE decoding a 64x64 latent 0.79-0.90x the time,
-    encoding 512x512 0.83-0.85x, an ESRGAN x4 (64 filters, 23 blocks)
-    0.70-0.75x; SD1.5's UNet was slower (1.05-1.12x) and is not given it.
-    The results are the same to float32 rounding (1e-5). On CUDA the UNet is
-    made channels-last where the model is placed (engine/models.py)."""
+    oneDNN's CPU convolutions and PyTorch's CPU GroupNorm are fastest in a
+    channels-last layout; with NCHW weights and activations each convolution
+    reorders its input and output. With the weights channels-last the
+    activations follow (a convolution's output takes its weight's layout).
+    Measured side by side (2 threads, float32, random init of the real
+    layouts; bench/cpu_knobs.py --knob layout): SD's VAE decoding a 64x64
+    latent in one pass 0.79-0.90x the time, encoding 512x512 0.83-0.85x;
+    TAESD 0.67-0.80x (decode) and 0.71-0.74x (encode); an ESRGAN x4 (64
+    filters, 23 blocks) 0.70-0.75x. Neutral (0.98-1.01x) for SD's VAE in the
+    tiled upscale, where the recorded statistics replace GroupNorm
+    (engine/vae_norms.py); slower (1.05-1.12x) for SD1.5's UNet, which is not
+    given it. The results are the same to float32 rounding (1e-5). On CUDA the
+    UNet is made channels-last where the model is placed (engine/models.py)."""
     import torch
 
     if not str(device).startswith("cuda"):
