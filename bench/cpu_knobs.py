@@ -20,6 +20,7 @@ Writes bench/cpu-knobs-results.json (bf16) or bench/cpu-layout-results.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--knob", choices=("bf16", "layout"), default="bf16")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (latent = size / 8)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--nets", nargs="*", help="layout: only these (vae_decode vae_encode esrgan_x4 unet_step)")
     args = parser.parse_args()
     (layout if args.knob == "layout" else bf16)(args)
 
@@ -72,24 +74,27 @@ def layout(args) -> None:
     latent, image = torch.randn(1, 4, side // 8, side // 8), torch.rand(1, 3, side, side) * 2 - 1
     small = torch.rand(1, 3, side // 4, side // 4)
     noisy, context = torch.randn(2, 4, side // 8, side // 8), torch.randn(2, 77, 768)
+    # Each network twice, one copy per layout: switching one copy's layout between runs would make
+    # every timed call the first after a reformat.
     work = {
-        "vae_decode": (vae, lambda: vae.decode(latent).sample),
-        "vae_encode": (vae, lambda: vae.encode(image).latent_dist.mean),
-        "esrgan_x4": (esrgan, lambda: esrgan(small)),
-        "unet_step": (unet, lambda: unet(noisy, 500, encoder_hidden_states=context).sample),
+        "vae_decode": (vae, lambda m: m.decode(latent).sample),
+        "vae_encode": (vae, lambda m: m.encode(image).latent_dist.mean),
+        "esrgan_x4": (esrgan, lambda m: m(small)),
+        "unet_step": (unet, lambda m: m(noisy, 500, encoder_hidden_states=context).sample),
     }
+    work = {name: item for name, item in work.items() if not args.nets or name in args.nets}
     results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "size": side, "reps": args.reps}
     with torch.inference_mode():
         for name, (net, run) in work.items():
             times: dict[str, list[float]] = {"nchw": [], "channels_last": []}
             outputs = {}
+            copies = {"nchw": net, "channels_last": copy.deepcopy(net).to(memory_format=torch.channels_last)}
             for _ in range(args.reps + 1):  # the first round warms both layouts up and is not counted
-                for fmt, memory_format in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
-                    net.to(memory_format=memory_format)
+                for fmt, model in copies.items():
                     started = time.perf_counter()
-                    outputs[fmt] = run()
+                    outputs[fmt] = run(model)
                     times[fmt].append(time.perf_counter() - started)
-            net.to(memory_format=torch.contiguous_format)
+            del copies
             ratio = spread_of([c / n for c, n in zip(times["channels_last"][1:], times["nchw"][1:], strict=True)])
             results[name] = {"nchw_s": statistics.median(times["nchw"][1:]), "channels_last_vs_nchw": ratio["median"],
                              "spread": ratio["spread"],

@@ -58,13 +58,14 @@ def cpu_layout(module, device: str):
     reorders its input and output. With the weights channels-last the
     activations follow (a convolution's output takes its weight's layout).
     Measured side by side (2 threads, float32, random init of the real
-    layouts; bench/cpu_knobs.py --knob layout): SD's VAE decoding a 64x64
-    latent in one pass 0.79-0.90x the time, encoding 512x512 0.83-0.85x;
-    TAESD 0.67-0.80x (decode) and 0.71-0.74x (encode); an ESRGAN x4 (64
-    filters, 23 blocks) 0.70-0.75x. Neutral (0.98-1.01x) for SD's VAE in the
-    tiled upscale, where the recorded statistics replace GroupNorm
-    (engine/vae_norms.py); slower (1.05-1.12x) for SD1.5's UNet, which is not
-    given it. The results are the same to float32 rounding (1e-5). On CUDA the
+    layouts; bench/cpu_knobs.py --knob layout, 512 px): SD's VAE decoding a
+    64x64 latent in one pass 0.85-0.89x the time (spread 0.79..0.91),
+    encoding 512x512 0.90x (0.89..0.92); TAESD 0.67-0.80x (decode) and
+    0.71-0.74x (encode); an ESRGAN x4 (64 filters, 23 blocks) 0.66x
+    (0.60..0.72). Neutral (0.98-1.01x) for SD's VAE in the tiled upscale,
+    where the recorded statistics replace GroupNorm (engine/vae_norms.py),
+    and for SD1.5's UNet (1.007, 0.98..1.02), which is left as it is. The
+    results are the same to float32 rounding (1e-5). On CUDA the
     UNet is made channels-last where the model is placed (engine/models.py)."""
     import torch
 
