@@ -85,9 +85,13 @@ def s_upscale():
     d = docker()
     if d.capabilities is None:
         return False
-    doc = ctx["doc"] = new_document(64, 48, "Upscale undo")
-    ctx["before"] = picture(doc)
-    ctx["undo_before"] = undo_state()
+    if "doc" not in ctx:
+        doc = ctx["doc"] = new_document(64, 48, "Upscale undo")
+        ctx["before"] = picture(doc)
+    state = undo_state()
+    if state["done"] != len(state["texts"]):  # Krita's Undo History catches up with the new layers late
+        return False
+    ctx["undo_before"] = state
     if d.upscaler_combo.findText("Lanczos") < 0:
         d.upscaler_combo.addItem("Lanczos")
     d.mode_buttons["upscale"].setChecked(True)
