@@ -234,7 +234,8 @@ def bench_upscale(quick: bool) -> dict:
 
 def bench_control(quick: bool, keep: dict) -> dict:
     """One ControlNet unit's cost per step (bench/control.py, the real SD1.5 architecture), in this
-    process on the UNet the diffusers phase loaded (or bench/control.py's own when that phase is skipped)."""
+    process on the UNet the diffusers phase loaded (or a random-init one when that phase is skipped):
+    on the CPU, as that phase runs; `python bench/control.py` measures on the GPU where there is one."""
     import control  # bench/control.py: this script's folder is first on sys.path
 
     unet = keep.pop("unet", None)
