@@ -355,10 +355,13 @@ def test_ctrl_c_cancels_the_job_on_the_server_and_ends_the_line(server, tmp_path
 
     from tests.conftest import ROOT
 
+    # A test run started in the background by a shell without job control inherits SIGINT ignored, and
+    # Python then leaves it ignored (no KeyboardInterrupt): the CLI gets the default a terminal gives it.
     cli = subprocess.Popen(
         [sys.executable, "-m", "bridge_server", "generate", "--server", server.url, "--steps", "150", "--exact-size",
          "--width", "512", "--height", "512", "--out", str(tmp_path / "x.png")],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert cli.stderr is not None
     line = cli.stderr.readline()
     assert line.startswith("job "), line
