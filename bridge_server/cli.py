@@ -58,6 +58,11 @@ def _samplers_epilog() -> str:
     return f"samplers (--sampler, the WebUI's names):\n{names}\n\n{ENVIRONMENT}"
 
 
+# serve's and worker's --cpu-bf16 (figures: BENCHMARKS.md, "CPU knobs: bf16 autocast").
+CPU_BF16_HELP = ("CPU: run the UNet under bf16 autocast: 0.68x the step time measured on an AVX512_BF16 CPU, "
+                 "pictures drift ~1%% from float32's (the WebUI's on the CPU); no faster without AVX512_BF16/AMX")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paintbridge", description="AI painting for Krita: engine server and client.",
                                      epilog=ENVIRONMENT, formatter_class=_Formatter)
@@ -86,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--offload", action="store_true", help="CUDA: model CPU offload + tiled VAE, for small GPUs")
     serve.add_argument("--compile", action="store_true", help="CUDA: torch.compile the UNet (slower first job)")
     serve.add_argument("--cpu-bf16", action="store_true",
-                       help="CPU: run the UNet under bf16 autocast (off: measured no faster on CPUs without AVX512_BF16/AMX)")
+                       help=CPU_BF16_HELP)
     serve.add_argument("--threads", type=int, default=0,
                        help="CPU threads for torch (0 = the CPUs this process may use); divide a machine between "
                        "several servers or workers")
@@ -110,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--compile", action="store_true", help="CUDA: torch.compile the UNet (slower first job)")
     worker.add_argument("--name", default="", help="this worker's name (default: host-pid)")
     worker.add_argument("--cpu-bf16", action="store_true",
-                       help="CPU: run the UNet under bf16 autocast (off: measured no faster on CPUs without AVX512_BF16/AMX)")
+                       help=CPU_BF16_HELP)
     worker.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (0 = the CPUs this process may use); give each worker its share")
     worker.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")

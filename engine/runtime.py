@@ -10,8 +10,10 @@
   picks the fastest convolution for each shape once and reuses it.
 - CPU bf16 autocast (`serve/worker --cpu-bf16`, off by default): the UNet's
   matmuls and convolutions in bfloat16, its output back in the model's dtype.
-  It pays only where the CPU computes bf16 natively (AVX512_BF16, AMX); see
-  bench/cpu_knobs.py and BENCHMARKS.md for what it measured here.
+  It pays only where the CPU computes bf16 natively (AVX512_BF16, AMX): 0.68x
+  the step time at 512x512 on this machine's AVX512_BF16 CPU, idle (BENCHMARKS.md);
+  off by default because the pictures then drift ~1% from float32's, which is
+  what the WebUI computes on the CPU.
 - CPU convolution layout: the VAEs and the upscaler models keep their weights
   channels-last on the CPU (`cpu_layout`); the UNet stays as it is (measured
   slower that way, bench/cpu_knobs.py).
