@@ -16,7 +16,7 @@
   what the WebUI computes on the CPU.
 - CPU convolution layout: the VAEs and the upscaler models keep their weights
   channels-last on the CPU (`cpu_layout`); the UNet stays as it is (measured
-  slower that way, bench/cpu_knobs.py).
+  no faster that way, bench/cpu_knobs.py).
 - Memory: glibc's mmap threshold fixed, so freed tensors leave the process
   (engine/heap.py).
 """
@@ -71,7 +71,7 @@ def cpu_layout(module, device: str):
     UNet is made channels-last where the model is placed (engine/models.py)."""
     import torch
 
-    if not str(device).startswith("cuda"):
+    if str(device).startswith("cpu"):  # measured there only (not on MPS, say)
         module.to(memory_format=torch.channels_last)
     return module
 
