@@ -37,16 +37,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
 
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    from engine.families import SD15
     from engine.models import default_device
 
     device, dtype = default_device()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(json.loads((SD15.config_dir / "unet" / "config.json").read_text()))
-    results = measure(unet.to(device, dtype).eval(), args.size, args.reps)
+    results = measure(random_unet().to(device, dtype).eval(), args.size, args.reps)
     (ROOT / "bench" / "control-results.json").write_text(json.dumps(results, indent=2) + "\n")
     unit_spread, vs_spread = results["unit_step_ratio_spread"], results["ours_vs_diffusers_spread"]
     print(f"SD1.5 architecture, {args.size}x{args.size}, CFG, {device}, {args.reps} reps (median, min..max):")
@@ -54,6 +48,17 @@ def main() -> None:
     print(f"  step with one unit / plain {results['unit_step_ratio']:.3f}  ({unit_spread[0]:.3f}..{unit_spread[1]:.3f})")
     print(f"  diffusers' loop / plain    {results['diffusers_unit_step_ratio']:.3f}")
     print(f"  ours / diffusers' loop     {results['ours_vs_diffusers_ratio']:.3f}  ({vs_spread[0]:.3f}..{vs_spread[1]:.3f})")
+
+
+def random_unet():
+    """SD1.5's UNet (the bundled config) at random init, seed 0, on the CPU in float32."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from engine.families import SD15
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel.from_config(json.loads((SD15.config_dir / "unet" / "config.json").read_text()))
 
 
 def measure(unet, side: int, reps: int) -> dict:

@@ -240,13 +240,7 @@ def bench_control(quick: bool, keep: dict) -> dict:
 
     unet = keep.pop("unet", None)
     if unet is None:
-        import torch
-        from diffusers import UNet2DConditionModel
-
-        from engine.families import SD15
-
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel.from_config(json.loads((SD15.config_dir / "unet" / "config.json").read_text()))
+        unet = control.random_unet()
     rows = control.measure(unet.eval(), DIFFUSERS_QUICK_SIZE if quick else 512, 3 if quick else 5)
     del unet
     (ROOT / "bench" / "control-results.json").write_text(json.dumps(rows, indent=2) + "\n")
